@@ -1,0 +1,23 @@
+"""`dipm check FILE`: parse and type-check; reads no tensors."""
+
+from __future__ import annotations
+
+import argparse
+
+from dipm_lang.cli.options import add_set_option, parse_sets
+from dipm_lang.compiler import compile_file
+
+
+def register(sub, commands) -> None:
+    p = sub.add_parser("check", help="parse and type-check a script (reads no tensors)")
+    p.add_argument("file")
+    add_set_option(p)
+    commands["check"] = run
+
+
+def run(args: argparse.Namespace) -> int:
+    program, _ = compile_file(args.file, parse_sets(args.sets), level=args.level, verify=True)
+    saves = len(program.roots)
+    print(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
+          f"{len(program.inputs)} input{'s' if len(program.inputs) != 1 else ''})")
+    return 0

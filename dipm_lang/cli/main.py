@@ -1,0 +1,87 @@
+"""`dipm` — the command line (SPEC §6).
+
+Exit codes: 0 success, 2 usage/syntax/type error, 1 runtime error. Errors are rendered
+compiler-style; a Python traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from dipm_lang.errors import DipmError, UsageError, render
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits with 2 already; keep our format
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dipm_lang.cli import check, explain, run
+
+    parser = _Parser(prog="dipm", description="Compose LoRA adapters with directional parameter modulations.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"dipm_lang {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in (check, explain, run):
+        module.register(sub, COMMANDS)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dipm_lang")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except DipmError as e:
+        if debug:
+            traceback.print_exc()
+        print(render(e, getattr(e, "sources", None) or _sources_of(e)), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so plainly, traceback on request
+        if debug:
+            traceback.print_exc()
+        print(f"dipm: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _sources_of(error: DipmError) -> dict[str, str]:
+    """Read the file an error points at, to show its line (best effort)."""
+    span = error.span
+    if span is None or span.file.startswith("<"):
+        return {}
+    try:
+        from dipm_lang.frontend.lower import read_source
+        from pathlib import Path
+
+        return {span.file: read_source(Path(span.file))}
+    except Exception:
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

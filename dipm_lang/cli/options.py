@@ -1,0 +1,39 @@
+"""Options shared by several commands: --set NAME=VALUE and -O."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from dipm_lang.errors import UsageError
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                        help="bind an input adapter (NAME=PATH), or override a string/number binding")
+    parser.add_argument("-O", dest="level", type=int, choices=(0, 1, 2), default=2,
+                        help="optimisation level (default 2)")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs; values that name existing paths become absolute (they resolve against the cwd)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+        if name in out:
+            raise UsageError(f"--set {name} given twice")
+        out[name] = _absolute_if_path(value)
+    return out
+
+
+def _absolute_if_path(value: str) -> str:
+    try:
+        float(value)
+        return value
+    except ValueError:
+        pass
+    return str(Path(os.path.expanduser(value)).resolve())

@@ -1,0 +1,110 @@
+"""One error hierarchy for the whole tool.
+
+Every error the user can cause is a `DipmError`. The CLI renders it compiler-style
+(`file:line:col: error: message`, the source line, a caret underline) and exits with
+its `exit_code`: 2 for usage, syntax and type errors, 1 for runtime errors (SPEC §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of source text: 1-based line/column of the start, end exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class DipmError(Exception):
+    """Base of every error the tool reports to a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, span: Span | None = None, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        return f"{where}error: {self.message}"
+
+
+class CompileError(DipmError):
+    """Anything found before a tensor is read: exit code 2."""
+
+    exit_code = 2
+
+
+class UsageError(CompileError):
+    """Bad command-line usage or option values."""
+
+
+class DipmSyntaxError(CompileError):
+    """The text does not parse."""
+
+
+class NameResolutionError(CompileError):
+    """Unknown names, recursion, import cycles."""
+
+
+class DipmTypeError(CompileError):
+    """Arity, keyword, type or `by` errors."""
+
+
+class ResourceLimitError(CompileError):
+    """A program too large or too deeply nested to compile safely."""
+
+
+class RuntimeDipmError(DipmError):
+    """Errors while executing: exit code 1."""
+
+    exit_code = 1
+
+
+class AdapterError(RuntimeDipmError):
+    """A problem with an adapter folder or file; names the offending path."""
+
+    def __init__(self, message: str, path: str | Path | None = None, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = str(path) if path is not None else None
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}error: {self.message}"
+
+
+class ExecutionError(RuntimeDipmError):
+    """A kernel failed on a node; carries the node's source span."""
+
+
+def render(error: DipmError, sources: dict[str, str] | None = None) -> str:
+    """Format an error like a compiler: header, source line and caret underline, hint."""
+    lines = [str(error)]
+    span = error.span
+    text = (sources or {}).get(span.file) if span else None
+    if span is not None and text is not None:
+        source_lines = text.splitlines()
+        if 1 <= span.line <= len(source_lines):
+            line = source_lines[span.line - 1].expandtabs(1)
+            width = 1
+            if span.end_line == span.line and span.end_column > span.column:
+                width = span.end_column - span.column
+            width = max(1, min(width, len(line) - span.column + 1))
+            gutter = f"{span.line:>4} | "
+            lines.append(gutter + line)
+            lines.append(" " * (len(gutter) + span.column - 1) + "^" + "~" * (width - 1))
+    if error.hint:
+        lines.append(f"  hint: {error.hint}")
+    return "\n".join(lines)

@@ -1,0 +1,505 @@
+"""AST → typed IR: name resolution, the standard-library prelude, inlining of `def`s,
+imports, and type checking. Nothing here reads a tensor.
+
+Lowering emits *un-interned* nodes (one per operation as written) and records each node's
+source span, so `dipm explain` can show what CSE and the other passes remove.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from dipm_lang.errors import (DipmError, DipmTypeError, NameResolutionError, ResourceLimitError, Span,
+                              UsageError)
+from dipm_lang.frontend import ast
+from dipm_lang.frontend.arith import OP_NAMES, binary_result, negate_result
+from dipm_lang.frontend.builtins import BUILTINS, REQUIRED, Arg, Builtin, Call
+from dipm_lang.frontend.parser import parse_script
+from dipm_lang.frontend.suggest import did_you_mean
+from dipm_lang.ir.node import Node, Program
+from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
+from dipm_lang.resources import stdlib_dir
+
+MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up guard)
+MAX_INLINE_DEPTH = 50        # nested calls of defs
+MAX_EXPR_DEPTH = 200         # nesting of one expression
+LIST_MAPPED = {"dir", "normalize", "mag", "reverse"}  # builtins applied item by item to a list
+
+
+@dataclass
+class Function:
+    """A `def`, with the module whose names its body sees."""
+
+    definition: ast.Def
+    module: "Module"
+
+    @property
+    def doc(self) -> str:
+        return self.definition.doc
+
+
+@dataclass
+class Module:
+    """The names one file defines. Lookups fall back to the parent (the prelude)."""
+
+    file: str
+    functions: dict[str, Function] = field(default_factory=dict)
+    values: dict[str, Node] = field(default_factory=dict)
+    parent: "Module | None" = None
+
+    def function(self, name: str) -> Function | None:
+        if name in self.functions:
+            return self.functions[name]
+        return self.parent.function(name) if self.parent else None
+
+    def value(self, name: str) -> Node | None:
+        if name in self.values:
+            return self.values[name]
+        return self.parent.value(name) if self.parent else None
+
+    def visible_names(self) -> set[str]:
+        names = set(self.functions) | set(self.values)
+        return names | (self.parent.visible_names() if self.parent else set())
+
+
+def _is_stdlib(file: str) -> bool:
+    return file.startswith("<stdlib>/")
+
+
+class Lowerer:
+    """Lowers scripts, statements and expressions into one Program's worth of IR."""
+
+    def __init__(self, external: Mapping[str, Any] | None = None, *, prelude: Module | None = None):
+        # external: NAME -> value given from outside (--set, config inputs): an absolute adapter
+        # path for a load, a string or a number for a binding of that type.
+        self.external = dict(external or {})
+        self.used_external: set[str] = set()
+        self.sources: dict[str, str] = {}
+        self.spans: dict[Node, Span] = {}
+        self.inputs: dict[str, Node] = {}
+        self.roots: list[Node] = []
+        self.node_count = 0
+        self._inline_stack: list[str] = []
+        self._import_stack: list[str] = []
+        self._depth = 0
+        self.prelude = prelude or load_prelude(self)
+
+    # ---- node factory ----------------------------------------------------------------
+
+    def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
+        self.node_count += 1
+        if self.node_count > MAX_NODES:
+            raise ResourceLimitError(f"the program is too large (more than {MAX_NODES} operations after inlining)",
+                                     span)
+        node = Node.make(op, args, attrs, type_, unique=True)
+        if span is not None:
+            self.spans[node] = span
+        return node
+
+    # ---- scripts and statements ------------------------------------------------------
+
+    def lower_script(self, script: ast.Script, text: str) -> Program:
+        module = Module(script.file, parent=self.prelude)
+        self.sources[script.file] = text
+        for statement in script.statements:
+            self.lower_statement(statement, module)
+        self.check_external_used()
+        return self.program(text, module)
+
+    def program(self, text: str = "", module: Module | None = None) -> Program:
+        bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
+        return Program(roots=list(self.roots), spans=dict(self.spans), sources=dict(self.sources),
+                       inputs=dict(self.inputs), script_text=text, bindings=bindings)
+
+    def check_external_used(self) -> None:
+        unused = sorted(set(self.external) - self.used_external)
+        if unused:
+            name = unused[0]
+            guess = did_you_mean(name, self.used_external | set(self.inputs))
+            raise UsageError(f"--set {name}=…: the script has no input or binding named '{name}'",
+                             hint=f"did you mean '{guess}'?" if guess else None)
+
+    def lower_statement(self, statement: ast.Statement, module: Module, *, allow_effects: bool = True,
+                        allow_values: bool = False) -> Node | None:
+        if isinstance(statement, ast.Import):
+            self._import(statement, module)
+            return None
+        if isinstance(statement, ast.Def):
+            if statement.name in BUILTINS:
+                raise NameResolutionError(f"'{statement.name}' is a built-in operator and cannot be redefined",
+                                          statement.span)
+            module.functions[statement.name] = Function(statement, module)
+            module.values.pop(statement.name, None)
+            return None
+        if isinstance(statement, ast.Binding):
+            if statement.name in BUILTINS:
+                raise NameResolutionError(f"'{statement.name}' is a built-in operator and cannot be rebound",
+                                          statement.span)
+            node = self._binding_value(statement, module)
+            module.values[statement.name] = node
+            module.functions.pop(statement.name, None)
+            return node
+        assert isinstance(statement, ast.ExprStmt)
+        node = self.lower_expr(statement.expr, {}, module)
+        if node.type == UNIT:
+            if not allow_effects:
+                raise DipmTypeError("an imported file may only define functions and values, not save",
+                                    statement.span)
+            self._add_root(node, statement.span)
+        elif not allow_values:
+            raise DipmTypeError(f"this {node.type} is computed but never used", statement.span,
+                                hint="save it with save(x, \"folder\") or bind it to a name")
+        return node
+
+    def _add_root(self, node: Node, span: Span | None) -> None:
+        path = node.attr("path")
+        for other in self.roots:
+            if other.attr("path") == path:
+                raise DipmTypeError(f"two saves write to the same folder {path!r}", span)
+        self.roots.append(node)
+
+    def _binding_value(self, statement: ast.Binding, module: Module) -> Node:
+        name = statement.name
+        node = self.lower_expr(statement.value, {}, module)
+        if node.op == "load":
+            path = node.attr("path")
+            if name in self.external:
+                self.used_external.add(name)
+                path = str(self.external[name])
+            node = self.make("load", (), {"path": path, "name": name}, node.type, self.spans.get(node))
+            self.inputs[name] = node
+        elif name in self.external:
+            self.used_external.add(name)
+            node = self._external_value(name, node, statement.span)
+        if node.type == UNIT:
+            raise DipmTypeError("save(...) has no value to bind", statement.span)
+        return node
+
+    def _external_value(self, name: str, node: Node, span: Span | None) -> Node:
+        raw = self.external[name]
+        if node.type == STR:
+            return self.make("const", (), {"value": str(raw)}, STR, span)
+        if node.type == NUM:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise UsageError(f"--set {name}={raw}: '{name}' is a number in the script") from None
+            return self.make("const", (), {"value": value}, NUM, span)
+        raise UsageError(f"--set {name}=…: '{name}' is bound to a {node.type} expression, which cannot be set "
+                         "from outside (only load(...), strings and numbers can)")
+
+    def _import(self, statement: ast.Import, module: Module) -> None:
+        base = _base_dir(module.file)
+        path = (base / statement.path).resolve()
+        key = str(path)
+        if key in self._import_stack:
+            chain = " -> ".join(Path(p).name for p in self._import_stack + [key])
+            raise NameResolutionError(f"import cycle: {chain}", statement.span)
+        try:
+            text = _read_source(path)
+        except OSError as e:
+            raise NameResolutionError(f"cannot import {statement.path!r}: {e.strerror or e}", statement.span) \
+                from None
+        self._import_stack.append(key)
+        try:
+            script = parse_script(text, _display_path(path))
+            self.sources[script.file] = text
+            imported = Module(script.file, parent=self.prelude)
+            for st in script.statements:
+                self.lower_statement(st, imported, allow_effects=False)
+        finally:
+            self._import_stack.pop()
+        module.functions.update(imported.functions)
+        module.values.update(imported.values)
+
+    # ---- expressions -----------------------------------------------------------------
+
+    def lower_expr(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_EXPR_DEPTH:
+                raise ResourceLimitError(f"expression nested too deeply (more than {MAX_EXPR_DEPTH} levels)",
+                                         expr.span)
+            return self._lower(expr, scope, module)
+        finally:
+            self._depth -= 1
+
+    def _lower(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+        if isinstance(expr, ast.Number):
+            if not math.isfinite(expr.value):
+                raise DipmTypeError(f"number {expr.text} is too large", expr.span)
+            return self.make("const", (), {"value": expr.value}, NUM, expr.span)
+        if isinstance(expr, ast.String):
+            return self.make("const", (), {"value": expr.value}, STR, expr.span)
+        if isinstance(expr, ast.Name):
+            return self._name(expr, scope, module)
+        if isinstance(expr, ast.ListExpr):
+            items = [self.lower_expr(i, scope, module) for i in expr.items]
+            item_type = items[0].type if items else None
+            for item, node in zip(expr.items, items):
+                if node.type.kind == "List":
+                    raise DipmTypeError("lists cannot be nested", item.span)
+                if item_type is not None and node.type.kind != item_type.kind:
+                    raise DipmTypeError(f"a list holds values of one kind: {item_type} and {node.type}", item.span)
+            return self.make("list", items, {}, list_t(item_type), expr.span)
+        if isinstance(expr, ast.BinOp):
+            left = self.lower_expr(expr.left, scope, module)
+            right = self.lower_expr(expr.right, scope, module)
+            result = binary_result(expr.op, left.type, right.type, expr.span)
+            if expr.op == "/" and right.op == "const" and right.value == 0.0:
+                raise DipmTypeError("division by zero", expr.right.span)
+            return self.make(OP_NAMES[expr.op], (left, right), {}, result, expr.span)
+        if isinstance(expr, ast.Neg):
+            operand = self.lower_expr(expr.operand, scope, module)
+            return self.make("neg", (operand,), {}, negate_result(operand.type, expr.span), expr.span)
+        if isinstance(expr, ast.Attr):
+            value = self.lower_expr(expr.value, scope, module)
+            if expr.name not in ("A", "B"):
+                raise DipmTypeError(f"unknown attribute '.{expr.name}'; an update has .A and .B", expr.span)
+            if not value.type.is_update:
+                raise DipmTypeError(f"'.{expr.name}' needs a Delta, got {value.type}", expr.span)
+            return self.make("factor", (value,), {"which": expr.name}, factor_t(expr.name), expr.span)
+        if isinstance(expr, ast.Call):
+            return self._call(expr, scope, module)
+        raise TypeError(f"unknown AST node {expr!r}")  # pragma: no cover
+
+    def _name(self, expr: ast.Name, scope: Mapping[str, Node], module: Module) -> Node:
+        if expr.id in scope:
+            return scope[expr.id]
+        node = module.value(expr.id)
+        if node is not None:
+            return node
+        if expr.id in self.external:
+            self.used_external.add(expr.id)
+            if expr.id not in self.inputs:
+                self.inputs[expr.id] = self.make("load", (), {"path": str(self.external[expr.id]), "name": expr.id},
+                                                 DELTA, expr.span)
+            return self.inputs[expr.id]
+        if module.function(expr.id) is not None or expr.id in BUILTINS:
+            raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
+        visible = set(scope) | module.visible_names() | set(self.external)
+        guess = did_you_mean(expr.id, visible)
+        raise NameResolutionError(f"unknown name '{expr.id}'", expr.span,
+                                  hint=f"did you mean '{guess}'?" if guess else None)
+
+    def _call(self, expr: ast.Call, scope: Mapping[str, Node], module: Module) -> Node:
+        builtin = BUILTINS.get(expr.func)
+        function = None if builtin else module.function(expr.func)
+        if builtin is None and function is None:
+            candidates = set(BUILTINS) | {n for n in module.visible_names() if module.function(n)}
+            guess = did_you_mean(expr.func, candidates)
+            raise NameResolutionError(f"unknown function '{expr.func}'", expr.span,
+                                      hint=f"did you mean '{guess}'?" if guess else None)
+        if builtin is not None:
+            params = [(p.name, p.default) for p in builtin.params]
+        else:
+            params = [(p.name, REQUIRED if p.default is None else p.default) for p in function.definition.params]
+        bound = _bind_arguments(expr, params)
+        if builtin is not None:
+            return self._call_builtin(builtin, expr, bound, scope, module)
+        return self._inline(function, expr, bound, scope, module)
+
+    def _call_builtin(self, builtin: Builtin, expr: ast.Call, bound: dict[str, ast.Expr | Any],
+                      scope: Mapping[str, Node], module: Module) -> Node:
+        args: dict[str, Arg] = {}
+        for param in builtin.params:
+            given = bound[param.name]
+            if isinstance(given, _Given):
+                node = self.lower_expr(given.expr, scope, module)
+                arg = Arg(node, given.expr.span)
+                if param.static:
+                    arg.value = self._constant(node, param.name, builtin.name, given.expr.span)
+            else:
+                arg = Arg(None, None, given)
+            args[param.name] = arg
+        if builtin.name in ("load", "save") and isinstance(args["path"].value, str):
+            args["path"].value = _resolve_path(args["path"].value, expr.span)
+
+        def make(op, node_args, attrs, type_):
+            return self.make(op, node_args, attrs, type_, expr.span)
+
+        first = args[builtin.params[0].name] if builtin.params else None
+        if builtin.name in LIST_MAPPED and first is not None and first.node is not None \
+                and first.node.op == "list":
+            # dir([a, b]) is [dir(a), dir(b)]: lets recipes like multitask take any number of inputs
+            items = [builtin.build(Call(builtin.name, {**args, builtin.params[0].name: Arg(item, first.span)},
+                                        expr.span, make)) for item in first.node.args]
+            return self.make("list", items, {}, list_t(items[0].type if items else None), expr.span)
+        return builtin.build(Call(builtin.name, args, expr.span, make))
+
+    def _constant(self, node: Node, param: str, func: str, span: Span | None) -> Any:
+        try:
+            return const_eval(node)
+        except _NotConstant:
+            raise DipmTypeError(f"{func}: '{param}' must be a constant (a number, string or list of them), "
+                                f"got a {node.type}", span) from None
+
+    def _inline(self, function: Function, expr: ast.Call, bound: dict[str, Any], scope: Mapping[str, Node],
+                module: Module) -> Node:
+        name = function.definition.name
+        if name in self._inline_stack:
+            chain = " -> ".join(self._inline_stack[self._inline_stack.index(name):] + [name])
+            raise NameResolutionError(f"recursive call of '{name}' ({chain}); definitions are inlined, so "
+                                      "recursion is not supported", expr.span)
+        if len(self._inline_stack) >= MAX_INLINE_DEPTH:
+            raise ResourceLimitError(f"calls nested more than {MAX_INLINE_DEPTH} deep", expr.span)
+        # Arguments are evaluated in the caller's scope, defaults in the definition's.
+        local: dict[str, Node] = {}
+        for param in function.definition.params:
+            given = bound[param.name]
+            if isinstance(given, _Given):
+                local[param.name] = self.lower_expr(given.expr, scope, module)
+        self._inline_stack.append(name)
+        try:
+            for param in function.definition.params:
+                if param.name not in local:
+                    local[param.name] = self.lower_expr(param.default, local, function.module)
+            return self.lower_expr(function.definition.body, local, function.module)
+        except DipmError as e:
+            raise _from_call_site(e, name, expr.span) from None
+        finally:
+            self._inline_stack.pop()
+
+
+class _NotConstant(Exception):
+    pass
+
+
+def const_eval(node: Node) -> Any:
+    """The value of a constant expression (numbers, strings, lists and arithmetic on numbers)."""
+    if node.op == "const":
+        return node.value
+    if node.op == "list":
+        return [const_eval(a) for a in node.args]
+    if node.type == NUM and node.op in ("add", "sub", "mul", "div", "neg"):
+        values = [const_eval(a) for a in node.args]
+        return numeric(node.op, values)
+    raise _NotConstant()
+
+
+def numeric(op: str, values: list[float]) -> float:
+    """Arithmetic on plain numbers, as the language defines it."""
+    if op == "neg":
+        return -values[0]
+    a, b = values
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    if op == "mul":
+        return a * b
+    if b == 0.0:
+        raise DipmTypeError("division by zero")
+    return a / b
+
+
+class _Given:
+    """An argument written at the call site (as opposed to a default)."""
+
+    __slots__ = ("expr",)
+
+    def __init__(self, expr: ast.Expr):
+        self.expr = expr
+
+
+def _bind_arguments(call: ast.Call, params: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Match positional and keyword arguments to parameters; defaults fill the rest."""
+    names = [p for p, _ in params]
+    if len(call.args) > len(params):
+        extra = call.args[len(params)]
+        raise DipmTypeError(f"{call.func}() takes {_count(len(params), 'argument')} but "
+                            f"{len(call.args)} were given", extra.span, hint=f"{call.func}({', '.join(names)})")
+    bound: dict[str, Any] = {name: _Given(arg) for name, arg in zip(names, call.args)}
+    for kw in call.kwargs:
+        if kw.name not in names:
+            guess = did_you_mean(kw.name, names)
+            raise DipmTypeError(f"{call.func}() has no parameter '{kw.name}'", kw.span,
+                                hint=(f"did you mean '{guess}'? " if guess else "")
+                                + f"parameters: {', '.join(names) or 'none'}")
+        if kw.name in bound:
+            raise DipmTypeError(f"{call.func}() got '{kw.name}' twice (by position and by keyword)", kw.span)
+        bound[kw.name] = _Given(kw.value)
+    for name, default in params:
+        if name not in bound:
+            if default is REQUIRED:
+                raise DipmTypeError(f"{call.func}() is missing the argument '{name}'", call.span,
+                                    hint=f"{call.func}({', '.join(names)})")
+            bound[name] = default
+    return bound
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _from_call_site(error: DipmError, name: str, call_span: Span | None) -> DipmError:
+    """Errors inside the standard library point at the user's call, not at library code."""
+    if error.span is not None and _is_stdlib(error.span.file) and call_span is not None \
+            and not _is_stdlib(call_span.file):
+        return type(error)(f"in {name}(…): {error.message}", call_span, hint=error.hint)
+    return error
+
+
+def _base_dir(file: str) -> Path:
+    if file.startswith("<"):
+        return Path.cwd()
+    return Path(file).resolve().parent
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _resolve_path(path: str, span: Span | None) -> str:
+    """Relative paths in a script resolve against the script's own folder (SPEC §3)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    base = _base_dir(span.file) if span is not None else Path.cwd()
+    return str((base / p).resolve())
+
+
+def _read_source(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        from dipm_lang.errors import DipmSyntaxError
+
+        raise DipmSyntaxError(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+                              Span(_display_path(path), line, 1, line, 2)) from None
+
+
+def read_source(path: Path) -> str:
+    """Read a .dipm file as UTF-8, with a positioned error for anything else."""
+    return _read_source(path)
+
+
+_PRELUDE: Module | None = None
+
+
+def load_prelude(lowerer: Lowerer | None = None) -> Module:
+    """The standard library (stdlib/*.dipm): its defs are in scope in every script."""
+    global _PRELUDE
+    if _PRELUDE is None:
+        prelude = Module("<stdlib>")
+        for path in sorted(stdlib_dir().glob("*.dipm")):
+            file = f"<stdlib>/{path.name}"
+            script = parse_script(path.read_text(encoding="utf-8"), file)
+            for st in script.statements:
+                if not isinstance(st, ast.Def):
+                    raise DipmError(f"{file}: the standard library may only hold definitions")
+                prelude.functions[st.name] = Function(st, prelude)
+        _PRELUDE = prelude
+    if lowerer is not None:
+        for path in sorted(stdlib_dir().glob("*.dipm")):
+            lowerer.sources[f"<stdlib>/{path.name}"] = path.read_text(encoding="utf-8")
+    return _PRELUDE
