@@ -1,7 +1,56 @@
-"""`dipm run FILE` — filled in with the executor."""
+"""`dipm run FILE`: compile, validate every input and output, execute, write atomically."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+from dipm_lang.cli.options import add_set_option, parse_sets
+from dipm_lang.compiler import compile_file
+from dipm_lang.runtime import DTYPES, RunOptions, plan, run_program
+
 
 def register(sub, commands) -> None:
-    pass
+    p = sub.add_parser("run", help="run a script: read adapters, compute, write adapters")
+    p.add_argument("file", help="a .dipm script")
+    add_set_option(p)
+    add_run_options(p)
+    commands["run"] = run
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    p.add_argument("--out-dtype", choices=list(DTYPES), help="dtype of the written tensors (default: the inputs')")
+    p.add_argument("--eps", type=float, default=1e-12, help="zero-unit threshold (default 1e-12)")
+    p.add_argument("--force", action="store_true", help="replace existing output folders")
+    p.add_argument("--dry-run", action="store_true", help="compile and check inputs/outputs; compute nothing")
+    p.add_argument("--ignore-base-model", action="store_true", help="combine adapters made for different bases")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(device=args.device, dtype=args.dtype, out_dtype=args.out_dtype, eps=args.eps,
+                      force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model)
+
+
+def run(args: argparse.Namespace) -> int:
+    program, report = compile_file(args.file, parse_sets(args.sets), level=args.level)
+    return execute_program(program, args)
+
+
+def execute_program(program, args: argparse.Namespace) -> int:
+    options = options_from(args)
+    if args.dry_run:
+        the_plan = plan(program, options)
+        print(f"dry run: {len(the_plan.inputs)} inputs, {len(the_plan.modules)} modules, "
+              f"{len(program.roots)} outputs checked; nothing written")
+        for save in program.roots:
+            print(f"  would write {save.attr('path')}")
+        return 0
+    summary = run_program(program, options, quiet=args.quiet)
+    if not args.quiet:
+        print(summary.text())
+    return 0

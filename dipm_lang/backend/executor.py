@@ -1,0 +1,160 @@
+"""The executor: runs an optimized Program over modules, group by group.
+
+Every value in the language is a field over modules, and no operator mixes modules, so
+the whole DAG runs for one *group* of modules at a time — modules of equal shape, equal
+input ranks and equal module-selection outcome, stacked along a batch dim so each kernel
+is one batched call. Within a group each value is freed after its last use (torch.fx's
+interpreter idea); numbers and strings are computed once for all groups.
+
+Failures are annotated with the node's source span and the module being processed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.kernels import DENSE, FACTORED, GroupContext, Kernel, module_matches
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import DipmError, ExecutionError
+from dipm_lang.ir.node import Node, Program, walk
+
+_GLOBAL_KINDS = ("Num", "Str")
+
+
+@dataclass
+class SaveResult:
+    """What one `save` produced: per-module factors and, with rank=N, the error dropped."""
+
+    node: Node
+    modules: dict[str, Any] = field(default_factory=dict)
+    dropped_sq: float = 0.0
+    total_sq: float = 0.0
+
+    @property
+    def relative_error(self) -> float:
+        return math.sqrt(self.dropped_sq / self.total_sq) if self.total_sq > 0 else 0.0
+
+
+@dataclass
+class ExecutionResult:
+    saves: list[SaveResult]
+    results: dict[str, dict[str, Any]]  # named result -> module -> value
+
+
+def _is_global(node: Node) -> bool:
+    t = node.type
+    return t.kind in _GLOBAL_KINDS or (t.kind == "List" and (t.item is None or t.item.kind in _GLOBAL_KINDS))
+
+
+class Executor:
+    """Interprets a Program with a kernel registry (factored by default, dense for tests)."""
+
+    def __init__(self, program: Program, *, loader: Callable[[Node, list[str]], Any], eps: float = L.EPS,
+                 dense: bool = False, on_group: Callable[[int], None] | None = None):
+        self.program = program
+        self.loader = loader
+        self.eps = eps
+        self.kernels: dict[str, Kernel] = DENSE if dense else FACTORED
+        self.dense = dense
+        self.on_group = on_group
+        self.order = list(walk(program.all_roots()))
+        self.uses: dict[int, int] = {}
+        for node in self.order:
+            for arg in node.args:
+                self.uses[id(arg)] = self.uses.get(id(arg), 0) + 1
+        self.globals: dict[int, Any] = {}
+        self.selectors = [n for n in self.order if n.op in ("select", "replace")]
+
+    # ---- grouping ---------------------------------------------------------------------
+
+    def group_modules(self, modules: Sequence[str], key: Callable[[str], tuple]) -> list[list[str]]:
+        """Partition modules into batches with identical shapes/ranks/selection outcomes."""
+        if self.dense:
+            return [[m] for m in modules]
+        groups: dict[tuple, list[str]] = {}
+        for name in modules:
+            selection = tuple(module_matches(name, n.attr("pattern"), n.attr("layers")) for n in self.selectors)
+            groups.setdefault(key(name) + selection, []).append(name)
+        return list(groups.values())
+
+    # ---- running ----------------------------------------------------------------------
+
+    def run(self, groups: Iterable[list[str]]) -> ExecutionResult:
+        saves = [SaveResult(node) for node in self.program.roots]
+        results: dict[str, dict[str, Any]] = {name: {} for name in self.program.results}
+        for index, names in enumerate(groups):
+            self._run_group(names, saves, results)
+            if self.on_group:
+                self.on_group(index + 1)
+        return ExecutionResult(saves, results)
+
+    def _run_group(self, names: list[str], saves: list[SaveResult], results: dict[str, dict[str, Any]]) -> None:
+        ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names))
+        values: dict[int, Any] = {}
+        remaining = dict(self.uses)
+        wanted = {id(n) for n in self.program.results.values()}
+        for node in self.order:
+            if id(node) in self.globals:
+                values[id(node)] = self.globals[id(node)]
+                continue
+            if node.op == "save":
+                save = next(s for s in saves if s.node is node)
+                self._save(save, values[id(node.args[0])], names)
+            else:
+                values[id(node)] = self._apply(node, [values[id(a)] for a in node.args], ctx)
+                if _is_global(node):
+                    self.globals[id(node)] = values[id(node)]
+            for arg in node.args:  # free after last use
+                remaining[id(arg)] -= 1
+                if remaining[id(arg)] == 0 and id(arg) not in wanted:
+                    values.pop(id(arg), None)
+        for key, node in self.program.results.items():
+            results[key].update(self._unbatch(values[id(node)], names))
+
+    def _apply(self, node: Node, args: list, ctx: GroupContext) -> Any:
+        kernel = self.kernels.get(node.op)
+        if kernel is None:
+            raise ExecutionError(f"no kernel for {node.op}", self.program.spans.get(node))
+        try:
+            return kernel(node, args, ctx)
+        except DipmError as e:
+            if e.span is None and not getattr(e, "path", None):
+                e.span = self.program.spans.get(node)
+                e.message = f"{e.message} (module {ctx.names[0]})"
+            raise
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ExecutionError(f"{node.op} failed on module {ctx.names[0]}: {e}",
+                                 self.program.spans.get(node)) from e
+
+    def _save(self, save: SaveResult, value: Any, names: list[str]) -> None:
+        rank = save.node.attr("rank")
+        if self.dense:
+            if rank is not None:
+                from dipm_lang.backend import dense as D
+
+                approx, _ = D.lowrank(value, rank)
+                save.dropped_sq += float(torch.linalg.matrix_norm(value - approx)) ** 2
+                save.total_sq += float(torch.linalg.matrix_norm(value)) ** 2
+                value = approx
+            save.modules.update(self._unbatch(value, names))
+            return
+        if rank is not None:
+            total = L.unit_norms(value, "matrix")
+            value, err = L.lowrank(value, rank)
+            save.dropped_sq += float(((err * total) ** 2).sum())
+            save.total_sq += float((total ** 2).sum())
+        save.modules.update(self._unbatch(value, names))
+
+    def _unbatch(self, value: Any, names: list[str]) -> dict[str, Any]:
+        if self.dense:
+            return {names[0]: value}
+        if isinstance(value, LowRank):
+            return {name: LowRank(value.B[i].contiguous(), value.A[i].contiguous()) for i, name in enumerate(names)}
+        if isinstance(value, torch.Tensor):
+            return {name: value[i] for i, name in enumerate(names)}
+        return {name: value for name in names}

@@ -1,0 +1,481 @@
+"""Read PEFT LoRA adapter folders: validate everything up front, load tensors lazily.
+
+`open_adapter` checks a folder completely (config, key layout, shapes, ranks, dtypes) from the
+safetensors *header* alone, so a script fails before any work is done; `read_module` then reads
+one module's two tensors when the executor needs them. Scales are folded into `B`, so a module's
+update is always `ΔW = B @ A` (SPEC §2) in the file's layout.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import AdapterError
+from dipm_lang.io.peft_config import LoraSettings, parse_settings
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+KEY_PREFIX = "base_model.model."
+
+# Suffix of each factor's key, by module kind (PEFT_NOTES "Adapter folders").
+FACTOR_SUFFIXES: dict[str, tuple[str, str]] = {
+    "linear": (".lora_A.weight", ".lora_B.weight"),
+    "embedding": (".lora_embedding_A", ".lora_embedding_B"),
+}
+_FACTOR_KEY = re.compile(
+    r"^base_model\.model\.(?P<name>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$"
+)
+_PART = {
+    "lora_A.weight": ("linear", "A"),
+    "lora_B.weight": ("linear", "B"),
+    "lora_embedding_A": ("embedding", "A"),
+    "lora_embedding_B": ("embedding", "B"),
+}
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+# init_lora_weights values with which PEFT rewrites the base weights when the adapter is
+# created (peft/tuners/lora/layer.py::update_layer): the saved factors alone are not the update.
+_BASE_REWRITING_INITS = ("pissa", "corda", "olora", "mica", "loftq", "orthogonal", "lora_ga")
+
+ModuleKind = Literal["linear", "embedding"]
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One LoRA module as found in a file: `ΔW = scale · B @ A`, `B` [m, r], `A` [r, n]."""
+
+    name: str
+    out_features: int
+    in_features: int
+    rank: int
+    scale: float
+    dtype: torch.dtype
+    a_key: str
+    b_key: str
+    kind: ModuleKind = "linear"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """`(m, n)`: the shape of the module's update in the file's layout."""
+        return (self.out_features, self.in_features)
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterInfo:
+    """A validated adapter folder; tensors stay on disk until `read_module`."""
+
+    path: Path
+    config: dict[str, Any]
+    base_model: str | None
+    modules: dict[str, ModuleInfo]
+    dtype: torch.dtype
+    sha256: str
+    target_modules: list[str] | str | None
+    weights_file: Path
+    fan_in_fan_out: bool = False
+    settings: LoraSettings | None = None
+    ignored_keys: tuple[str, ...] = ()
+    # Only for a legacy `adapter_model.bin`: its tensors, already loaded (safely) into memory.
+    _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def task_type(self) -> str | None:
+        """PEFT's `task_type` from the config (e.g. `"CAUSAL_LM"`), if any."""
+        return self.config.get("task_type")
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_adapter(path: str | Path) -> AdapterInfo:
+    """Validate a PEFT LoRA adapter folder without reading its tensor data.
+
+    Raises `AdapterError`, naming the offending file, for anything dipm_lang cannot read as
+    a plain LoRA update: a missing or malformed config, a non-LoRA `peft_type`, DoRA,
+    `lora_bias`, base-rewriting initialisations, a corrupt weights file, unknown keys,
+    missing factors, non-matrix or non-floating tensors, and ranks that disagree with the config.
+    """
+    folder = Path(path).expanduser().resolve()
+    if not folder.exists():
+        raise AdapterError("adapter folder not found", folder)
+    if not folder.is_dir():
+        raise AdapterError("not a folder; give the adapter folder (with adapter_config.json)", folder)
+
+    config_path = folder / CONFIG_NAME
+    config = _read_config(config_path, folder)
+    _check_lora_variant(config, config_path)
+    settings = parse_settings(config, config_path)
+
+    weights_file, source = _open_weights(folder)
+    modules, ignored = _scan_keys(source, settings, weights_file)
+
+    # Dominant dtype by element count; ties go to the wider type.
+    counts: Counter[torch.dtype] = Counter()
+    for info in modules.values():
+        counts[info.dtype] += info.rank * (info.in_features + info.out_features)
+    dtype = max(counts, key=lambda d: (counts[d], d.itemsize))
+
+    target = config.get("target_modules")
+    return AdapterInfo(
+        path=folder,
+        config=config,
+        base_model=config.get("base_model_name_or_path") or None,
+        modules=modules,
+        dtype=dtype,
+        sha256=sha256_file(weights_file),
+        target_modules=list(target) if isinstance(target, (list, tuple, set)) else target,
+        weights_file=weights_file,
+        fan_in_fan_out=settings.fan_in_fan_out,
+        settings=settings,
+        ignored_keys=tuple(ignored),
+        _tensors=source.tensors if isinstance(source, _DictSource) else None,
+    )
+
+
+def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
+    if not config_path.is_file():
+        hint = None
+        nested = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))
+        if nested:
+            # PEFT saves an adapter not named "default" in a subfolder.
+            hint = f"adapters found in subfolders: {', '.join(nested)}"
+        raise AdapterError(f"missing {CONFIG_NAME}; not a PEFT adapter folder", config_path, hint=hint)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", config_path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"cannot read the config: {exc}", config_path) from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"the config must be a JSON object, got {type(config).__name__}", config_path)
+    return config
+
+
+def _check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
+    """Refuse configs whose update is not `s · B @ A` on its own."""
+    peft_type = config.get("peft_type")
+    if peft_type is None:
+        raise AdapterError("the config has no 'peft_type'; expected \"LORA\"", config_path)
+    if peft_type != "LORA":
+        raise AdapterError(f"peft_type is {peft_type!r}; dipm_lang reads only LoRA adapters (\"LORA\")", config_path)
+    if config.get("use_dora"):
+        raise AdapterError(_DORA_MESSAGE, config_path)
+    if config.get("lora_bias"):
+        raise AdapterError(_BIAS_MESSAGE, config_path)
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        raise AdapterError(
+            f"init_lora_weights is {init!r}: PEFT rewrites the base weights for this adapter, so its "
+            "factors alone are not its update; convert it to a plain LoRA first "
+            "(save_pretrained(..., path_initial_model_for_weight_conversion=...))",
+            config_path,
+        )
+
+
+_DORA_MESSAGE = (
+    "DoRA adapters (use_dora / lora_magnitude_vector) are not supported: their update depends on "
+    "the base model's weights, which dipm_lang does not load"
+)
+_BIAS_MESSAGE = "adapters with lora_bias are not supported: a bias cannot be expressed as a low-rank update"
+
+
+# --------------------------------------------------------------------------- tensor sources
+
+
+class _SafetensorsSource:
+    """Header-only view of a safetensors file (safe_open validates offsets and sizes)."""
+
+    tensors = None
+
+    def __init__(self, file: Path):
+        self.file = file
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                self._meta = {k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
+                              for k in handle.keys()}
+        except Exception as exc:  # SafetensorError, OSError, ... — all mean "unreadable file"
+            raise AdapterError(f"not a valid safetensors file: {exc}", file) from None
+
+    def keys(self) -> list[str]:
+        return list(self._meta)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._meta[key][0]
+
+    def dtype(self, key: str) -> torch.dtype | str:
+        code = self._meta[key][1]
+        return _SAFETENSORS_DTYPES.get(code, code)
+
+
+class _DictSource:
+    """Tensors loaded from a legacy `adapter_model.bin` with `weights_only=True`."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        try:
+            # weights_only=True: the restricted unpickler refuses any global that is not a tensor
+            # type, so a malicious pickle raises here instead of running code.
+            loaded = torch.load(str(file), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise AdapterError(
+                f"refusing to load this pickle: it is not plain tensor data ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); convert the adapter to safetensors",
+                file,
+            ) from None
+        if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+        ):
+            raise AdapterError("expected a mapping of key names to tensors", file)
+        self.tensors: dict[str, torch.Tensor] = loaded
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype | str:
+        return self.tensors[key].dtype
+
+
+def _open_weights(folder: Path) -> tuple[Path, _SafetensorsSource | _DictSource]:
+    safetensors_file = folder / SAFETENSORS_NAME
+    if safetensors_file.exists():  # PEFT prefers safetensors when both are present
+        return safetensors_file, _SafetensorsSource(safetensors_file)
+    bin_file = folder / BIN_NAME
+    if bin_file.exists():
+        return bin_file, _DictSource(bin_file)
+    raise AdapterError(f"no adapter weights: neither {SAFETENSORS_NAME} nor {BIN_NAME} exists", folder)
+
+
+# --------------------------------------------------------------------------- key layout
+
+
+def _scan_keys(
+    source: _SafetensorsSource | _DictSource, settings: LoraSettings, file: Path
+) -> tuple[dict[str, ModuleInfo], list[str]]:
+    """Group the file's keys into modules and check every shape, rank and dtype."""
+    factors: dict[str, dict[str, str]] = {}
+    kinds: dict[str, ModuleKind] = {}
+    unknown: list[str] = []
+    maybe_ignored: list[str] = []
+    for key in source.keys():
+        match = _FACTOR_KEY.match(key)
+        if match:
+            name = match["name"]
+            kind, part = _PART[match["part"]]
+            if kinds.setdefault(name, kind) != kind:
+                raise AdapterError(f"module {name!r} has both linear and embedding LoRA keys", file)
+            factors.setdefault(name, {})[part] = key
+        elif "lora_magnitude_vector" in key:
+            raise AdapterError(f"{_DORA_MESSAGE} (key {key!r})", file)
+        elif key.endswith(".lora_B.bias"):
+            raise AdapterError(f"{_BIAS_MESSAGE} (key {key!r})", file)
+        elif key.startswith(KEY_PREFIX) and key.endswith(".base_layer.weight"):
+            maybe_ignored.append(key)
+        else:
+            unknown.append(key)
+
+    # PEFT saves an embedding's own weight next to its LoRA factors (save_embedding_layers);
+    # it is base weights, not part of the update, so it is skipped. Anywhere else it is unknown.
+    ignored = []
+    for key in maybe_ignored:
+        owner = key[len(KEY_PREFIX) : -len(".base_layer.weight")]
+        (ignored if kinds.get(owner) == "embedding" else unknown).append(key)
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise AdapterError(
+            f"unknown key layout: {shown}; expected 'base_model.model.<module>.lora_A.weight' / '.lora_B.weight'",
+            file,
+        )
+    if not factors:
+        raise AdapterError("the file holds no LoRA weights", file)
+
+    modules = {}
+    for name, parts in factors.items():
+        modules[name] = _module_info(name, kinds[name], parts, source, settings, file)
+    return modules, ignored
+
+
+def _module_info(
+    name: str,
+    kind: ModuleKind,
+    parts: Mapping[str, str],
+    source: _SafetensorsSource | _DictSource,
+    settings: LoraSettings,
+    file: Path,
+) -> ModuleInfo:
+    a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
+    for part, suffix in (("A", a_suffix), ("B", b_suffix)):
+        if part not in parts:
+            raise AdapterError(f"module {name!r} lacks its {part} factor ({KEY_PREFIX}{name}{suffix})", file)
+    a_key, b_key = parts["A"], parts["B"]
+    a_shape, b_shape = source.shape(a_key), source.shape(b_key)
+    if len(a_shape) != 2 or len(b_shape) != 2:
+        raise AdapterError(
+            f"module {name!r}: factors must be matrices, got A {list(a_shape)} and B {list(b_shape)} "
+            "(convolution LoRA is not supported)",
+            file,
+        )
+    (r, n), (m, r_b) = a_shape, b_shape
+    if r != r_b:
+        raise AdapterError(f"module {name!r}: A is {list(a_shape)} but B is {list(b_shape)}; their ranks differ", file)
+    expected = settings.rank(name)
+    if r != expected:
+        raise AdapterError(
+            f"module {name!r} has rank {r} in the file but the config (r / rank_pattern) says {expected}", file
+        )
+    dtypes = {source.dtype(a_key), source.dtype(b_key)}
+    for dtype in dtypes:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise AdapterError(f"module {name!r}: tensors must be floating point, got {_dtype_name(dtype)}", file)
+    if len(dtypes) != 1:
+        raise AdapterError(f"module {name!r}: A and B have different dtypes", file)
+    scale = settings.scale(name)
+    if not math.isfinite(scale):
+        raise AdapterError(f"module {name!r}: its scale is not finite", file)
+    return ModuleInfo(name=name, out_features=m, in_features=n, rank=r, scale=scale,
+                      dtype=dtypes.pop(), a_key=a_key, b_key=b_key, kind=kind)
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_module(
+    info: AdapterInfo,
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    check_finite: bool = True,
+) -> LowRank:
+    """Read one module's factors, fold its scale into `B`, and cast to `dtype` on `device`.
+
+    Raises `AdapterError` for an unknown module, a file changed since `open_adapter`, or
+    (with `check_finite`) NaN/Inf values, naming the file and the module.
+    """
+    module = info.modules.get(name)
+    if module is None:
+        close = difflib.get_close_matches(name, list(info.modules), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        raise AdapterError(f"the adapter has no module {name!r}", info.path, hint=hint)
+
+    a, b = _load_pair(info, module)
+    if tuple(a.shape) != (module.rank, module.in_features) or tuple(b.shape) != (module.out_features, module.rank):
+        raise AdapterError(f"module {name!r} changed shape since the adapter was opened", info.weights_file)
+    # Fold the scale in at float32 (or float64) precision, then cast once.
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    a = a.to(work)
+    b = b.to(work) * module.scale
+    if check_finite:
+        _check_finite(a, b, info, name, "")
+    a, b = a.to(dtype), b.to(dtype)
+    if check_finite and work != dtype:
+        _check_finite(a, b, info, name, f" after casting to {_dtype_name(dtype)}")
+    return LowRank(B=b.to(device).contiguous(), A=a.to(device).contiguous())
+
+
+def _load_pair(info: AdapterInfo, module: ModuleInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    if info._tensors is not None:
+        return info._tensors[module.a_key], info._tensors[module.b_key]
+    try:
+        with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
+            return handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)
+    except Exception as exc:
+        raise AdapterError(f"cannot read module {module.name!r}: {exc}", info.weights_file) from None
+
+
+def _check_finite(a: torch.Tensor, b: torch.Tensor, info: AdapterInfo, name: str, when: str) -> None:
+    for part, tensor in (("A", a), ("B", b)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise AdapterError(f"module {name!r}: factor {part} has NaN or Inf values{when}", info.weights_file)
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def check_compatible(
+    infos: Sequence[AdapterInfo], *, ignore_base_model: bool = False
+) -> dict[str, tuple[int, int]]:
+    """Check that adapters can be combined; return the union of modules and their `(m, n)`.
+
+    Same-named modules must have the same shape and kind, and the configs'
+    `base_model_name_or_path` must agree where both are set (unless `ignore_base_model`).
+    Modules are returned in natural order (`layers.2` before `layers.10`).
+    """
+    seen: dict[str, tuple[ModuleInfo, AdapterInfo]] = {}
+    base: tuple[str, AdapterInfo] | None = None
+    for info in infos:
+        if info.base_model and not ignore_base_model:
+            if base is not None and _norm_model(base[0]) != _norm_model(info.base_model):
+                raise AdapterError(
+                    f"base models differ: {base[1].path} is for {base[0]!r} but {info.path} is for {info.base_model!r}",
+                    info.path,
+                )
+            base = base or (info.base_model, info)
+        for name, module in info.modules.items():
+            if name not in seen:
+                seen[name] = (module, info)
+                continue
+            first, owner = seen[name]
+            if first.shape != module.shape or first.kind != module.kind:
+                raise AdapterError(
+                    f"module {name!r} is {_describe(first)} in {owner.path} but {_describe(module)} in {info.path}",
+                    info.path,
+                )
+    return {name: seen[name][0].shape for name in sorted(seen, key=natural_key)}
+
+
+def _norm_model(name: str) -> str:
+    return name.strip().rstrip("/")
+
+
+def _describe(module: ModuleInfo) -> str:
+    kind = "" if module.kind == "linear" else f"{module.kind} "
+    return f"{kind}{module.out_features}x{module.in_features}"
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key putting `layers.2` before `layers.10`."""
+    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name) if tok)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks so large adapters never sit in memory twice."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                digest.update(chunk)
+    except OSError as exc:
+        raise AdapterError(f"cannot read: {exc}", path) from None
+    return digest.hexdigest()
+
+
+def module_names(infos: Iterable[AdapterInfo]) -> list[str]:
+    """All module names across adapters, in natural order."""
+    return sorted({name for info in infos for name in info.modules}, key=natural_key)

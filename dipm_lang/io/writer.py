@@ -1,0 +1,373 @@
+"""Write PEFT LoRA adapter folders atomically.
+
+The output loads with `peft.PeftModel.from_pretrained(base, path)` and each module's
+`get_delta_weight` equals `B @ A`: the scale is already folded into `B`, so every module is
+written with `lora_alpha == rank` (scale 1, no rsLoRA), the most common rank as `r` and the
+others in `rank_pattern` / `alpha_pattern` under keys that match exactly one module.
+
+Writing is two-phase so a script with several saves writes all or nothing: `stage_adapter`
+fills a hidden temporary sibling folder, `commit_staged` renames every staged folder into
+place (rolling back on failure) and `discard_staged` throws them away. `write_adapter` is
+stage + commit for a single output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import AdapterError
+from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
+from dipm_lang.io.reader import (
+    CONFIG_NAME,
+    FACTOR_SUFFIXES,
+    KEY_PREFIX,
+    SAFETENSORS_NAME,
+    AdapterInfo,
+    natural_key,
+)
+
+OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class StagedOutput:
+    """An adapter written to a temporary folder, waiting to be renamed onto `destination`."""
+
+    destination: Path
+    temp_dir: Path
+    force: bool
+    # Folders `stage_adapter` had to create for the destination's parent (removed on discard).
+    created_dirs: list[Path] = field(default_factory=list)
+    modules: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: bool) -> None:
+    """Check that `path` may be written, before any work is done.
+
+    Refuses: the destination equal to, inside, or containing an input folder; an existing
+    destination without `force`; an existing destination that is a file, or (even with `force`)
+    a non-empty folder that is not an adapter folder; a parent that cannot be created or written.
+    """
+    dest = _resolve(path)
+    for item in inputs:
+        source = _resolve(item)
+        if dest == source:
+            raise AdapterError("refusing to write over an input adapter", dest)
+        if source in dest.parents:
+            raise AdapterError(f"refusing to write inside the input adapter {source}", dest)
+        if dest in source.parents:
+            raise AdapterError(f"refusing to replace a folder that contains the input adapter {source}", dest)
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise AdapterError("the output already exists (use --force to replace it)", dest)
+        if not dest.is_dir():
+            raise AdapterError("the output exists and is not a folder; refusing to replace it", dest)
+        if any(dest.iterdir()) and not (dest / CONFIG_NAME).exists():
+            # --force replaces adapter folders, never an arbitrary folder such as "." by mistake.
+            raise AdapterError("the output exists and is not an adapter folder; refusing to replace it", dest)
+    ancestor = dest.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AdapterError(f"cannot create the output: {ancestor} is not a folder", dest)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise AdapterError(f"cannot create the output: {ancestor} is not writable", dest)
+
+
+def _resolve(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def stage_adapter(
+    path: str | Path,
+    modules: Mapping[str, LowRank],
+    *,
+    template: AdapterInfo | None,
+    dtype: torch.dtype,
+    metadata: Mapping[str, str],
+    recipe: str,
+    force: bool,
+    inputs: Sequence[str | Path] = (),
+) -> StagedOutput:
+    """Write the adapter into a temporary sibling of `path`; nothing visible changes yet.
+
+    `modules` maps module names (e.g. `model.layers.0.self_attn.q_proj`) to updates with the
+    scale folded into `B`. Rank-0 modules are omitted; if nothing is left, raises
+    `AdapterError("the result is zero everywhere")`. `template` (the first input) supplies
+    `base_model_name_or_path`, `task_type`, `fan_in_fan_out` and module kinds (embeddings).
+    """
+    input_paths = list(inputs) or ([template.path] if template is not None else [])
+    prepare_output(path, inputs=input_paths, force=force)
+    dest = _resolve(path)
+    if dtype not in OUTPUT_DTYPES:
+        raise AdapterError(f"unsupported output dtype {dtype}; use float16, bfloat16 or float32", dest)
+    tensors, ranks = _build_tensors(modules, template, dtype, dest)
+    config = build_config(ranks, template)
+    st_metadata = _build_metadata(metadata, dest)
+    card = model_card(dest.name, recipe, input_paths, config.get("base_model_name_or_path"), metadata)
+
+    created = _make_parents(dest.parent)
+    temp_dir: Path | None = None
+    try:
+        temp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dipm-tmp-", dir=dest.parent))
+        save_file(tensors, str(temp_dir / SAFETENSORS_NAME), metadata=st_metadata)
+        _write_text(temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _write_text(temp_dir / "README.md", card)
+        _fsync(temp_dir / SAFETENSORS_NAME)
+    except BaseException as exc:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        _remove_created(created)
+        if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
+            raise
+        raise AdapterError(f"failed to write the output: {exc}", dest) from exc
+    return StagedOutput(destination=dest, temp_dir=temp_dir, force=force, created_dirs=created,
+                        modules=tuple(ranks))
+
+
+def _build_tensors(
+    modules: Mapping[str, LowRank], template: AdapterInfo | None, dtype: torch.dtype, dest: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, str]]]:
+    """PEFT-keyed contiguous tensors, and each written module's (rank, kind) in natural order."""
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, tuple[int, str]] = {}
+    for name in sorted(modules, key=natural_key):
+        value = modules[name]
+        b, a = value.B, value.A
+        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors", dest)
+        rank = int(a.shape[0])
+        if rank == 0:
+            continue  # a zero update: PEFT cannot hold rank 0, and leaving it out means the same
+        kind = "linear"
+        if template is not None and name in template.modules:
+            known = template.modules[name]
+            kind = known.kind
+            if known.shape != (b.shape[0], a.shape[1]):
+                raise AdapterError(
+                    f"module {name!r} is {b.shape[0]}x{a.shape[1]} but {known.out_features}x{known.in_features} "
+                    f"in {template.path}",
+                    dest,
+                )
+        a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
+        for suffix, tensor, part in ((a_suffix, a, "A"), (b_suffix, b, "B")):
+            out = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+            if not bool(torch.isfinite(out).all()):
+                raise AdapterError(
+                    f"module {name!r}: factor {part} has NaN or Inf values in {str(dtype).removeprefix('torch.')}"
+                    + (" (too large for float16? try float32 or bfloat16)" if dtype == torch.float16 else ""),
+                    dest,
+                )
+            tensors[f"{KEY_PREFIX}{name}{suffix}"] = out
+        ranks[name] = (rank, kind)
+    if not ranks:
+        raise AdapterError("the result is zero everywhere; there is nothing to save", dest)
+    return tensors, ranks
+
+
+def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | None) -> dict[str, Any]:
+    """An `adapter_config.json` giving every module scale 1 at its own rank."""
+    counts = Counter(rank for rank, _ in ranks.values())
+    # The most common rank is `r`; ties go to the smaller rank, so the choice is deterministic.
+    r = min(counts, key=lambda k: (-counts[k], k))
+    others = [name for name, (rank, _) in ranks.items() if rank != r]
+    keys = exact_pattern_keys(others, ranks)
+    rank_pattern = {keys[name]: ranks[name][0] for name in others}
+    source = template.config if template is not None else {}
+    config: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": source.get("task_type"),
+        "base_model_name_or_path": source.get("base_model_name_or_path"),
+        "revision": source.get("revision"),
+        "r": r,
+        "lora_alpha": r,  # alpha == r and no rsLoRA: scale 1, B already carries the scale
+        "use_rslora": False,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": dict(rank_pattern),
+        "target_modules": list(ranks),
+        "fan_in_fan_out": bool(source.get("fan_in_fan_out", False)),
+        "init_lora_weights": True,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "lora_bias": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+    if source.get("auto_mapping"):
+        config["auto_mapping"] = source["auto_mapping"]  # lets AutoPeftModel find the base class
+    _verify_scales(config, ranks)
+    return config
+
+
+def _verify_scales(config: Mapping[str, Any], ranks: Mapping[str, tuple[int, str]]) -> None:
+    # Resolve the written config the way PEFT will; a mismatch is a bug in this module.
+    settings = parse_settings(config)
+    for name, (rank, _) in ranks.items():
+        if settings.rank(name) != rank or settings.scale(name) != 1.0:
+            raise AssertionError(f"config resolves {name!r} to rank {settings.rank(name)}, scale {settings.scale(name)}")
+
+
+def _build_metadata(metadata: Mapping[str, str], dest: Path) -> dict[str, str]:
+    out = {"format": "pt"}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise AdapterError(f"safetensors metadata must map strings to strings, got {key!r}: {value!r}", dest)
+        if key != "format":  # PEFT / transformers expect "pt"
+            out[key] = value
+    return out
+
+
+def model_card(
+    name: str, recipe: str, inputs: Sequence[str | Path], base_model: str | None, metadata: Mapping[str, str]
+) -> str:
+    """A short README.md: what made the adapter, from what, and the recipe itself."""
+    # A fence longer than any backtick run in the recipe keeps the code block intact.
+    longest = run = 0
+    for char in recipe:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    lines = ["---", "library_name: peft", "tags:", "- dipm_lang", "- lora"]
+    if base_model:
+        lines.append(f"base_model: {json.dumps(base_model)}")
+    lines += ["---", "", f"# {name}", "", "A LoRA adapter made with dipm_lang.", "", "## Recipe", "",
+              f"{fence}dipm", recipe.rstrip("\n"), fence, "", "## Inputs", ""]
+    lines += [f"- `{_resolve(p)}`" for p in inputs] or ["- (none)"]
+    if metadata:
+        lines += ["", "## Metadata", ""] + [f"- {key}: `{value}`" for key, value in sorted(metadata.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """Create `parent` and missing ancestors; return the ones created, outermost first."""
+    missing = []
+    folder = parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for folder in missing:
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            raise AdapterError(f"cannot create the folder: {exc}", folder) from None
+    return missing
+
+
+def _remove_created(created: Sequence[Path]) -> None:
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # only if still empty
+        except OSError:
+            break
+
+
+# --------------------------------------------------------------------------- committing
+
+
+def commit_staged(staged: Sequence[StagedOutput]) -> list[Path]:
+    """Move every staged folder onto its destination: all of them, or none.
+
+    An existing destination (only allowed with `force`) is renamed aside first and deleted
+    once every output is in place; on any failure the outputs already moved are taken back,
+    the old folders restored and all temporary folders removed.
+    """
+    dests = [item.destination for item in staged]
+    if len(set(dests)) != len(dests):
+        duplicate = next(d for d in dests if dests.count(d) > 1)
+        discard_staged(staged)
+        raise AdapterError("two outputs of the same run write this folder", duplicate)
+    for item in staged:
+        if (item.destination.exists() or item.destination.is_symlink()) and not item.force:
+            discard_staged(staged)
+            raise AdapterError("the output appeared while the run was working (use --force to replace it)",
+                               item.destination)
+
+    done: list[tuple[StagedOutput, Path | None]] = []  # (output, where its old folder went)
+    try:
+        for item in staged:
+            old = None
+            if item.destination.exists() or item.destination.is_symlink():
+                old = _aside_name(item.destination, "old")
+                os.replace(item.destination, old)
+            try:
+                os.replace(item.temp_dir, item.destination)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, item.destination)
+                raise
+            done.append((item, old))
+    except BaseException as exc:
+        for item, old in reversed(done):
+            # Put the new folder back where discard_staged will remove it, restore the old one.
+            os.replace(item.destination, item.temp_dir)
+            if old is not None:
+                os.replace(old, item.destination)
+        discard_staged(staged)
+        if isinstance(exc, Exception) and not isinstance(exc, AdapterError):
+            raise AdapterError(f"failed to move the output into place: {exc}", staged[len(done)].destination) from exc
+        raise
+    for _, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # the new outputs are in place already
+    return dests
+
+
+def discard_staged(staged: Sequence[StagedOutput]) -> None:
+    """Remove staged temporary folders (and parents created for them); never touches outputs."""
+    for item in staged:
+        shutil.rmtree(item.temp_dir, ignore_errors=True)
+        _remove_created(item.created_dirs)
+
+
+def _aside_name(dest: Path, tag: str) -> Path:
+    # mkdtemp reserves a unique name; the rename then replaces that empty folder.
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.dipm-{tag}-", dir=dest.parent))
+
+
+def write_adapter(
+    path: str | Path,
+    modules: Mapping[str, LowRank],
+    *,
+    template: AdapterInfo | None,
+    dtype: torch.dtype,
+    metadata: Mapping[str, str],
+    recipe: str,
+    force: bool,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
+    """Write one adapter folder atomically (stage + commit); returns its resolved path."""
+    staged = stage_adapter(path, modules, template=template, dtype=dtype, metadata=metadata,
+                           recipe=recipe, force=force, inputs=inputs)
+    return commit_staged([staged])[0]

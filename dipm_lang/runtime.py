@@ -1,0 +1,238 @@
+"""Running a compiled Program against adapter folders: validate → execute → write.
+
+1. *Plan*: open every input's config and safetensors header, check shapes and base models
+   across inputs, check every output path — all before any tensor is read or written, so a
+   bad second input fails the run before the first output.
+2. *Execute*: the executor streams module groups through the DAG (progress on stderr).
+3. *Write*: every output is staged in a temporary sibling folder, then all are renamed into
+   place together; a failure anywhere leaves no output at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dipm_lang.backend.executor import ExecutionResult, Executor
+from dipm_lang.backend.lowrank import EPS, LowRank
+from dipm_lang.errors import AdapterError, UsageError
+from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_module
+from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, stage_adapter
+from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.progress import Progress
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"          # auto | cpu | cuda[:N]
+    dtype: str = "float32"        # compute dtype
+    out_dtype: str | None = None  # default: the inputs' dtype
+    eps: float = EPS
+    force: bool = False
+    dense: bool = False           # the float64 dense reference (tests)
+    progress: bool | None = None  # None: when stderr is a terminal
+    ignore_base_model: bool = False
+
+
+@dataclass
+class OutputSummary:
+    path: Path
+    modules: int
+    ranks: list[int]
+    dtype: str
+    relative_error: float | None
+
+    def line(self) -> str:
+        lo, hi = (min(self.ranks), max(self.ranks)) if self.ranks else (0, 0)
+        rank = f"rank {hi}" if lo == hi else f"ranks {lo}–{hi}"
+        err = f", dropped {self.relative_error:.2e} relative error" if self.relative_error is not None else ""
+        return f"{self.path}  ({self.modules} modules, {rank}, {self.dtype}{err})"
+
+
+@dataclass
+class RunSummary:
+    outputs: list[OutputSummary] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    device: str = "cpu"
+    modules: int = 0
+    groups: int = 0
+
+    def text(self) -> str:
+        lines = [f"wrote {len(self.outputs)} adapter{'s' if len(self.outputs) != 1 else ''} in "
+                 f"{self.seconds:.2f} s on {self.device} ({self.modules} modules in {self.groups} batches, "
+                 f"peak memory {self.peak_memory_mb:.0f} MB)"]
+        lines += [f"  {o.line()}" for o in self.outputs]
+        return "\n".join(lines)
+
+
+@dataclass
+class Plan:
+    """Everything checked before work: inputs opened, module union, outputs writable."""
+
+    program: Program
+    inputs: dict[str, AdapterInfo]            # resolved path -> info
+    modules: dict[str, tuple[int, int]]       # module -> (m, n), natural order
+    device: torch.device
+    dtype: torch.dtype
+    out_dtype: torch.dtype
+
+    def group_key(self, name: str) -> tuple:
+        return self.modules[name] + tuple(info.modules[name].rank if name in info.modules else 0
+                                          for info in self.inputs.values())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here")
+    return device
+
+
+def _dtype(name: str, flag: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"{flag} {name}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_nodes(program: Program) -> list[Node]:
+    return [n for n in walk(program.all_roots()) if n.op == "load"]
+
+
+def plan(program: Program, options: RunOptions, *, check_outputs: bool = True) -> Plan:
+    """Open and validate every input and output; read no tensor data."""
+    infos: dict[str, AdapterInfo] = {}
+    for node in load_nodes(program):
+        path = node.attr("path")
+        if path is None:
+            name = node.attr("name") or "input"
+            raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
+                             program.spans.get(node))
+        if path not in infos:
+            infos[path] = open_adapter(path)
+    modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
+    if check_outputs:
+        for save in program.roots:
+            prepare_output(save.attr("path"), inputs=[info.path for info in infos.values()], force=options.force)
+    compute = _dtype(options.dtype, "--dtype")
+    if options.dense:
+        compute = torch.float64
+    if options.out_dtype:
+        out = _dtype(options.out_dtype, "--out-dtype")
+    else:
+        stored = {info.dtype for info in infos.values()}
+        out = stored.pop() if len(stored) == 1 else torch.float32
+    return Plan(program, infos, modules, resolve_device(options.device), compute, out)
+
+
+def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = None) -> ExecutionResult:
+    """Run the program over all modules; returns per-save (and per-result) module values."""
+    infos = the_plan.inputs
+
+    def loader(node: Node, names: list[str]) -> Any:
+        info = infos[node.attr("path")]
+        parts = []
+        for name in names:
+            if name in info.modules:
+                parts.append(read_module(info, name, dtype=the_plan.dtype, device=the_plan.device))
+            else:  # absent from this adapter: a zero update (SPEC §2)
+                m, n = the_plan.modules[name]
+                parts.append(LowRank.zeros(m, n, dtype=the_plan.dtype, device=the_plan.device))
+        if options.dense:
+            return parts[0].dense()
+        return LowRank(torch.stack([p.B for p in parts]), torch.stack([p.A for p in parts]))
+
+    executor = Executor(the_plan.program, loader=loader, eps=options.eps, dense=options.dense,
+                        on_group=progress.update if progress else None)
+    groups = executor.group_modules(list(the_plan.modules), the_plan.group_key)
+    if progress:
+        progress.start(len(groups), sum(len(g) for g in groups))
+    with torch.inference_mode():
+        result = executor.run(groups)
+    if progress:
+        progress.finish()
+    return result
+
+
+def run_program(program: Program, options: RunOptions, *, quiet: bool = False) -> RunSummary:
+    """Validate, execute and write every `save` of `program`; all outputs or none."""
+    start = time.perf_counter()
+    the_plan = plan(program, options)
+    if the_plan.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(the_plan.device)
+    show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
+    progress = Progress("modules", enabled=show)
+    result = execute(the_plan, options, progress=progress)
+
+    metadata = provenance(program, the_plan)
+    template = next(iter(the_plan.inputs.values()), None)
+    staged = []
+    summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
+                         groups=progress.total_steps)
+    try:
+        for save in result.saves:
+            modules = {k: _to_output(v) for k, v in save.modules.items()}
+            staged.append(stage_adapter(save.node.attr("path"), modules, template=template,
+                                        dtype=the_plan.out_dtype, metadata=metadata, recipe=program.script_text,
+                                        force=options.force, inputs=[i.path for i in the_plan.inputs.values()]))
+            ranks = [v.rank for v in modules.values() if v.rank > 0]
+            summary.outputs.append(OutputSummary(
+                Path(save.node.attr("path")), len(ranks), ranks, str(the_plan.out_dtype).removeprefix("torch."),
+                save.relative_error if save.node.attr("rank") is not None else None))
+        commit_staged(staged)
+    except BaseException:
+        discard_staged(staged)
+        raise
+    summary.seconds = time.perf_counter() - start
+    summary.peak_memory_mb = peak_memory_mb(the_plan.device)
+    return summary
+
+
+def _to_output(value: Any) -> LowRank:
+    if isinstance(value, LowRank):
+        if not bool(value.B.any()) or not bool(value.A.any()):  # exactly zero: leave the module out
+            return LowRank.zeros(value.m, value.n, dtype=value.dtype)
+        return LowRank(value.B.detach().cpu().contiguous(), value.A.detach().cpu().contiguous())
+    # dense reference values: exact factors W = I·W (only used by tests)
+    W = value.detach().cpu()
+    return LowRank(W.clone(), torch.eye(W.shape[1], dtype=W.dtype)) if W.shape[0] > W.shape[1] \
+        else LowRank(torch.eye(W.shape[0], dtype=W.dtype), W.clone())
+
+
+def provenance(program: Program, the_plan: Plan) -> dict[str, str]:
+    """Safetensors metadata: the recipe's hash and each input's content hash."""
+    from dipm_lang import __version__
+
+    inputs = {}
+    for node in load_nodes(program):
+        info = the_plan.inputs[node.attr("path")]
+        inputs[node.attr("name") or os.path.basename(str(info.path))] = {"path": str(info.path),
+                                                                          "sha256": info.sha256}
+    return {
+        "dipm_lang_version": __version__,
+        "dipm_script_sha256": hashlib.sha256(program.script_text.encode("utf-8")).hexdigest(),
+        "dipm_inputs": json.dumps(inputs, sort_keys=True),
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
