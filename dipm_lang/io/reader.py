@@ -358,7 +358,13 @@ def _module_info(
                       dtype=dtypes.pop(), a_key=a_key, b_key=b_key, kind=kind)
 
 
+_CODE_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+               "U32": "uint32", "I64": "int64", "U64": "uint64"}
+
+
 def _dtype_name(dtype: torch.dtype | str) -> str:
+    if isinstance(dtype, str):  # a safetensors dtype code torch has no float type for
+        return _CODE_NAMES.get(dtype, dtype)
     return str(dtype).removeprefix("torch.")
 
 
@@ -401,7 +407,8 @@ def read_module(
 
 def _load_pair(info: AdapterInfo, module: ModuleInfo) -> tuple[torch.Tensor, torch.Tensor]:
     if info._tensors is not None:
-        return info._tensors[module.a_key], info._tensors[module.b_key]
+        # Clones: callers own what read_module returns, the cache must not change under them.
+        return info._tensors[module.a_key].clone(), info._tensors[module.b_key].clone()
     try:
         with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
             return handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)

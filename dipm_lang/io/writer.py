@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from dipm_lang.io.safetensors_file import write_safetensors
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
@@ -128,7 +128,7 @@ def stage_adapter(
     temp_dir: Path | None = None
     try:
         temp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dipm-tmp-", dir=dest.parent))
-        save_file(tensors, str(temp_dir / SAFETENSORS_NAME), metadata=st_metadata)
+        write_safetensors(temp_dir / SAFETENSORS_NAME, tensors, st_metadata)
         _write_text(temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         _write_text(temp_dir / "README.md", card)
         _fsync(temp_dir / SAFETENSORS_NAME)
@@ -320,7 +320,11 @@ def commit_staged(staged: Sequence[StagedOutput]) -> list[Path]:
             old = None
             if item.destination.exists() or item.destination.is_symlink():
                 old = _aside_name(item.destination, "old")
-                os.replace(item.destination, old)
+                try:
+                    os.replace(item.destination, old)
+                except BaseException:
+                    old.rmdir()  # the empty placeholder mkdtemp made
+                    raise
             try:
                 os.replace(item.temp_dir, item.destination)
             except BaseException:

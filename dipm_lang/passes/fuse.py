@@ -67,7 +67,7 @@ def fuse(program: Program) -> Program:
             merged: dict[int, list] = {}
             for x, c in pairs:  # x + x -> 2x
                 merged.setdefault(id(x), [x, 0.0])[1] += c
-            items = [(x, c) for x, c in merged.values() if c != 0.0] or [pairs[0]]
+            items = [(x, c) for x, c in merged.values() if c != 0.0] or [(pairs[0][0], 0.0)]  # all cancelled
             if len(items) == 1 and items[0][0].op == "unit_scale" and len(items[0][0].args) == 2 \
                     and single_use(items[0][0]):
                 # k * recombine(...) -> one per-unit scaling with k folded in

@@ -6,6 +6,8 @@ tests/test_simplify.py against the unsimplified program.
 
 from __future__ import annotations
 
+import math
+
 from dipm_lang.frontend.lower import numeric
 from dipm_lang.ir.node import Node, Program, const
 from dipm_lang.ir.types import NUM
@@ -14,10 +16,6 @@ from dipm_lang.passes.rewrite import Rule, RuleSet, rewrite
 
 def _is_const(node: Node, value: float | None = None) -> bool:
     return node.op == "const" and node.type == NUM and (value is None or node.value == value)
-
-
-def _first_if(cond: bool, node: Node) -> Node | None:
-    return node if cond else None
 
 
 def _fold(node: Node) -> Node | None:
@@ -32,7 +30,8 @@ def _fold(node: Node) -> Node | None:
 def _reassociate_scale(node: Node) -> Node | None:
     # a * (b * x) -> (a*b) * x   (numbers a, b)
     k, x = node.args
-    if _is_const(k) and x.op == "mul" and _is_const(x.args[0]) and x.type == node.type:
+    if _is_const(k) and x.op == "mul" and _is_const(x.args[0]) and x.type == node.type \
+            and math.isfinite(k.value * x.args[0].value):  # an overflow would turn 0 * inf into nan
         return node.replace(args=(const(k.value * x.args[0].value, NUM), x.args[1]))
     return None
 
@@ -40,36 +39,36 @@ def _reassociate_scale(node: Node) -> Node | None:
 def _scale_on_left(node: Node) -> Node | None:
     # x * k -> k * x   (one canonical form for scaling by a number)
     x, k = node.args
-    return _first_if(_is_const(k) and x.type != NUM, node.replace(args=(k, x)))
+    return node.replace(args=(k, x)) if _is_const(k) and x.type != NUM else None
 
 
 def _div_to_mul(node: Node) -> Node | None:
     # x / k -> (1/k) * x   (k a nonzero number constant, x not a number)
     x, k = node.args
-    if _is_const(k) and k.value != 0.0 and x.type != NUM:
+    if _is_const(k) and k.value != 0.0 and x.type != NUM and math.isfinite(1.0 / k.value):
         return Node.make("mul", (const(1.0 / k.value, NUM), x), {}, node.type)
     return None
 
 
 SIMPLIFY_RULES = RuleSet([
     # reverse(reverse(d)) -> d
-    Rule("reverse-reverse", "reverse", lambda n: _first_if(n.args[0].op == "reverse", n.args[0].args[0])),
+    Rule("reverse-reverse", "reverse", lambda n: n.args[0].args[0] if n.args[0].op == "reverse" else None),
     # recombine(dir(x, by), mag(x, by)) -> x
-    Rule("recombine-dir-mag", "recombine", lambda n: _first_if(
+    Rule("recombine-dir-mag", "recombine", lambda n: n.args[0].args[0] if (
         n.args[0].op == "dir" and n.args[1].op == "mag" and n.args[0].args[0] is n.args[1].args[0]
-        and n.args[0].attr("by") == n.args[1].attr("by"), n.args[0].args[0])),
+        and n.args[0].attr("by") == n.args[1].attr("by")) else None),
     # shift(d, e, 0) -> d
-    Rule("shift-0", "shift", lambda n: _first_if(_is_const(n.args[2], 0.0), n.args[0])),
+    Rule("shift-0", "shift", lambda n: n.args[0] if _is_const(n.args[2], 0.0) else None),
     # shift(d, e, 1) -> e
-    Rule("shift-1", "shift", lambda n: _first_if(_is_const(n.args[2], 1.0), n.args[1])),
+    Rule("shift-1", "shift", lambda n: n.args[1] if _is_const(n.args[2], 1.0) else None),
     # shift(d, d, t) -> d
-    Rule("shift-same", "shift", lambda n: _first_if(n.args[0] is n.args[1], n.args[0])),
+    Rule("shift-same", "shift", lambda n: n.args[0] if n.args[0] is n.args[1] else None),
     # dir(d, by) -> d  when d is already a Dir[by]; covers dir(dir(x)) -> dir(x)
-    Rule("dir-of-dir", "dir", lambda n: _first_if(n.args[0].type == n.type, n.args[0])),
+    Rule("dir-of-dir", "dir", lambda n: n.args[0] if n.args[0].type == n.type else None),
     # --x -> x
-    Rule("neg-neg", "neg", lambda n: _first_if(n.args[0].op == "neg", n.args[0].args[0])),
+    Rule("neg-neg", "neg", lambda n: n.args[0].args[0] if n.args[0].op == "neg" else None),
     # 1 * x -> x
-    Rule("one-times", "mul", lambda n: _first_if(_is_const(n.args[0], 1.0), n.args[1])),
+    Rule("one-times", "mul", lambda n: n.args[1] if _is_const(n.args[0], 1.0) else None),
     # x * k -> k * x
     Rule("scale-left", "mul", _scale_on_left),
     # x / k -> (1/k) * x

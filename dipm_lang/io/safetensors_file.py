@@ -1,0 +1,40 @@
+"""A deterministic safetensors writer.
+
+`safetensors.torch.save_file` stores metadata from a hash map, so its header order (and so
+the file's bytes) changes from run to run. Outputs must be byte-identical for the same
+script and inputs, so we write the (simple, documented) format ourselves with sorted keys:
+8-byte little-endian header length, a JSON header padded with spaces to 8 bytes, the data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        if tensor.dtype not in _DTYPES:
+            raise ValueError(f"unsupported dtype {tensor.dtype} for {name}")
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for chunk in chunks:
+            f.write(chunk)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny PEFT adapters built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters import folder_digest, make_peft_adapter
+
+# name -> make_peft_adapter keyword arguments; together they cover the config semantics.
+ADAPTER_VARIANTS: dict[str, dict] = {
+    "basic": dict(seed=1, r=4, alpha=8),
+    "wide": dict(seed=2, r=8, alpha=16,
+                 target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    "rslora": dict(seed=3, r=4, alpha=8, use_rslora=True),
+    "patterns": dict(seed=4, r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"),
+                     rank_pattern={"layers.1.self_attn.q_proj": 2, "v_proj": 6},
+                     alpha_pattern={"q_proj": 3, "layers.0.self_attn.v_proj": 5.5}),
+    "bf16": dict(seed=5, r=4, alpha=8, dtype=torch.bfloat16),
+    "embedding": dict(seed=6, r=4, alpha=4, target_modules=("embed_tokens", "q_proj")),
+}
+
+
+_DIGESTS: dict[str, dict[str, str]] = {}
+
+
+@pytest.fixture(scope="session")
+def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One PEFT-saved adapter folder per entry of ADAPTER_VARIANTS (read-only for tests)."""
+    root = tmp_path_factory.mktemp("peft_adapters")
+    built = {name: make_peft_adapter(root / name, **kwargs) for name, kwargs in ADAPTER_VARIANTS.items()}
+    # Hash them at once, before any test can touch them.
+    _DIGESTS.update({name: folder_digest(path) for name, path in built.items()})
+    return built
+
+
+@pytest.fixture(scope="session")
+def peft_adapter_digests(peft_adapters: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """File hashes of every shared adapter, taken right after they were built."""
+    return _DIGESTS
