@@ -95,9 +95,9 @@ def render(error: DipmError, sources: dict[str, str] | None = None) -> str:
     span = error.span
     text = (sources or {}).get(span.file) if span else None
     if span is not None and text is not None:
-        source_lines = text.splitlines()
+        source_lines = text.split("\n")  # as the lexer counts lines (splitlines also breaks at \f, \x1c, …)
         if 1 <= span.line <= len(source_lines):
-            line = source_lines[span.line - 1].expandtabs(1)
+            line = source_lines[span.line - 1].rstrip("\r").expandtabs(1)
             width = 1
             if span.end_line == span.line and span.end_column > span.column:
                 width = span.end_column - span.column

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -28,6 +28,7 @@ from dipm_lang.errors import AdapterError, UsageError
 from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_module
 from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, stage_adapter
 from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.memory import MemoryAdapter
 from dipm_lang.progress import Progress
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -116,9 +117,14 @@ def load_nodes(program: Program) -> list[Node]:
     return [n for n in walk(program.all_roots()) if n.op == "load"]
 
 
-def plan(program: Program, options: RunOptions, *, check_outputs: bool = True) -> Plan:
-    """Open and validate every input and output; read no tensor data."""
+def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
+         memory: Mapping[str, MemoryAdapter] | None = None) -> Plan:
+    """Open and validate every input and output; read no tensor data.
+
+    `memory` maps load paths of the form `<memory:NAME>` to in-memory inputs (the Python API).
+    """
     infos: dict[str, AdapterInfo] = {}
+    memory = memory or {}
     for node in load_nodes(program):
         path = node.attr("path")
         if path is None:
@@ -126,11 +132,11 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True) -
             raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
                              program.spans.get(node))
         if path not in infos:
-            infos[path] = open_adapter(path)
+            infos[path] = memory[path] if path in memory else open_adapter(path)
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     if check_outputs:
         for save in program.roots:
-            prepare_output(save.attr("path"), inputs=[info.path for info in infos.values()], force=options.force)
+            prepare_output(save.attr("path"), inputs=file_inputs(infos.values()), force=options.force)
     compute = _dtype(options.dtype, "--dtype")
     if options.dense:
         compute = torch.float64
@@ -150,7 +156,9 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
         info = infos[node.attr("path")]
         parts = []
         for name in names:
-            if name in info.modules:
+            if isinstance(info, MemoryAdapter) and name in info.modules:
+                parts.append(info.read(name, dtype=the_plan.dtype, device=the_plan.device))
+            elif name in info.modules:
                 parts.append(read_module(info, name, dtype=the_plan.dtype, device=the_plan.device))
             else:  # absent from this adapter: a zero update (SPEC §2)
                 m, n = the_plan.modules[name]
@@ -171,10 +179,11 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
     return result
 
 
-def run_program(program: Program, options: RunOptions, *, quiet: bool = False) -> RunSummary:
+def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
+                memory: Mapping[str, MemoryAdapter] | None = None) -> RunSummary:
     """Validate, execute and write every `save` of `program`; all outputs or none."""
     start = time.perf_counter()
-    the_plan = plan(program, options)
+    the_plan = plan(program, options, memory=memory)
     if the_plan.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(the_plan.device)
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
@@ -191,7 +200,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False) -
             modules = {k: _to_output(v) for k, v in save.modules.items()}
             staged.append(stage_adapter(save.node.attr("path"), modules, template=template,
                                         dtype=the_plan.out_dtype, metadata=metadata, recipe=program.script_text,
-                                        force=options.force, inputs=[i.path for i in the_plan.inputs.values()]))
+                                        force=options.force, inputs=file_inputs(the_plan.inputs.values())))
             ranks = [v.rank for v in modules.values() if v.rank > 0]
             summary.outputs.append(OutputSummary(
                 Path(save.node.attr("path")), len(ranks), ranks, str(the_plan.out_dtype).removeprefix("torch."),
@@ -203,6 +212,11 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False) -
     summary.seconds = time.perf_counter() - start
     summary.peak_memory_mb = peak_memory_mb(the_plan.device)
     return summary
+
+
+def file_inputs(infos: Iterable[AdapterInfo]) -> list[Path]:
+    """The input folders (outputs must never overwrite them); in-memory inputs have none."""
+    return [info.path for info in infos if not isinstance(info, MemoryAdapter)]
 
 
 def _to_output(value: Any) -> LowRank:

@@ -433,3 +433,15 @@ def test_bad_by_and_mismatched_factors() -> None:
         LowRank(torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError):
         lr.linear_combination([x, LowRank.zeros(3, 2, dtype=F64)], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("by", ["out", "in", "matrix"])
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.8])
+def test_shift_antiparallel_in_float32_takes_the_fallback(by, t):
+    """float32 rounding must not turn e = reverse(d) into a slerp through a tiny sin θ."""
+    g = torch.Generator().manual_seed(0)
+    x = LowRank(torch.randn(40, 4, generator=g), torch.randn(4, 30, generator=g))
+    d = lr.dir(x, by)
+    got = lr.unit_norms(lr.shift(d, lr.reverse(d), t, by), by)
+    want = dense.unit_norms(dense.shift(dense.dir(x.dense().double(), by), -dense.dir(x.dense().double(), by), t, by), by)
+    assert torch.allclose(got.double(), want, atol=1e-5)

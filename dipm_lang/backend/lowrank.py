@@ -282,19 +282,27 @@ def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -
     """
     _check_by(by)
     t = float(t)
-    cos = unit_dots(d, e, by).clamp(-1.0, 1.0)
+    # The per-unit coefficients come from r×r quantities, so they are computed in float64
+    # whatever the compute dtype: in float32 an exactly antiparallel pair (e = reverse(d))
+    # has ⟨d,e⟩ ≈ −1 + 6e-8 and sin θ ≈ 3e-4, which would miss SPEC's sin θ < 1e-6 fallback.
+    # Dividing by the stored unit norms (1 up to rounding for directions) removes the
+    # rounding of each direction's own length from the angle.
+    d64, e64 = d.to(torch.float64), e.to(torch.float64)
+    norm_d, norm_e = unit_norms(d64, by), unit_norms(e64, by)
+    dots = unit_dots(d64, e64, by) * _safe_inv(norm_d, eps) * _safe_inv(norm_e, eps)
+    cos = dots.clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin_theta = torch.sin(theta)
-    degenerate = (sin_theta < SIN_EPS) | (unit_norms(d, by) <= eps) | (unit_norms(e, by) <= eps)
+    degenerate = (sin_theta < SIN_EPS) | (norm_d <= eps) | (norm_e <= eps)
     # torch.where evaluates both branches: keep the unused slerp branch finite.
     safe_sin = torch.where(degenerate, torch.ones_like(sin_theta), sin_theta)
     alpha_slerp = torch.sin((1.0 - t) * theta) / safe_sin
     beta_slerp = torch.sin(t * theta) / safe_sin
     # The fallback's norm comes from the factored linear path itself rather than from
     # ‖d‖², ⟨d,e⟩, ‖e‖²: at t = ½ with e = −d that expansion cancels to ~1e-8 instead of 0.
-    inv = _safe_inv(unit_norms(combine_units([d, e], [1.0 - t, t], by), by), eps)
-    alpha = torch.where(degenerate, (1.0 - t) * inv, alpha_slerp)
-    beta = torch.where(degenerate, t * inv, beta_slerp)
+    inv = _safe_inv(unit_norms(combine_units([d64, e64], [1.0 - t, t], by), by), eps)
+    alpha = torch.where(degenerate, (1.0 - t) * inv, alpha_slerp).to(d.dtype)
+    beta = torch.where(degenerate, t * inv, beta_slerp).to(d.dtype)
     return combine_units([d, e], [alpha, beta], by)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dipm_lang.cli.options import add_set_option, parse_sets
-from dipm_lang.compiler import compile_file
+from dipm_lang.config import compile_any
 
 
 def register(sub, commands) -> None:
@@ -16,7 +16,7 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, _ = compile_file(args.file, parse_sets(args.sets), level=args.level, verify=True)
+    program, _ = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True)
     saves = len(program.roots)
     print(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
           f"{len(program.inputs)} input{'s' if len(program.inputs) != 1 else ''})")

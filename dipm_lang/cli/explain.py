@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from dipm_lang.cli.options import add_set_option, parse_sets
-from dipm_lang.compiler import compile_file
+from dipm_lang.compiler import explain_text
+from dipm_lang.config import compile_any
 from dipm_lang.errors import RuntimeDipmError
-from dipm_lang.ir.graph import print_program, to_dot
+from dipm_lang.ir.graph import to_dot
 
 
 def register(sub, commands) -> None:
@@ -23,7 +24,7 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_file(args.file, parse_sets(args.sets), level=args.level, verify=True)
+    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True)
     base = Path(args.file).resolve().parent
     if args.dot:
         _write(args.dot, to_dot(program, relative_to=base))
@@ -34,14 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_json()))
         return 0
-    print(f"nodes: {report.nodes_before} as written", end="")
-    for p in report.passes:
-        print(f" → {p['nodes']} after {p['name']}", end="")
-    print()
-    for note in program.notes:
-        print(f"  {note}")
-    print()
-    print(print_program(program, relative_to=base))
+    print(explain_text(program, report, relative_to=base))
     return 0
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import UsageError
@@ -18,7 +16,8 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """NAME=VALUE pairs; values that name existing paths become absolute (they resolve against the cwd)."""
+    """NAME=VALUE pairs, as written: the lowering resolves adapter paths against the cwd, and keeps
+    strings (e.g. `--set by=in`) as they are."""
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -26,14 +25,5 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
         if name in out:
             raise UsageError(f"--set {name} given twice")
-        out[name] = _absolute_if_path(value)
+        out[name] = value
     return out
-
-
-def _absolute_if_path(value: str) -> str:
-    try:
-        float(value)
-        return value
-    except ValueError:
-        pass
-    return str(Path(os.path.expanduser(value)).resolve())

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from dipm_lang.cli.options import add_set_option, parse_sets
-from dipm_lang.compiler import compile_file
+from dipm_lang.config import compile_any
 from dipm_lang.runtime import DTYPES, RunOptions, plan, run_program
 
 
@@ -37,7 +37,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_file(args.file, parse_sets(args.sets), level=args.level)
+    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level)
     return execute_program(program, args)
 
 

@@ -20,7 +20,7 @@ from dipm_lang.frontend.arith import OP_NAMES, binary_result, negate_result
 from dipm_lang.frontend.builtins import BUILTINS, REQUIRED, Arg, Builtin, Call
 from dipm_lang.frontend.parser import parse_script
 from dipm_lang.frontend.suggest import did_you_mean
-from dipm_lang.ir.node import Node, Program
+from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
 from dipm_lang.resources import stdlib_dir
 
@@ -83,6 +83,7 @@ class Lowerer:
         self.inputs: dict[str, Node] = {}
         self.roots: list[Node] = []
         self.node_count = 0
+        self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
         self._inline_stack: list[str] = []
         self._import_stack: list[str] = []
         self._depth = 0
@@ -98,15 +99,36 @@ class Lowerer:
         node = Node.make(op, args, attrs, type_, unique=True)
         if span is not None:
             self.spans[node] = span
+        if type_ == NUM:
+            self._numbers[node] = self._number_value(node, span)
         return node
+
+    def _number_value(self, node: Node, span: Span | None) -> float:
+        """A number computed in the script must be finite and divide by nonzero numbers only; the error
+        points at the arithmetic that breaks this (the passes and the backend rely on it)."""
+        if node.op == "const":
+            return node.value
+        try:
+            value = numeric(node.op, [self._numbers[a] if a in self._numbers else const_eval(a) for a in node.args])
+        except DipmTypeError as e:  # division by zero
+            raise DipmTypeError(e.message, span) from None
+        if not math.isfinite(value):
+            raise DipmTypeError("this number is too large (the arithmetic overflows)", span)
+        return value
 
     # ---- scripts and statements ------------------------------------------------------
 
     def lower_script(self, script: ast.Script, text: str) -> Program:
         module = Module(script.file, parent=self.prelude)
         self.sources[script.file] = text
-        for statement in script.statements:
-            self.lower_statement(statement, module)
+        # the script itself is on the import stack, so a cycle back to it is caught where it closes
+        main = [] if script.file.startswith("<") else [str(Path(script.file).resolve())]
+        self._import_stack.extend(main)
+        try:
+            for statement in script.statements:
+                self.lower_statement(statement, module)
+        finally:
+            del self._import_stack[len(self._import_stack) - len(main):]
         self.check_external_used()
         return self.program(text, module)
 
@@ -165,11 +187,11 @@ class Lowerer:
     def _binding_value(self, statement: ast.Binding, module: Module) -> Node:
         name = statement.name
         node = self.lower_expr(statement.value, {}, module)
-        if node.op == "load":
+        if node.op == "load" and node.attr("name") is None:  # `g = h` aliases the input h, no new input
             path = node.attr("path")
             if name in self.external:
                 self.used_external.add(name)
-                path = str(self.external[name])
+                path = self._external_path(name)
             node = self.make("load", (), {"path": path, "name": name}, node.type, self.spans.get(node))
             self.inputs[name] = node
         elif name in self.external:
@@ -179,15 +201,25 @@ class Lowerer:
             raise DipmTypeError("save(...) has no value to bind", statement.span)
         return node
 
+    def _external_path(self, name: str) -> str:
+        """An adapter path given from outside; a relative one resolves against the working directory
+        (absolute paths and `<memory:…>` keys are kept as given)."""
+        value = str(self.external[name])
+        if value.startswith("<") or os.path.isabs(value):
+            return value
+        return str(Path(os.path.expanduser(value)).resolve())
+
     def _external_value(self, name: str, node: Node, span: Span | None) -> Node:
         raw = self.external[name]
-        if node.type == STR:
-            return self.make("const", (), {"value": str(raw)}, STR, span)
+        if node.type == STR:  # a string from the command line: relative paths resolve against the cwd
+            return self.make("const", (), {"value": str(raw)}, STR, COMMAND_LINE)
         if node.type == NUM:
             try:
                 value = float(raw)
             except ValueError:
                 raise UsageError(f"--set {name}={raw}: '{name}' is a number in the script") from None
+            if not math.isfinite(value):
+                raise UsageError(f"--set {name}={raw}: '{name}' must be a finite number")
             return self.make("const", (), {"value": value}, NUM, span)
         raise UsageError(f"--set {name}=…: '{name}' is bound to a {node.type} expression, which cannot be set "
                          "from outside (only load(...), strings and numbers can)")
@@ -250,7 +282,7 @@ class Lowerer:
             left = self.lower_expr(expr.left, scope, module)
             right = self.lower_expr(expr.right, scope, module)
             result = binary_result(expr.op, left.type, right.type, expr.span)
-            if expr.op == "/" and right.op == "const" and right.value == 0.0:
+            if expr.op == "/" and right.type == NUM and self._numbers.get(right) == 0.0:
                 raise DipmTypeError("division by zero", expr.right.span)
             return self.make(OP_NAMES[expr.op], (left, right), {}, result, expr.span)
         if isinstance(expr, ast.Neg):
@@ -276,7 +308,7 @@ class Lowerer:
         if expr.id in self.external:
             self.used_external.add(expr.id)
             if expr.id not in self.inputs:
-                self.inputs[expr.id] = self.make("load", (), {"path": str(self.external[expr.id]), "name": expr.id},
+                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
         if module.function(expr.id) is not None or expr.id in BUILTINS:
@@ -317,7 +349,9 @@ class Lowerer:
                 arg = Arg(None, None, given)
             args[param.name] = arg
         if builtin.name in ("load", "save") and isinstance(args["path"].value, str):
-            args["path"].value = _resolve_path(args["path"].value, expr.span)
+            # relative to the file the string literal is written in (the cwd for --set values)
+            origin = self.spans.get(args["path"].node) or expr.span
+            args["path"].value = _resolve_path(args["path"].value, origin)
 
         def make(op, node_args, attrs, type_):
             return self.make(op, node_args, attrs, type_, expr.span)
@@ -371,21 +405,30 @@ class _NotConstant(Exception):
 
 def const_eval(node: Node) -> Any:
     """The value of a constant expression (numbers, strings, lists and arithmetic on numbers)."""
-    if node.op == "const":
-        return node.value
-    if node.op == "list":
-        return [const_eval(a) for a in node.args]
-    if node.type == NUM and node.op in ("add", "sub", "mul", "div", "neg"):
-        values = [const_eval(a) for a in node.args]
-        return numeric(node.op, values)
-    raise _NotConstant()
+    values: dict[int, Any] = {}  # each shared operand once, without recursion: bindings can chain deep
+    for n in walk([node]):
+        if n.op == "const":
+            values[id(n)] = n.value
+        elif n.op == "list":
+            values[id(n)] = [values[id(a)] for a in n.args]
+        elif n.type == NUM and n.op in ("add", "sub", "mul", "div", "neg", "max", "min", "abs"):
+            values[id(n)] = numeric(n.op, [values[id(a)] for a in n.args])
+        else:
+            raise _NotConstant()
+    return values[id(node)]
 
 
 def numeric(op: str, values: list[float]) -> float:
     """Arithmetic on plain numbers, as the language defines it."""
     if op == "neg":
         return -values[0]
+    if op == "abs":
+        return abs(values[0])
     a, b = values
+    if op == "max":
+        return max(a, b)
+    if op == "min":
+        return min(a, b)
     if op == "add":
         return a + b
     if op == "sub":
@@ -455,6 +498,9 @@ def _display_path(path: Path) -> str:
         return os.path.relpath(path)
     except ValueError:
         return str(path)
+
+
+COMMAND_LINE = Span("<command line>", 1, 1, 1, 1)
 
 
 def _resolve_path(path: str, span: Span | None) -> str:

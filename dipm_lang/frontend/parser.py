@@ -287,7 +287,9 @@ def _translate(e: UnexpectedInput, text: str, file: str) -> DipmSyntaxError:
     if token.type == "RSQB" and _open_bracket_before(text, token.start_pos) is None:
         return DipmSyntaxError("unmatched ']'", span)
     if token.type in ("NAME", "NUMBER", "STRING", "LPAR") and ("RPAR" in expected or "COMMA" in expected):
-        return DipmSyntaxError(f"unexpected {shown!r}: is a ',' or ')' missing before it?", span)
+        opened = _open_bracket_before(text, token.start_pos)
+        closer = "]" if opened is not None and opened[0] == "[" else ")"
+        return DipmSyntaxError(f"unexpected {shown!r}: is a ',' or '{closer}' missing before it?", span)
     return DipmSyntaxError(f"unexpected {shown!r}" + _expected_clause(expected), span)
 
 

@@ -1,0 +1,463 @@
+"""The Python API: compile scripts, evaluate expressions, and hand results to PEFT.
+
+    import dipm_lang as dl
+
+    value = dl.evaluate("detox(H, T, t=0.3)", H="adapters/helpful", T=peft_model)
+    print(value)                                  # type, modules, ranks, norms per layer
+    value.save("out/detox")                       # a PEFT adapter folder
+    dl.add_to_peft_model(peft_model, value, "detox")  # or a new adapter on the model itself
+
+    program = dl.compile(open("recipe.dipm").read(), file="recipe.dipm")
+    program.run({"H": "adapters/other"})          # run it again on other adapters
+
+Inputs may be adapter folders (`str` or `Path`), already computed values (`AdapterValue`, or a
+mapping module name → `LowRank` with the scale folded into `B`), a `peft.PeftModel` (its active
+adapter) or `(peft_model, "adapter_name")`. In-memory inputs are read directly, never written to
+temporary files. Errors are `dipm_lang.errors.DipmError`s, whose `str()` says where and what.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from dipm_lang.errors import DipmTypeError, UsageError
+
+if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` must be cheap
+    import torch
+
+    from dipm_lang.backend.lowrank import LowRank
+    from dipm_lang.io.reader import AdapterInfo
+    from dipm_lang.ir.node import Program
+    from dipm_lang.memory import MemoryAdapter
+    from dipm_lang.passes.pipeline import PassReport
+    from dipm_lang.runtime import OutputSummary, RunSummary
+
+InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], Any]
+"""A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel` or `(PeftModel, name)`."""
+
+__all__ = ["AdapterValue", "CompiledProgram", "add_to_peft_model", "compile", "evaluate"]
+
+
+# ---- compile ------------------------------------------------------------------------------
+
+
+class CompiledProgram:
+    """A script compiled once (parsed, type-checked, optimized) that can run many times.
+
+    `program` is the optimized IR, `report` the node counts after each pass, `inputs` the
+    names of the script's inputs (its named `load`s and the free names given at compile time).
+    """
+
+    def __init__(self, program: Program, report: PassReport, inputs: list[str], file: str):
+        self.program = program
+        self.report = report
+        self.inputs = inputs
+        self.file = file
+
+    def run(self, inputs: Mapping[str, InputValue] | None = None, *, device: str = "auto",
+            dtype: str | torch.dtype = "float32", out_dtype: str | torch.dtype | None = None,
+            force: bool = False, ignore_base_model: bool = False, progress: bool = False,
+            eps: float | None = None) -> RunSummary:
+        """Run every `save` of the script; all outputs are written, or none.
+
+        `inputs` maps input names to adapters (paths resolve against the working directory;
+        in-memory values as for `evaluate`), overriding the paths written in the script.
+        `device` is `auto` (CUDA when present), `cpu` or `cuda[:N]`; `force` replaces existing
+        outputs. Returns the run's summary (`.text()`, `.outputs`).
+        """
+        from dipm_lang.compiler import bind_inputs
+        from dipm_lang.runtime import run_program
+
+        unknown = sorted(set(inputs or {}) - set(self.inputs))
+        if unknown:
+            raise UsageError(f"the program has no input named '{unknown[0]}'",
+                             hint=f"its inputs: {', '.join(self.inputs) or 'none'}")
+        paths, memory = _split_inputs(inputs or {})
+        program = bind_inputs(self.program, paths) if paths else self.program
+        options = _options(device, dtype, out_dtype, force=force, ignore_base_model=ignore_base_model,
+                           progress=progress, eps=eps)
+        return run_program(program, options, quiet=True, memory=memory)
+
+    def explain(self) -> str:
+        """The optimized plan as `dipm explain` prints it: node counts per pass, notes, the DAG."""
+        from dipm_lang.compiler import explain_text
+
+        base = None if self.file.startswith("<") else Path(self.file).resolve().parent
+        return explain_text(self.program, self.report, relative_to=base)
+
+    def __repr__(self) -> str:
+        saves = [str(node.attr("path")) for node in self.program.roots]
+        return (f"<CompiledProgram {self.file}: inputs {', '.join(self.inputs) or 'none'}; "
+                f"{len(saves)} save{'s' if len(saves) != 1 else ''}; {self.report.nodes_after} nodes>")
+
+
+def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+            level: int = 2) -> CompiledProgram:  # noqa: A001 - the package's public name
+    """Parse, type-check and optimize a dipm script; returns a reusable `CompiledProgram`.
+
+    `file` names the script in error messages, and relative paths in it resolve against that
+    file's folder (the working directory for `<input>`). `inputs` binds names at compile time:
+    NAME → adapter path (relative to the working directory) makes the free name NAME an input
+    or overrides the path of `NAME = load(…)`; NAME → None declares an input whose path is
+    given later to `run`. Strings and numbers override bindings of that type, as `--set` does.
+    `level` is the optimisation level (0, 1 or 2). A compile error `e` carries `e.sources`, so
+    `dipm_lang.errors.render(e, e.sources)` shows the line with a caret.
+    """
+    from dipm_lang.compiler import bind_inputs, lower_text
+    from dipm_lang.passes.pipeline import optimize
+
+    if level not in (0, 1, 2):
+        raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
+    inputs = dict(inputs or {})
+    unbound = [name for name, value in inputs.items() if value is None]
+    external = {name: (os.fspath(value) if isinstance(value, os.PathLike) else value)
+                for name, value in inputs.items()}
+    external.update({name: "." for name in unbound})  # a placeholder path, unbound again below
+    with _sources(file, text):
+        program = lower_text(text, file, external)
+    if unbound:
+        program = bind_inputs(program, {name: None for name in unbound})
+    names = list(program.inputs)
+    program, report = optimize(program, level=level)
+    return CompiledProgram(program, report, names, file)
+
+
+# ---- evaluate -----------------------------------------------------------------------------
+
+
+def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32", level: int = 2,
+             ignore_base_model: bool = False, **inputs: InputValue) -> AdapterValue:
+    """Compute one expression and return its value, per module, without writing anything.
+
+    `expr` is a single dipm expression (standard-library functions in scope), e.g.
+    `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
+    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory),
+    `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
+    `(peft_model, "adapter_name")`. The result must be an update (Delta, Dir) or magnitudes
+    (Mag); it is computed in `dtype` (default float32) on `device` (default cpu).
+
+    Errors in the expression point at `<expr>:1:COLUMN`; `dipm_lang.errors.render(e, e.sources)`
+    shows the expression with a caret under the column.
+    """
+    from dipm_lang.compiler import RESULT, bind_inputs, lower_expression
+    from dipm_lang.passes.pipeline import optimize
+    from dipm_lang.runtime import execute, file_inputs, plan, provenance
+
+    if level not in (0, 1, 2):
+        raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
+    paths, memory = _split_inputs(inputs)
+    with _sources("<expr>", expr):
+        program = lower_expression(expr, "<expr>", paths)
+    unused = sorted(set(inputs) - set(program.inputs))
+    if unused:
+        raise UsageError(f"input '{unused[0]}' is not used by the expression")
+    memory_paths = {name: path for name, path in paths.items() if path in memory}
+    if memory_paths:
+        program = bind_inputs(program, memory_paths)
+    type_ = program.results[RESULT].type
+    program, _ = optimize(program, level=level)
+    options = _options(device, dtype, None, ignore_base_model=ignore_base_model)
+    the_plan = plan(program, options, check_outputs=False, memory=memory)
+    result = execute(the_plan, options)
+    modules = {name: _detach(value) for name, value in result.results[RESULT].items()}
+    return AdapterValue(str(type_), modules, template=_template(list(the_plan.inputs.values())),
+                        recipe=expr, metadata=provenance(program, the_plan), out_dtype=the_plan.out_dtype,
+                        input_paths=file_inputs(the_plan.inputs.values()))
+
+
+# ---- values -------------------------------------------------------------------------------
+
+
+class AdapterValue(Mapping[str, Any]):
+    """The value of an expression: one entry per module.
+
+    Updates (`Delta`, `Dir[by]`) hold a `LowRank` per module (ΔW = B @ A, scale folded into
+    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar). It is a
+    read-only mapping module name → value; `print(value)` shows a summary (type, modules,
+    ranks, Frobenius norms per layer), never a tensor dump.
+    """
+
+    def __init__(self, type: str, modules: Mapping[str, Any], *, template: AdapterInfo | None = None,
+                 recipe: str = "", metadata: Mapping[str, str] | None = None,
+                 out_dtype: torch.dtype | None = None, input_paths: list[Path] | None = None):
+        self.type = type
+        self.modules: dict[str, Any] = dict(modules)
+        self.recipe = recipe
+        self._template = template
+        self._metadata = dict(metadata or {})
+        self._out_dtype = out_dtype
+        self._input_paths = list(input_paths or [])
+
+    @property
+    def kind(self) -> str:
+        """`Delta`, `Dir` or `Mag` (the type without its `by`)."""
+        return self.type.split("[", 1)[0]
+
+    @property
+    def is_update(self) -> bool:
+        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes."""
+        return self.kind in ("Delta", "Dir")
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """Module → inner rank of its factors (updates only)."""
+        self._need_update("ranks")
+        return {name: value.rank for name, value in self.modules.items()}
+
+    def delta(self, name: str) -> torch.Tensor:
+        """Module `name`'s update as a dense m×n matrix `B @ A` (the layout of the adapter files)."""
+        self._need_update("delta")
+        if name not in self.modules:
+            from dipm_lang.frontend.suggest import did_you_mean
+
+            guess = did_you_mean(name, set(self.modules))
+            raise KeyError(f"no module {name!r}" + (f"; did you mean {guess!r}?" if guess else ""))
+        return self.modules[name].dense()
+
+    def summary(self) -> str:
+        """A few lines: type, modules, ranks, norms per layer (computed from the factors)."""
+        from dipm_lang.summary import summarize
+
+        return summarize(self.type, self.modules)
+
+    def save(self, path: str | os.PathLike[str], rank: int | None = None, force: bool = False, *,
+             dtype: str | torch.dtype | None = None) -> OutputSummary:
+        """Write the value as a PEFT LoRA adapter folder (atomically), like `save(x, path, rank=…)`.
+
+        `rank` truncates every module with the factored SVD (the summary reports the relative
+        error dropped); `force` replaces an existing adapter folder; `dtype` defaults to the
+        inputs' dtype. The folder loads with `peft.PeftModel.from_pretrained`.
+        """
+        import math
+
+        from dipm_lang.backend import lowrank as L
+        from dipm_lang.io.writer import write_adapter
+        from dipm_lang.runtime import OutputSummary, _to_output
+
+        self._need_update("save")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise UsageError(f"rank must be a positive whole number, got {rank!r}")
+        out_dtype = _torch_dtype(dtype) if dtype is not None else (self._out_dtype or _torch_dtype("float32"))
+        modules, dropped, total = {}, 0.0, 0.0
+        for name, value in self.modules.items():
+            if rank is not None:
+                norm = float(L.unit_norms(value, "matrix")) if value.rank else 0.0
+                value, err = L.lowrank(value, rank)
+                dropped += (float(err) * norm) ** 2
+                total += norm ** 2
+            modules[name] = _to_output(value)
+        written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
+                                recipe=self.recipe, force=force, inputs=self._input_paths)
+        ranks = [v.rank for v in modules.values() if v.rank > 0]
+        error = math.sqrt(dropped / total) if rank is not None and total > 0 else (0.0 if rank is not None else None)
+        return OutputSummary(written, len(ranks), ranks, str(out_dtype).removeprefix("torch."), error)
+
+    def _need_update(self, what: str) -> None:
+        if not self.is_update:
+            raise DipmTypeError(f"{what} needs an update (Delta or Dir); this value is {self.type}")
+
+    # Mapping protocol: module name -> value
+    def __getitem__(self, name: str) -> Any:
+        return self.modules[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __repr__(self) -> str:
+        return f"<AdapterValue {self.summary()}>"
+
+    __str__ = summary
+
+
+# ---- PEFT ---------------------------------------------------------------------------------
+
+
+def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRank], adapter_name: str, *,
+                      activate: bool = False) -> Any:
+    """Add `value` to an in-memory `peft.PeftModel` as a new LoRA adapter named `adapter_name`.
+
+    This is what `add_weighted_adapter` is used for, with any dipm expression as the recipe.
+    Each module gets its own rank (`r` / `rank_pattern`) and scale 1 (`lora_alpha == r`), and
+    the factors are copied in, so `get_delta_weight(adapter_name)` equals `value.delta(name)`.
+    Modules whose update is exactly zero are left out. Raises `UsageError` if the model
+    already has an adapter of that name (PEFT would silently keep the old one), if a module is
+    missing from the model, or if a shape disagrees (the half-made adapter is removed again).
+    With `activate`, the new adapter becomes the active one. Returns the `LoraConfig` used.
+    """
+    import peft
+    import torch
+
+    from dipm_lang.io.writer import build_config
+    from dipm_lang.memory import active_adapter
+
+    if not isinstance(peft_model, peft.PeftModel):
+        raise UsageError(f"expected a peft.PeftModel, got {type(peft_model).__name__}")
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise UsageError(f"adapter_name must be a non-empty string, got {adapter_name!r}")
+    if adapter_name in peft_model.peft_config:
+        raise UsageError(f"the model already has an adapter named {adapter_name!r}; choose another name "
+                         "or delete it first (peft_model.delete_adapter)")
+    if isinstance(value, AdapterValue):
+        if not value.is_update:
+            raise DipmTypeError(f"only an update (Delta or Dir) can become an adapter; this value is {value.type}")
+        modules = value.modules
+    else:
+        modules = dict(value)
+    factors = {name: v for name, v in modules.items() if v.rank > 0 and bool(v.B.any()) and bool(v.A.any())}
+    if not factors:
+        raise UsageError("the value is zero everywhere; there is nothing to add")
+    base = peft_model.base_model.model
+    kinds: dict[str, tuple[int, str]] = {}
+    for name, v in factors.items():
+        try:
+            layer = base.get_submodule(name)
+        except AttributeError:
+            raise UsageError(f"the model has no module {name!r}") from None
+        layer = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+        kinds[name] = (v.rank, "embedding" if isinstance(layer, torch.nn.Embedding) else "linear")
+    settings = build_config(kinds, None)
+    existing = peft_model.peft_config.get(active_adapter(peft_model))
+    config = peft.LoraConfig(
+        r=settings["r"], lora_alpha=settings["lora_alpha"], rank_pattern=settings["rank_pattern"],
+        alpha_pattern=settings["alpha_pattern"], target_modules=settings["target_modules"], lora_dropout=0.0,
+        bias="none", fan_in_fan_out=bool(getattr(existing, "fan_in_fan_out", False)),
+        task_type=getattr(existing, "task_type", None),
+        base_model_name_or_path=getattr(existing, "base_model_name_or_path", None),
+    )
+    try:
+        peft_model.add_adapter(adapter_name, config)
+    except (KeyError, ValueError, TypeError) as e:  # e.g. a name that is an nn.Module attribute ("half")
+        raise UsageError(f"PEFT cannot add an adapter named {adapter_name!r}: {e}") from e
+    try:
+        with torch.no_grad():
+            for name, v in factors.items():
+                layer = base.get_submodule(name)
+                if adapter_name in getattr(layer, "lora_A", {}):
+                    a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+                elif adapter_name in getattr(layer, "lora_embedding_A", {}):
+                    a, b = layer.lora_embedding_A[adapter_name], layer.lora_embedding_B[adapter_name]
+                else:
+                    raise UsageError(f"PEFT did not create the adapter on module {name!r}")
+                if tuple(a.shape) != tuple(v.A.shape) or tuple(b.shape) != tuple(v.B.shape):
+                    raise UsageError(f"module {name!r}: the value is {v.m}x{v.n} (rank {v.rank}) but the model's "
+                                     f"LoRA factors are B {list(b.shape)}, A {list(a.shape)}")
+                a.copy_(v.A.to(device=a.device, dtype=a.dtype))
+                b.copy_(v.B.to(device=b.device, dtype=b.dtype))
+    except BaseException:
+        peft_model.delete_adapter(adapter_name)
+        raise
+    if activate:
+        peft_model.set_adapter(adapter_name)
+    return config
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sources(file: str, text: str) -> Iterator[None]:
+    """Attach the source text to errors raised inside, for `render(e, e.sources)`."""
+    from dipm_lang.errors import DipmError
+
+    try:
+        yield
+    except DipmError as e:
+        if getattr(e, "sources", None) is None:
+            e.sources = {file: text}
+        raise
+
+
+def _split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, str], dict[str, MemoryAdapter]]:
+    """NAME → load path for every input, and the in-memory inputs keyed by their `<memory:…>` path."""
+    paths: dict[str, str] = {}
+    memory: dict[str, MemoryAdapter] = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UsageError(f"input names must be identifiers, got {name!r}")
+        if isinstance(value, (str, os.PathLike)):
+            paths[name] = str(Path(os.path.expanduser(os.fspath(value))).resolve())
+            continue
+        adapter = _memory_adapter(name, value)
+        paths[name] = str(adapter.path)
+        memory[str(adapter.path)] = adapter
+    return paths, memory
+
+
+def _memory_adapter(name: str, value: Any) -> MemoryAdapter:
+    from dipm_lang import memory as M
+
+    if isinstance(value, AdapterValue):
+        if not value.is_update:
+            raise UsageError(f"input '{name}': a {value.type} cannot be an input; inputs are updates")
+        template = value._template
+        kinds = {m: info.kind for m, info in template.modules.items()} if template else {}
+        return M.from_modules(name, value.modules, config=template.config if template else {}, kinds=kinds)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
+        return M.from_peft(value[0], value[1], label=name)
+    if isinstance(value, Mapping):
+        return M.from_modules(name, value)
+    if _is_peft_model(value):
+        return M.from_peft(value, label=name)
+    raise UsageError(f"input '{name}': expected a path, an AdapterValue, a mapping module → LowRank, a "
+                     f"PeftModel or (PeftModel, adapter_name); got {type(value).__name__}")
+
+
+def _is_peft_model(value: Any) -> bool:
+    try:
+        import peft
+    except ImportError:  # pragma: no cover - peft is optional
+        return False
+    return isinstance(value, peft.PeftModel)
+
+
+def _template(infos: list[AdapterInfo]) -> AdapterInfo | None:
+    """The writer's template: the first input's config, with every input's module kinds and shapes."""
+    if not infos:
+        return None
+    modules = {}
+    for info in reversed(infos):
+        modules.update(info.modules)
+    return dataclasses.replace(infos[0], modules=modules)
+
+
+def _detach(value: Any) -> Any:
+    """A normal (non-inference) tensor, so results can feed autograd or be copied into models."""
+    from dipm_lang.backend.lowrank import LowRank
+
+    if isinstance(value, LowRank):
+        return LowRank(value.B.clone(), value.A.clone())
+    return value.clone() if hasattr(value, "clone") else value
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype:
+    from dipm_lang.runtime import DTYPES
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise UsageError(f"dtype {dtype}: use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(_torch_dtype(dtype)).removeprefix("torch.")
+
+
+def _options(device: str, dtype: Any, out_dtype: Any, **kwargs: Any):
+    from dipm_lang.backend.lowrank import EPS
+    from dipm_lang.runtime import RunOptions
+
+    if kwargs.get("eps") is None:
+        kwargs["eps"] = EPS
+    return RunOptions(device=device, dtype=_dtype_name(dtype),
+                      out_dtype=_dtype_name(out_dtype) if out_dtype is not None else None, **kwargs)

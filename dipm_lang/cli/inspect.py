@@ -1,0 +1,30 @@
+"""`dipm inspect ADAPTER [ADAPTER …]`: ranks, scales, norms, magnitudes; direction cosines between adapters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub, commands) -> None:
+    p = sub.add_parser("inspect", help="per-module and per-layer statistics of adapters; direction cosines "
+                                       "between them")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="PEFT LoRA adapter folders")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.add_argument("--plot", metavar="OUT.png", help="draw heat maps (layer × module type) of norms and cosines")
+    commands["inspect"] = run
+
+
+def run(args: argparse.Namespace) -> int:
+    from dipm_lang.inspect import inspect_adapters, plot_report
+
+    report = inspect_adapters(args.adapters)
+    if args.plot:
+        plot_report(report, args.plot)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(report.text())
+        if args.plot:
+            print(f"\nwrote {args.plot}")
+    return 0
