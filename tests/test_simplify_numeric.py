@@ -42,3 +42,9 @@ def test_rule_fires_and_is_sound(trio, rule):  # noqa: F811
     reference = values(text, trio, level=0, dense=True)
     assert_same(values(text, trio, level=2), reference)
     assert_same(values(text, trio, level=2, dense=True), reference)
+
+
+def test_number_functions_run(trio):  # noqa: F811
+    text = 'save(recombine(shift(dir(H), dir(T), max(0.1, min(0.4, 0.2))), mag(H)), "o")'
+    want = 'save(recombine(shift(dir(H), dir(T), 0.2), mag(H)), "o")'
+    assert_same(values(text, trio, level=0), values(want, trio, level=0, dense=True))

@@ -88,8 +88,8 @@ SHARED: dict[str, Kernel] = {
     "sub": _arith("sub"),
     "neg": lambda node, args, ctx: -args[0],
     "mean": _mean,
-    "max": lambda node, args, ctx: torch.maximum(*_tensors(args)),
-    "min": lambda node, args, ctx: torch.minimum(*_tensors(args)),
+    "max": lambda node, args, ctx: max(args) if node.type.kind == "Num" else torch.maximum(*_tensors(args)),
+    "min": lambda node, args, ctx: min(args) if node.type.kind == "Num" else torch.minimum(*_tensors(args)),
     "abs": lambda node, args, ctx: abs(args[0]),
     "load": lambda node, args, ctx: ctx.load(node),
 }
