@@ -188,22 +188,9 @@ class Session:
 
     def _plan(self, program: Program):
         """runtime.plan, with adapters opened once per session (re-opened when their files change)."""
-        import torch
+        from dipm_lang.runtime import plan
 
-        from dipm_lang.io.reader import check_compatible
-        from dipm_lang.runtime import DTYPES, Plan, load_nodes, resolve_device
-
-        infos = {}
-        for node in load_nodes(program):
-            path = node.attr("path")
-            if path is None:
-                raise UsageError(f"input '{node.attr('name') or 'input'}' has no path", program.spans.get(node))
-            infos[path] = self.adapter(path)
-        modules = check_compatible(list(infos.values()), ignore_base_model=self.options.ignore_base_model)
-        if self.options.dtype not in DTYPES:
-            raise UsageError(f"--dtype {self.options.dtype}: use one of {', '.join(DTYPES)}")
-        compute = DTYPES[self.options.dtype]
-        return Plan(program, infos, modules, resolve_device(self.options.device), compute, torch.float32)
+        return plan(program, self.options, check_outputs=False, opener=self.adapter)
 
     def adapter(self, path: str):
         """The opened adapter at `path` (validated; cached while its files are unchanged)."""

@@ -18,13 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from dipm_lang.backend.executor import ExecutionResult, Executor
 from dipm_lang.backend.lowrank import EPS, LowRank
-from dipm_lang.errors import AdapterError, UsageError
+from dipm_lang.errors import UsageError
 from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_module
 from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, stage_adapter
 from dipm_lang.ir.node import Node, Program, walk
@@ -118,10 +118,12 @@ def load_nodes(program: Program) -> list[Node]:
 
 
 def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
-         memory: Mapping[str, MemoryAdapter] | None = None) -> Plan:
+         memory: Mapping[str, MemoryAdapter] | None = None,
+         opener: Callable[[str], AdapterInfo] = open_adapter) -> Plan:
     """Open and validate every input and output; read no tensor data.
 
-    `memory` maps load paths of the form `<memory:NAME>` to in-memory inputs (the Python API).
+    `memory` maps load paths of the form `<memory:NAME>` to in-memory inputs (the Python API);
+    `opener` opens an adapter folder (the REPL passes one that caches opened adapters).
     """
     infos: dict[str, AdapterInfo] = {}
     memory = memory or {}
@@ -132,7 +134,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
                              program.spans.get(node))
         if path not in infos:
-            infos[path] = memory[path] if path in memory else open_adapter(path)
+            infos[path] = memory[path] if path in memory else opener(path)
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     if check_outputs:
         for save in program.roots:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from dipm_lang.cli.options import add_set_option, parse_sets
 from dipm_lang.config import compile_any
