@@ -19,7 +19,6 @@ temporary files. Errors are `dipm_lang.errors.DipmError`s, whose `str()` says wh
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -146,7 +145,7 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     """
     from dipm_lang.compiler import RESULT, bind_inputs, lower_expression
     from dipm_lang.passes.pipeline import optimize
-    from dipm_lang.runtime import execute, file_inputs, plan, provenance
+    from dipm_lang.runtime import execute, file_inputs, output_template, plan, provenance
 
     if level not in (0, 1, 2):
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
@@ -165,7 +164,7 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     the_plan = plan(program, options, check_outputs=False, memory=memory)
     result = execute(the_plan, options)
     modules = {name: _detach(value) for name, value in result.results[RESULT].items()}
-    return AdapterValue(str(type_), modules, template=_template(list(the_plan.inputs.values())),
+    return AdapterValue(str(type_), modules, template=output_template(list(the_plan.inputs.values())),
                         recipe=expr, metadata=provenance(program, the_plan), out_dtype=the_plan.out_dtype,
                         input_paths=file_inputs(the_plan.inputs.values()))
 
@@ -416,16 +415,6 @@ def _is_peft_model(value: Any) -> bool:
     except ImportError:  # pragma: no cover - peft is optional
         return False
     return isinstance(value, peft.PeftModel)
-
-
-def _template(infos: list[AdapterInfo]) -> AdapterInfo | None:
-    """The writer's template: the first input's config, with every input's module kinds and shapes."""
-    if not infos:
-        return None
-    modules = {}
-    for info in reversed(infos):
-        modules.update(info.modules)
-    return dataclasses.replace(infos[0], modules=modules)
 
 
 def _detach(value: Any) -> Any:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -193,7 +194,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
     result = execute(the_plan, options, progress=progress)
 
     metadata = provenance(program, the_plan)
-    template = next(iter(the_plan.inputs.values()), None)
+    template = output_template(list(the_plan.inputs.values()))
     staged = []
     summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
                          groups=progress.total_steps)
@@ -219,6 +220,17 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
 def file_inputs(infos: Iterable[AdapterInfo]) -> list[Path]:
     """The input folders (outputs must never overwrite them); in-memory inputs have none."""
     return [info.path for info in infos if not isinstance(info, MemoryAdapter)]
+
+
+def output_template(infos: list[AdapterInfo]) -> AdapterInfo | None:
+    """The writer's template: the first input's config, with every input's module kinds and shapes
+    (so an embedding module that only a later input has is still written as an embedding)."""
+    if not infos:
+        return None
+    modules = {}
+    for info in reversed(infos):
+        modules.update(info.modules)
+    return dataclasses.replace(infos[0], modules=modules)
 
 
 def _to_output(value: Any) -> LowRank:

@@ -18,6 +18,7 @@ def register(sub, commands) -> None:
 def run(args: argparse.Namespace) -> int:
     program, _ = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True)
     saves = len(program.roots)
+    inputs = len({(n.attr("name"), n.attr("path")) for n in program.nodes() if n.op == "load"})
     print(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
-          f"{len(program.inputs)} input{'s' if len(program.inputs) != 1 else ''})")
+          f"{inputs} input{'s' if inputs != 1 else ''})")
     return 0
