@@ -77,11 +77,8 @@ def print_program(program: Program, *, relative_to: Path | None = None) -> str:
             text = f"{name} = {op}" + (f" {operands}" if operands else "") + (f" [{attrs}]" if attrs else "")
             text += f" : {node.type}"
         lines.append(text)
-    for label, nodes in (("save", program.roots), ("result", list(program.results.values()))):
-        for node in nodes:
-            if label == "result":
-                key = next(k for k, v in program.results.items() if v is node)
-                lines.append(f"result {key} = {names[id(node)]}")
+    for key, node in program.results.items():
+        lines.append(f"result {key} = {names[id(node)]}")
     return "\n".join(lines)
 
 
