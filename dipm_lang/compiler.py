@@ -11,21 +11,23 @@ from dipm_lang.frontend.lower import Lowerer, Module, read_source
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.passes.pipeline import PassReport, optimize
+from dipm_lang.sandbox import Sandbox
 
 
-def lower_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None) -> Program:
-    """Parse and type-check a script; the un-optimized program."""
-    lowerer = Lowerer(external)
+def lower_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None, *,
+               sandbox: Sandbox | None = None) -> Program:
+    """Parse and type-check a script; the un-optimized program (paths confined to `sandbox`, if any)."""
+    lowerer = Lowerer(external, sandbox=sandbox)
     return lowerer.lower_script(parse_script(text, file), text)
 
 
 def compile_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None, *,
-                 level: int = 2, verify: bool = False) -> tuple[Program, PassReport]:
-    return optimize(lower_text(text, file, external), level=level, verify=verify)
+                 level: int = 2, verify: bool = False, sandbox: Sandbox | None = None) -> tuple[Program, PassReport]:
+    return optimize(lower_text(text, file, external, sandbox=sandbox), level=level, verify=verify)
 
 
 def compile_file(path: str | Path, external: Mapping[str, Any] | None = None, *, level: int = 2,
-                 verify: bool = False) -> tuple[Program, PassReport]:
+                 verify: bool = False, sandbox: Sandbox | None = None) -> tuple[Program, PassReport]:
     path = Path(path)
     try:
         text = read_source(path)
@@ -33,7 +35,7 @@ def compile_file(path: str | Path, external: Mapping[str, Any] | None = None, *,
         from dipm_lang.errors import UsageError
 
         raise UsageError(f"{path}: cannot read the script: {e.strerror or e}") from None
-    return compile_text(text, str(path), external, level=level, verify=verify)
+    return compile_text(text, str(path), external, level=level, verify=verify, sandbox=sandbox)
 
 
 # ---- single expressions (`dipm eval`, the Python API, configs) ---------------------------
@@ -53,7 +55,8 @@ def save_statement(expr: ast.Expr, path: str, rank: int | None = None, span: Spa
 
 
 def lower_expression(text: str, file: str = "<expr>", external: Mapping[str, Any] | None = None, *,
-                     save_to: str | None = None, rank: int | None = None) -> Program:
+                     save_to: str | None = None, rank: int | None = None,
+                     sandbox: Sandbox | None = None) -> Program:
     """Parse one expression (the grammar's `expression` start symbol) and lower it.
 
     With `save_to` the program is `save(EXPR, save_to, rank=rank)`; without, the expression's
@@ -61,7 +64,7 @@ def lower_expression(text: str, file: str = "<expr>", external: Mapping[str, Any
     Free names are taken from `external` (NAME -> absolute adapter path, or `<memory:…>` key).
     """
     expr = parse_expression(text, file)
-    lowerer = Lowerer(external)
+    lowerer = Lowerer(external, sandbox=sandbox)
     lowerer.sources[file] = text
     module = Module(file, parent=lowerer.prelude)
     if save_to is not None:

@@ -27,11 +27,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from dipm_lang.errors import CompileError, DipmError, Span, UsageError
+
+if TYPE_CHECKING:
+    from dipm_lang.sandbox import Sandbox
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("inputs", "outputs", "import", "defs")
@@ -57,21 +60,21 @@ def is_config(path: str | Path) -> bool:
 
 
 def compile_any(path: str | Path, external: Mapping[str, Any] | None = None, *, level: int = 2,
-                verify: bool = False):
+                verify: bool = False, sandbox: "Sandbox | None" = None):
     """Compile a `.dipm` script or a YAML/TOML recipe (by suffix); returns `(program, report)`."""
     from dipm_lang.compiler import compile_file
 
     if is_config(path):
-        return compile_config(path, external, level=level, verify=verify)
-    return compile_file(path, external, level=level, verify=verify)
+        return compile_config(path, external, level=level, verify=verify, sandbox=sandbox)
+    return compile_file(path, external, level=level, verify=verify, sandbox=sandbox)
 
 
 def compile_config(path: str | Path, sets: Mapping[str, Any] | None = None, *, level: int = 2,
-                   verify: bool = False):
+                   verify: bool = False, sandbox: "Sandbox | None" = None):
     """Read, check and lower a recipe config into one optimized program; returns `(program, report)`."""
     from dipm_lang.passes.pipeline import optimize
 
-    return optimize(lower_config(path, sets), level=level, verify=verify)
+    return optimize(lower_config(path, sets, sandbox=sandbox), level=level, verify=verify)
 
 
 # ---- the recipe, checked -------------------------------------------------------------------
@@ -101,6 +104,7 @@ class Recipe:
     outputs: list[Output]
     imports: list[tuple[str, Span | None]]
     defs: Text | None
+    input_spans: dict[str, Span | None] = field(default_factory=dict)  # NAME -> its key in the config
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -186,7 +190,8 @@ def _check(tree: Any, where: "_Where", file: str, text: str, base: Path) -> Reci
     defs = tree.get("defs")
     if defs is not None and not isinstance(defs, str):
         fail(f"'defs' must be dipm definitions (a string), got {_kind(defs)}", ("defs",))
-    return Recipe(file, text, inputs, outputs, imports, Text(defs, where.offsets(("defs",), defs)) if defs else None)
+    return Recipe(file, text, inputs, outputs, imports, Text(defs, where.offsets(("defs",), defs)) if defs else None,
+                  {name: where.span(("inputs", name)) for name in inputs})
 
 
 def _kind(value: Any) -> str:
@@ -199,7 +204,7 @@ def _kind(value: Any) -> str:
 # ---- lowering ------------------------------------------------------------------------------
 
 
-def lower_config(path: str | Path, sets: Mapping[str, Any] | None = None):
+def lower_config(path: str | Path, sets: Mapping[str, Any] | None = None, *, sandbox: "Sandbox | None" = None):
     """The recipe as one un-optimized Program: every output a `save`, sharing one lowering."""
     from dipm_lang.compiler import save_statement
     from dipm_lang.frontend import ast
@@ -208,9 +213,13 @@ def lower_config(path: str | Path, sets: Mapping[str, Any] | None = None):
 
     recipe = read_recipe(path)
     sets = dict(sets or {})
+    if sandbox is not None:  # here, where each input's key in the config is known
+        for name, folder in recipe.inputs.items():
+            if name not in sets:
+                sandbox.check(folder, f"input '{name}'", recipe.input_spans.get(name))
     external: dict[str, Any] = {name: str(folder) for name, folder in recipe.inputs.items()}
     external.update(sets)  # --set wins, and resolves against the working directory (Lowerer)
-    lowerer = Lowerer(external)
+    lowerer = Lowerer(external, sandbox=sandbox)
     lowerer.sources[recipe.file] = recipe.text
     module = Module(recipe.file, parent=lowerer.prelude)
     lines = _LineIndex(recipe.text)

@@ -67,6 +67,10 @@ class ResourceLimitError(CompileError):
     """A program too large or too deeply nested to compile safely."""
 
 
+class SandboxError(CompileError):
+    """A path outside the folder given with --sandbox (found before anything is read or written)."""
+
+
 class RuntimeDipmError(DipmError):
     """Errors while executing: exit code 1."""
 
@@ -91,20 +95,34 @@ class ExecutionError(RuntimeDipmError):
 
 def render(error: DipmError, sources: dict[str, str] | None = None) -> str:
     """Format an error like a compiler: header, source line and caret underline, hint."""
-    lines = [str(error)]
+    lines = [_clip(str(error))]
     span = error.span
     text = (sources or {}).get(span.file) if span else None
     if span is not None and text is not None:
         source_lines = text.split("\n")  # as the lexer counts lines (splitlines also breaks at \f, \x1c, …)
         if 1 <= span.line <= len(source_lines):
             line = source_lines[span.line - 1].rstrip("\r").expandtabs(1)
+            column = span.column
             width = 1
             if span.end_line == span.line and span.end_column > span.column:
                 width = span.end_column - span.column
-            width = max(1, min(width, len(line) - span.column + 1))
+            if len(line) > MAX_LINE:  # a very long line: show a window around the caret
+                start = max(0, min(column - 1 - MAX_LINE // 3, len(line) - MAX_LINE))
+                line = ("…" if start else "") + line[start:start + MAX_LINE] + \
+                    ("…" if start + MAX_LINE < len(line) else "")
+                column -= start - (1 if start else 0)
+            width = max(1, min(width, len(line) - column + 1))
             gutter = f"{span.line:>4} | "
             lines.append(gutter + line)
-            lines.append(" " * (len(gutter) + span.column - 1) + "^" + "~" * (width - 1))
+            lines.append(" " * (len(gutter) + column - 1) + "^" + "~" * (width - 1))
     if error.hint:
-        lines.append(f"  hint: {error.hint}")
+        lines.append(_clip(f"  hint: {error.hint}"))
     return "\n".join(lines)
+
+
+MAX_LINE = 160      # characters of a source line shown under an error
+MAX_MESSAGE = 1000  # an error message quoting hostile input (a key, a value) stays on one screen
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "… (truncated)"

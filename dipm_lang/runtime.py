@@ -23,15 +23,20 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from dipm_lang.backend.baselines import check_program as check_merge_ranks
 from dipm_lang.backend.executor import ExecutionResult, Executor
+from dipm_lang.backend.parallel import run_batches
 from dipm_lang.backend.lowrank import EPS, LowRank
 from dipm_lang.errors import UsageError
-from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_module
-from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, stage_adapter
+from dipm_lang.io.reader import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME, AdapterInfo, check_compatible, open_adapter, \
+    read_module
+from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, recover_stale, stage_adapter
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.memory import MemoryAdapter
 from dipm_lang.progress import Progress
+from dipm_lang.sandbox import Sandbox
 
+ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME)  # what open_adapter reads in a folder
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 
@@ -46,6 +51,8 @@ class RunOptions:
     dense: bool = False           # the float64 dense reference (tests)
     progress: bool | None = None  # None: when stderr is a terminal
     ignore_base_model: bool = False
+    sandbox: Sandbox | None = None  # --sandbox: every file opened or written stays inside it
+    threads: int | None = None      # CPU worker threads (None: torch's count); never changes results
 
 
 @dataclass
@@ -120,11 +127,12 @@ def load_nodes(program: Program) -> list[Node]:
 
 def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
          memory: Mapping[str, MemoryAdapter] | None = None,
-         opener: Callable[[str], AdapterInfo] = open_adapter) -> Plan:
+         opener: Callable[[str], AdapterInfo] = open_adapter, recover: bool = False) -> Plan:
     """Open and validate every input and output; read no tensor data.
 
     `memory` maps load paths of the form `<memory:NAME>` to in-memory inputs (the Python API);
-    `opener` opens an adapter folder (the REPL passes one that caches opened adapters).
+    `opener` opens an adapter folder (the REPL passes one that caches opened adapters);
+    `recover` first cleans up what killed runs left next to each output (`writer.recover_stale`).
     """
     infos: dict[str, AdapterInfo] = {}
     memory = memory or {}
@@ -135,10 +143,17 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
                              program.spans.get(node))
         if path not in infos:
+            if options.sandbox is not None and path not in memory:  # the files a folder holds may be links
+                options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
             infos[path] = memory[path] if path in memory else opener(path)
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
+    check_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
     if check_outputs:
         for save in program.roots:
+            if options.sandbox is not None:
+                options.sandbox.check(save.attr("path"), "save", program.spans.get(save))
+            if recover:
+                recover_stale(save.attr("path"))
             prepare_output(save.attr("path"), inputs=file_inputs(infos.values()), force=options.force)
     compute = _dtype(options.dtype, "--dtype")
     if options.dense:
@@ -155,7 +170,7 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
     """Run the program over all modules; returns per-save (and per-result) module values."""
     infos = the_plan.inputs
 
-    def loader(node: Node, names: list[str]) -> Any:
+    def read(node: Node, names: list[str]) -> LowRank:
         info = infos[node.attr("path")]
         parts = []
         for name in names:
@@ -166,27 +181,55 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
             else:  # absent from this adapter: a zero update (SPEC §2)
                 m, n = the_plan.modules[name]
                 parts.append(LowRank.zeros(m, n, dtype=the_plan.dtype, device=the_plan.device))
-        if options.dense:
-            return parts[0].dense()
         return LowRank(torch.stack([p.B for p in parts]), torch.stack([p.A for p in parts]))
 
+    def loader(node: Node, names: list[str]) -> Any:
+        return read(node, names)[0].dense() if options.dense else read(node, names)
+
     executor = Executor(the_plan.program, loader=loader, eps=options.eps, dense=options.dense,
-                        on_group=progress.update if progress else None)
-    groups = executor.group_modules(list(the_plan.modules), the_plan.group_key)
+                        on_group=progress.update if progress else None,
+                        adapter=lambda node: infos[node.attr("path")], factors=read)
+    groups = split_batches(executor.group_modules(list(the_plan.modules), the_plan.group_key), the_plan)
     if progress:
         progress.start(len(groups), sum(len(g) for g in groups))
-    with torch.inference_mode():
-        result = executor.run(groups)
+    if the_plan.device.type == "cpu":  # byte-identical for any thread count (backend/parallel.py)
+        result = run_batches(executor, groups, threads=options.threads,
+                             on_batch=progress.update if progress else None)
+    else:
+        with torch.inference_mode():
+            result = executor.run(groups)
     if progress:
         progress.finish()
     return result
+
+
+MAX_BATCH_BYTES = 16 * 2**20
+"""Largest stack of one input's factors that a batch holds (bytes). Bigger batches save almost
+no call overhead on big modules but multiply every intermediate and its page faults: on 32
+layers of 7B shapes, whole groups (128 q/k/v/o modules at once) cost 450 MiB more peak memory
+and ~1 s more system time in a transfer than 16 MiB batches (benchmarks/)."""
+
+
+def split_batches(groups: list[list[str]], the_plan: Plan, max_bytes: int = MAX_BATCH_BYTES) -> list[list[str]]:
+    """Cut each group of same-shape modules into batches of at most `max_bytes` of factors per input.
+
+    Modules never interact, so how they are batched does not change any result.
+    """
+    out = []
+    for names in groups:
+        m, n = the_plan.modules[names[0]]
+        rank = max([info.modules[names[0]].rank for info in the_plan.inputs.values() if names[0] in info.modules],
+                   default=1)
+        size = max(1, max_bytes // max(1, rank * (m + n) * the_plan.dtype.itemsize))
+        out += [names[i:i + size] for i in range(0, len(names), size)]
+    return out
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 memory: Mapping[str, MemoryAdapter] | None = None) -> RunSummary:
     """Validate, execute and write every `save` of `program`; all outputs or none."""
     start = time.perf_counter()
-    the_plan = plan(program, options, memory=memory)
+    the_plan = plan(program, options, memory=memory, recover=True)
     if the_plan.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(the_plan.device)
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)

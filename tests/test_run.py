@@ -93,6 +93,13 @@ def _delta(depth: int) -> st.SearchStrategy[str]:
         st.builds(lambda x: f'select({x}, "q_proj|down_proj")', sub),
         st.builds(lambda x, y: f'replace({x}, {y}, layers=[1, 1])', sub, sub),
         st.builds(lambda x, y: f"detox({x}, {y}, t=0.4)", sub, sub),
+        # baselines: svd/cat on any updates; elementwise and factor merges on adapters
+        st.builds(lambda x, y: f"svd([{x}, {y}], [0.5, -1], rank=2)", sub, sub),
+        st.builds(lambda x, y: f"cat([{x}, {y}], [2, -0.5])", sub, sub),
+        st.builds(lambda f, a, b: f"{f}([{a}, {b}], [1, -0.5], density=0.6, rank=3)",
+                  st.sampled_from(["ties_svd", "dare_ties_svd", "magnitude_prune_svd", "dare_linear_svd"]), leaf, leaf),
+        st.builds(lambda f, a: f"{f}([{a}, {a}], [1, 0.5], density=0.6)",
+                  st.sampled_from(["ties", "dare_ties", "dare_linear", "magnitude_prune"]), leaf),
     )
 
 

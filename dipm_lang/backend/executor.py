@@ -55,9 +55,13 @@ class Executor:
     """Interprets a Program with a kernel registry (factored by default, dense for tests)."""
 
     def __init__(self, program: Program, *, loader: Callable[[Node, list[str]], Any], eps: float = L.EPS,
-                 dense: bool = False, on_group: Callable[[int], None] | None = None):
+                 dense: bool = False, on_group: Callable[[int], None] | None = None,
+                 adapter: Callable[[Node], Any] | None = None,
+                 factors: Callable[[Node, list[str]], Any] | None = None):
         self.program = program
         self.loader = loader
+        self.adapter = adapter  # load node -> its AdapterInfo (for GroupContext.adapter)
+        self.factors = factors  # (load node, names) -> LowRank, in both backends (GroupContext.factors)
         self.eps = eps
         self.kernels: dict[str, Kernel] = DENSE if dense else FACTORED
         self.dense = dense
@@ -94,7 +98,10 @@ class Executor:
         return ExecutionResult(saves, results)
 
     def _run_group(self, names: list[str], saves: list[SaveResult], results: dict[str, dict[str, Any]]) -> None:
-        ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names))
+        factors = self.factors
+        ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names),
+                           adapter=self.adapter,
+                           factors=(lambda node: factors(node, names)) if factors is not None else None)
         values: dict[int, Any] = {}
         remaining = dict(self.uses)
         wanted = {id(n) for n in self.program.results.values()}

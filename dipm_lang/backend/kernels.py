@@ -31,6 +31,9 @@ class GroupContext:
     names: list[str]            # module names in the group (batch order)
     eps: float
     load: Callable[[Node], Any]  # reads the group's factors of one input
+    # For the merge baselines, which work on stored LoRA factors as PEFT does (backend/baselines.py):
+    adapter: Callable[[Node], Any] | None = None  # the AdapterInfo a `load` reads (scales, ranks; no I/O)
+    factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
 
     def layer_of(self, name: str) -> int | None:
         match = re.search(r"\.(\d+)\.", f".{name}.")
@@ -236,3 +239,11 @@ DENSE: dict[str, Kernel] = {
     "lincomb": lambda node, args, ctx: sum(c * x for c, x in zip(node.attr("coeffs"), args)),
     "unit_scale": _d_unit_scale,
 }
+
+
+# The merge baselines (linear, ties, dare_*, magnitude_prune, svd and the *_svd variants).
+from dipm_lang.backend.baselines import merge_kernel  # noqa: E402
+from dipm_lang.backend.baselines_dense import merge_dense_kernel  # noqa: E402
+
+FACTORED["merge"] = merge_kernel
+DENSE["merge"] = merge_dense_kernel

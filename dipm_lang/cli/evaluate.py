@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dipm_lang.cli.options import add_set_option, parse_sets
+from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
 from dipm_lang.cli.run import add_run_options, execute_program, options_from
 from dipm_lang.errors import DipmError, UsageError
 
@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.output:
         return _print_summary(args, sets)
     out = str(Path(os.path.expanduser(args.output)).resolve())  # command-line paths: the working directory
-    program = lower_expression(args.expr, FILE, sets, save_to=out, rank=args.rank)
+    program = lower_expression(args.expr, FILE, sets, save_to=out, rank=args.rank, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     program, _ = optimize(program, level=args.level)
     return execute_program(program, args)
@@ -62,7 +62,7 @@ def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
     from dipm_lang.runtime import execute, plan
     from dipm_lang.summary import summarize
 
-    program = lower_expression(args.expr, FILE, sets)
+    program = lower_expression(args.expr, FILE, sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     type_ = program.results[RESULT].type
     program, _ = optimize(program, level=args.level)

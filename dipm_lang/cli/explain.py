@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dipm_lang.cli.options import add_set_option, parse_sets
+from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
 from dipm_lang.compiler import explain_text
 from dipm_lang.config import compile_any
 from dipm_lang.errors import RuntimeDipmError
@@ -24,7 +24,8 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True)
+    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True,
+                                 sandbox=sandbox_from(args))
     base = Path(args.file).resolve().parent
     if args.dot:
         _write(args.dot, to_dot(program, relative_to=base))

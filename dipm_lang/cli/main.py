@@ -7,7 +7,9 @@ compiler-style; a Python traceback only with --debug.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -44,9 +46,27 @@ def _version() -> str:
         return "dev"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that staged outputs are removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    installed = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if installed else None
+    try:
+        return _main(argv, debug)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -59,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(render(e, getattr(e, "sources", None) or _sources_of(e)), file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, _Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # a bug: say so plainly, traceback on request
         if debug:
             traceback.print_exc()

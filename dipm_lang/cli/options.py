@@ -1,4 +1,4 @@
-"""Options shared by several commands: --set NAME=VALUE and -O."""
+"""Options shared by the commands that compile: --set NAME=VALUE, -O and --sandbox DIR."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="bind an input adapter (NAME=PATH), or override a string/number binding")
     parser.add_argument("-O", dest="level", type=int, choices=(0, 1, 2), default=2,
                         help="optimisation level (default 2)")
+    parser.add_argument("--sandbox", metavar="DIR",
+                        help="restricted mode for scripts from others: load, save and import only inside DIR "
+                             "(symlinks resolved)")
+
+
+def sandbox_from(args: argparse.Namespace):
+    """The `Sandbox` asked for with --sandbox DIR, or None."""
+    from dipm_lang.sandbox import Sandbox
+
+    directory = getattr(args, "sandbox", None)
+    return Sandbox.at(directory) if directory else None
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

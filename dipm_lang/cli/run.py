@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import add_set_option, parse_sets
+from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
 from dipm_lang.config import compile_any
 from dipm_lang.runtime import DTYPES, RunOptions, plan, run_program
 
@@ -23,6 +23,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dtype", choices=list(DTYPES), help="dtype of the written tensors (default: the inputs')")
     p.add_argument("--eps", type=float, default=1e-12, help="zero-unit threshold (default 1e-12)")
     p.add_argument("--force", action="store_true", help="replace existing output folders")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU worker threads (default: all cores); outputs are byte-identical for any N")
     p.add_argument("--dry-run", action="store_true", help="compile and check inputs/outputs; compute nothing")
     p.add_argument("--ignore-base-model", action="store_true", help="combine adapters made for different bases")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -30,13 +32,24 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def options_from(args: argparse.Namespace) -> RunOptions:
     return RunOptions(device=args.device, dtype=args.dtype, out_dtype=args.out_dtype, eps=args.eps,
-                      force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model)
+                      force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model,
+                      sandbox=sandbox_from(args), threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level)
+    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, sandbox=sandbox_from(args))
     return execute_program(program, args)
 
 

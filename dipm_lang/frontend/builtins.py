@@ -371,3 +371,6 @@ def const_str(value: str) -> Node:
 
 
 __all__ = ["BUILTINS", "Builtin", "Param", "Arg", "Call", "REQUIRED", "assignable"]
+
+# The merge baselines (linear, ties, svd, …) live in their own module, which adds them to BUILTINS.
+import dipm_lang.frontend.baselines  # noqa: E402,F401

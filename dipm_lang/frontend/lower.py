@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from dipm_lang.errors import (DipmError, DipmTypeError, NameResolutionError, ResourceLimitError, Span,
                               UsageError)
@@ -23,6 +23,9 @@ from dipm_lang.frontend.suggest import did_you_mean
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
 from dipm_lang.resources import stdlib_dir
+
+if TYPE_CHECKING:
+    from dipm_lang.sandbox import Sandbox
 
 MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up guard)
 MAX_INLINE_DEPTH = 50        # nested calls of defs
@@ -73,10 +76,12 @@ def _is_stdlib(file: str) -> bool:
 class Lowerer:
     """Lowers scripts, statements and expressions into one Program's worth of IR."""
 
-    def __init__(self, external: Mapping[str, Any] | None = None, *, prelude: Module | None = None):
+    def __init__(self, external: Mapping[str, Any] | None = None, *, prelude: Module | None = None,
+                 sandbox: "Sandbox | None" = None):
         # external: NAME -> value given from outside (--set, config inputs): an absolute adapter
         # path for a load, a string or a number for a binding of that type.
         self.external = dict(external or {})
+        self.sandbox = sandbox  # --sandbox: load/save/import paths must resolve inside it
         self.used_external: set[str] = set()
         self.sources: dict[str, str] = {}
         self.spans: dict[Node, Span] = {}
@@ -85,6 +90,7 @@ class Lowerer:
         self.node_count = 0
         self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
         self._inline_stack: list[str] = []
+        self._call_sites: list[Span | None] = []  # where each def on _inline_stack was called
         self._import_stack: list[str] = []
         self._depth = 0
         self.prelude = prelude or load_prelude(self)
@@ -94,14 +100,25 @@ class Lowerer:
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
         self.node_count += 1
         if self.node_count > MAX_NODES:
-            raise ResourceLimitError(f"the program is too large (more than {MAX_NODES} operations after inlining)",
-                                     span)
+            raise self._too_large(span)
         node = Node.make(op, args, attrs, type_, unique=True)
         if span is not None:
             self.spans[node] = span
         if type_ == NUM:
             self._numbers[node] = self._number_value(node, span)
         return node
+
+    def _too_large(self, span: Span | None) -> ResourceLimitError:
+        """The node budget is spent: point at the outermost call being inlined, if any (a blow-up such
+        as `def f1(x) = f0(x) + f0(x)` chained deep is that call's doing, not the innermost body's)."""
+        message = f"the program is too large (more than {MAX_NODES} operations after inlining)"
+        if self._inline_stack:
+            names = self._inline_stack
+            chain = " -> ".join(names if len(names) <= 6 else names[:3] + ["…"] + names[-2:])
+            message += f" while inlining {chain}"
+            span = next((s for s in self._call_sites if s is not None), span)
+        return ResourceLimitError(message, span, hint="each call of a def copies its body; calls that call a def "
+                                                      "twice, nested, double the program at every level")
 
     def _number_value(self, node: Node, span: Span | None) -> float:
         """A number computed in the script must be finite and divide by nonzero numbers only; the error
@@ -205,9 +222,12 @@ class Lowerer:
         """An adapter path given from outside; a relative one resolves against the working directory
         (absolute paths and `<memory:…>` keys are kept as given)."""
         value = str(self.external[name])
-        if value.startswith("<") or os.path.isabs(value):
+        if value.startswith("<"):
             return value
-        return str(Path(os.path.expanduser(value)).resolve())
+        path = value if os.path.isabs(value) else str(Path(os.path.expanduser(value)).resolve())
+        if self.sandbox is not None:
+            self.sandbox.check(path, f"input '{name}'", COMMAND_LINE, written=value)
+        return path
 
     def _external_value(self, name: str, node: Node, span: Span | None) -> Node:
         raw = self.external[name]
@@ -227,6 +247,8 @@ class Lowerer:
     def _import(self, statement: ast.Import, module: Module) -> None:
         base = _base_dir(module.file)
         path = (base / statement.path).resolve()
+        if self.sandbox is not None:
+            self.sandbox.check(path, "import", statement.span, written=statement.path)
         key = str(path)
         if key in self._import_stack:
             chain = " -> ".join(Path(p).name for p in self._import_stack + [key])
@@ -351,7 +373,10 @@ class Lowerer:
         if builtin.name in ("load", "save") and isinstance(args["path"].value, str):
             # relative to the file the string literal is written in (the cwd for --set values)
             origin = self.spans.get(args["path"].node) or expr.span
-            args["path"].value = _resolve_path(args["path"].value, origin)
+            written = args["path"].value
+            args["path"].value = _resolve_path(written, origin)
+            if self.sandbox is not None:
+                self.sandbox.check(args["path"].value, builtin.name, origin, written=written)
 
         def make(op, node_args, attrs, type_):
             return self.make(op, node_args, attrs, type_, expr.span)
@@ -388,6 +413,7 @@ class Lowerer:
             if isinstance(given, _Given):
                 local[param.name] = self.lower_expr(given.expr, scope, module)
         self._inline_stack.append(name)
+        self._call_sites.append(expr.span)
         try:
             for param in function.definition.params:
                 if param.name not in local:
@@ -397,6 +423,7 @@ class Lowerer:
             raise _from_call_site(e, name, expr.span) from None
         finally:
             self._inline_stack.pop()
+            self._call_sites.pop()
 
 
 class _NotConstant(Exception):

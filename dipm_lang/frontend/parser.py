@@ -7,13 +7,14 @@ person can act on ("missing ')'", "unexpected '='") instead of a token dump.
 from __future__ import annotations
 
 import ast as pyast
+import sys
 from functools import lru_cache
 from typing import Iterator
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from dipm_lang.errors import DipmSyntaxError, Span
+from dipm_lang.errors import DipmSyntaxError, ResourceLimitError, Span
 from dipm_lang.frontend import ast
 from dipm_lang.resources import grammar_path
 
@@ -199,7 +200,8 @@ def parse_expression(text: str, file: str = "<expr>") -> ast.Expr:
 def _parse(text: str, file: str, start: str):
     try:
         tree = _parser(start).parse(text)
-        return _ToAST(file).transform(tree)
+        _check_depth(tree, file)
+        return _transform(tree, file)
     except VisitError as e:  # an error raised inside a transformer method
         if isinstance(e.orig_exc, DipmSyntaxError):
             raise e.orig_exc from None
@@ -208,6 +210,43 @@ def _parse(text: str, file: str, start: str):
         raise _translate(e, text, file) from None
     except RecursionError:
         raise DipmSyntaxError("expression is nested too deeply", Span(file, 1, 1, 1, 2)) from None
+
+
+MAX_PARSE_DEPTH = 400
+"""Deepest parse tree accepted (a call nests two levels, an operator one): deeper input is refused
+with its position before the recursive Transformer runs, instead of overflowing Python's stack."""
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Raise ResourceLimitError at the first subtree nested deeper than MAX_PARSE_DEPTH (iteratively)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_PARSE_DEPTH:
+            meta = node.meta
+            line, column = (meta.line, meta.column) if not meta.empty else (1, 1)
+            raise ResourceLimitError(f"expression nested too deeply (more than {MAX_PARSE_DEPTH} levels of calls, "
+                                     "brackets and operators)", Span(file, line, column, line, column + 1))
+        # children pushed right to left: the first node found too deep is the leftmost one
+        stack.extend((child, depth + 1) for child in reversed(node.children) if isinstance(child, Tree))
+
+
+def _transform(tree: Tree, file: str):
+    # The tree is at most MAX_PARSE_DEPTH deep and the Transformer recurses about twice per level:
+    # make room for that however deep the caller's own stack already is.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3 * MAX_PARSE_DEPTH + _stack_depth() + 100))
+    try:
+        return _ToAST(file).transform(tree)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _stack_depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
 
 
 _TOKEN_NAMES = {

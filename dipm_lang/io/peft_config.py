@@ -98,7 +98,10 @@ def parse_settings(config: Mapping[str, Any], path: str | Path | None = None) ->
     use_rslora = config.get("use_rslora", False)
     if not isinstance(use_rslora, bool):
         raise AdapterError(f"adapter_config.json: 'use_rslora' must be true or false, got {use_rslora!r}", path)
-    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    fan_in_fan_out = config.get("fan_in_fan_out", False)
+    if not isinstance(fan_in_fan_out, bool):
+        raise AdapterError(f"adapter_config.json: 'fan_in_fan_out' must be true or false, got {fan_in_fan_out!r}",
+                           path)
 
     rank_pattern = _parse_pattern(config, "rank_pattern", path)
     for key, value in rank_pattern.items():
@@ -125,10 +128,68 @@ def _parse_pattern(config: Mapping[str, Any], field_name: str, path: str | Path 
     for key in value:
         try:
             re.compile(rf"(.*\.)?({key})$")
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             # PEFT would crash with a bare re.error while building the model.
             raise AdapterError(f"adapter_config.json: {field_name} key {key!r} is not a valid regex: {exc}", path) from None
+        problem = pattern_cost_problem(key)
+        if problem:
+            raise AdapterError(f"adapter_config.json: {field_name} key {key!r} {problem}", path,
+                               hint="PEFT's pattern keys are module names or simple regexes such as "
+                                    "'layers\\.\\d+\\.self_attn\\.q_proj'")
     return dict(value)
+
+
+MAX_PATTERN_CHARS = 1_000
+MAX_VARIABLE_REPEATS = 4
+
+
+def pattern_cost_problem(pattern: str) -> str | None:
+    """Why matching `pattern` could take exponential (or high-polynomial) time, or None.
+
+    Python's `re` backtracks: a repetition nested in another (`(a+)+`, `(.*)*`) can take
+    exponential time on a failing name, and many variable repetitions in a row (`.*.*.*.*.*x`)
+    polynomial time of a high degree. A hostile config could hang the tool (and PEFT) that way, so
+    such keys are refused before any name is matched; real pattern keys never need them.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return f"is longer than {MAX_PATTERN_CHARS} characters"
+    try:
+        from re import _parser as sre_parse  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse  # type: ignore[no-redef]
+    try:
+        parsed = sre_parse.parse(pattern)
+    except Exception:  # compile() above reported real syntax errors
+        return None
+    variable = 0
+    nested = False
+
+    def walk(items, inside: bool) -> None:
+        nonlocal variable, nested
+        for op, av in items:
+            if str(op) in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                low, high, body = av
+                repeats = high > 1 and high != low
+                if repeats:
+                    variable += 1
+                    nested = nested or inside
+                walk(body, inside or repeats)
+                continue
+            for child in av if isinstance(av, (list, tuple)) else (av,):
+                if isinstance(child, sre_parse.SubPattern):
+                    walk(child, inside)
+                elif isinstance(child, list):  # BRANCH: a list of alternatives
+                    for alternative in child:
+                        if isinstance(alternative, sre_parse.SubPattern):
+                            walk(alternative, inside)
+
+    walk(parsed, False)
+    if nested:
+        return "nests a repetition inside another, which can take exponential time to match"
+    if variable > MAX_VARIABLE_REPEATS:
+        return (f"has too many variable repetitions ({variable}; at most {MAX_VARIABLE_REPEATS}), which can "
+                "take very long to match")
+    return None
 
 
 def _is_int(value: object) -> bool:

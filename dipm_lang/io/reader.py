@@ -161,14 +161,30 @@ def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
             hint = f"adapters found in subfolders: {', '.join(nested)}"
         raise AdapterError(f"missing {CONFIG_NAME}; not a PEFT adapter folder", config_path, hint=hint)
     try:
+        size = config_path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise AdapterError(f"the config is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})",
+                               config_path)
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AdapterError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", config_path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AdapterError(f"cannot read the config: {exc}", config_path) from None
+    except (ValueError, RecursionError) as exc:  # a number too long for int(), nesting too deep for the parser
+        raise AdapterError(f"malformed JSON: {str(exc).split(';')[0] or type(exc).__name__}", config_path) from None
     if not isinstance(config, dict):
         raise AdapterError(f"the config must be a JSON object, got {type(config).__name__}", config_path)
+    for key in _TEXT_FIELDS:  # copied into outputs and compared across inputs
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise AdapterError(f"'{key}' must be a string, got {value!r:.80}", config_path)
+    if config.get("auto_mapping") is not None and not isinstance(config["auto_mapping"], dict):
+        raise AdapterError(f"'auto_mapping' must be an object, got {config['auto_mapping']!r:.80}", config_path)
     return config
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # real configs are a few KB; this bounds what a hostile one can make us parse
+_TEXT_FIELDS = ("base_model_name_or_path", "task_type", "revision")
 
 
 def _check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
@@ -177,7 +193,7 @@ def _check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
     if peft_type is None:
         raise AdapterError("the config has no 'peft_type'; expected \"LORA\"", config_path)
     if peft_type != "LORA":
-        raise AdapterError(f"peft_type is {peft_type!r}; dipm_lang reads only LoRA adapters (\"LORA\")", config_path)
+        raise AdapterError(f"peft_type is {peft_type!r:.80}; dipm_lang reads only LoRA adapters (\"LORA\")", config_path)
     if config.get("use_dora"):
         raise AdapterError(_DORA_MESSAGE, config_path)
     if config.get("lora_bias"):
@@ -237,11 +253,8 @@ class _DictSource:
             # type, so a malicious pickle raises here instead of running code.
             loaded = torch.load(str(file), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise AdapterError(
-                f"refusing to load this pickle: it is not plain tensor data ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); convert the adapter to safetensors",
-                file,
-            ) from None
+            raise AdapterError(f"refusing to load this pickle: {_pickle_problem(exc)}", file,
+                               hint="convert the adapter to safetensors where it came from") from None
         if not isinstance(loaded, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
         ):
@@ -256,6 +269,16 @@ class _DictSource:
 
     def dtype(self, key: str) -> torch.dtype | str:
         return self.tensors[key].dtype
+
+
+def _pickle_problem(exc: Exception) -> str:
+    """The one useful line of torch's long weights-only error (which also advertises turning the check off)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it would call {found[1]}, so it is not plain tensor data"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"it is not plain tensor data ({type(exc).__name__}: {first[:200]})"
 
 
 def _open_weights(folder: Path) -> tuple[Path, _SafetensorsSource | _DictSource]:
@@ -338,6 +361,8 @@ def _module_info(
             file,
         )
     (r, n), (m, r_b) = a_shape, b_shape
+    if min(r, n, m, r_b) < 1:
+        raise AdapterError(f"module {name!r}: empty factors A {list(a_shape)} and B {list(b_shape)}", file)
     if r != r_b:
         raise AdapterError(f"module {name!r}: A is {list(a_shape)} but B is {list(b_shape)}; their ranks differ", file)
     expected = settings.rank(name)

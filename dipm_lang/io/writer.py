@@ -9,12 +9,20 @@ Writing is two-phase so a script with several saves writes all or nothing: `stag
 fills a hidden temporary sibling folder, `commit_staged` renames every staged folder into
 place (rolling back on failure) and `discard_staged` throws them away. `write_adapter` is
 stage + commit for a single output.
+
+A process killed outright (SIGKILL, power loss) cannot clean up, but it never leaves a partial
+folder at the destination either: only hidden siblings named `.NAME.dipm-tmp-PID-*` (a staged
+copy) or `.NAME.dipm-old-PID-*` (the previous output, moved aside during a `--force` commit).
+`recover_stale` — run by the next `dipm run` that writes NAME — removes the staged copies of
+dead processes and puts a moved-aside previous output back if the new one never arrived. (A
+multi-output commit killed halfway can leave some outputs new and others old; each one is whole.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -115,6 +123,7 @@ def stage_adapter(
     `base_model_name_or_path`, `task_type`, `fan_in_fan_out` and module kinds (embeddings).
     """
     input_paths = list(inputs) or ([template.path] if template is not None else [])
+    recover_stale(path)
     prepare_output(path, inputs=input_paths, force=force)
     dest = _resolve(path)
     if dtype not in OUTPUT_DTYPES:
@@ -127,7 +136,7 @@ def stage_adapter(
     created = _make_parents(dest.parent)
     temp_dir: Path | None = None
     try:
-        temp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dipm-tmp-", dir=dest.parent))
+        temp_dir = Path(tempfile.mkdtemp(prefix=_staging_prefix(dest, "tmp"), dir=dest.parent))
         write_safetensors(temp_dir / SAFETENSORS_NAME, tensors, st_metadata)
         _write_text(temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         _write_text(temp_dir / "README.md", card)
@@ -357,7 +366,53 @@ def discard_staged(staged: Sequence[StagedOutput]) -> None:
 
 def _aside_name(dest: Path, tag: str) -> Path:
     # mkdtemp reserves a unique name; the rename then replaces that empty folder.
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.dipm-{tag}-", dir=dest.parent))
+    return Path(tempfile.mkdtemp(prefix=_staging_prefix(dest, tag), dir=dest.parent))
+
+
+def _staging_prefix(dest: Path, tag: str) -> str:
+    # The writer's pid in the name lets a later run tell a dead run's leftovers from a live one's.
+    return f".{dest.name}.dipm-{tag}-{os.getpid()}-"
+
+
+def recover_stale(path: str | Path) -> list[Path]:
+    """Clean up what runs killed while writing `path` left behind; returns the folders handled.
+
+    A staged copy (`.NAME.dipm-tmp-PID-*`) of a process that no longer runs is deleted. A previous
+    output moved aside (`.NAME.dipm-old-PID-*`) is put back at `path` if nothing is there (the
+    run died between the two renames of its commit), and deleted otherwise (it died after the
+    new output was in place). Leftovers of live processes — a concurrent run — are not touched.
+    """
+    dest = _resolve(path)
+    try:
+        entries = sorted(dest.parent.iterdir())
+    except OSError:
+        return []
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.dipm-(tmp|old)-(\d+)-[^/]*")
+    handled = []
+    for entry in entries:
+        found = pattern.fullmatch(entry.name)
+        if not found or entry.is_symlink() or not entry.is_dir() or _alive(int(found[2])):
+            continue
+        if found[1] == "old" and not (dest.exists() or dest.is_symlink()):
+            os.replace(entry, dest)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        handled.append(entry)
+    return handled
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OverflowError:  # no process can have this pid
+        return False
+    return True
 
 
 def write_adapter(

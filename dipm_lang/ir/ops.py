@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from dipm_lang.ir.merge import merge_type
 from dipm_lang.ir.types import BY_VALUES, DELTA, NUM, STR, UNIT, Type, dir_t, list_t, mag_t
 
 
@@ -207,6 +208,7 @@ OPS: dict[str, tuple[int | None, Callable[[Sequence[Type], dict], Type]]] = {
     "lora": (2, _lora),
     "select": (1, _select),
     "replace": (2, _select),
+    "merge": (None, merge_type),  # the baselines (ir/merge.py)
     # produced by the fusion pass
     "lincomb": (None, _lincomb),
     "unit_scale": (None, _unit_scale),

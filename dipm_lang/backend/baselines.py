@@ -1,0 +1,262 @@
+"""The merge baselines on the factored backend, with PEFT 0.21's numbers (`add_weighted_adapter`).
+
+`merge_kernel` runs one `merge` node (ir/merge.py) for a group of same-shape modules:
+
+- *factor* methods (`linear`, `ties`, `dare_*`, `magnitude_prune`) work on the small factors,
+  batched over the group: per source `i` with weight `wᵢ` and LoRA scale `sᵢ`, PEFT's weights
+  `√|wᵢsᵢ|·sign(wᵢsᵢ)` for `A` and `√|wᵢsᵢ|` for `B`, applied to the *stored* factors. A loaded
+  value has its scale folded into `B` (`B̃ = s·B`, io/reader.py), so the stored `B` is `B̃/s`;
+  `s` comes from the adapter's header through `ctx.adapter`. A source absent from a module is
+  skipped (as PEFT does); the others must have equal ranks there.
+- `svd` stays factored: the weighted sum is a factor concatenation and the truncation is
+  `lowrank.lowrank` (QR of both factors + SVD of the small core) — never an m×n matrix.
+- the other *delta* methods need ΔW entry by entry: they build each module's ΔWᵢ, merge,
+  truncate with a dense SVD, and free it before the next module of the group.
+
+DARE masks are schedule-independent: the mask of item `i` of a merge in module `name` (factor
+`part` A, B or the whole ΔW) is drawn on the CPU from a generator seeded with a SHA-256 of
+`(seed, name, i, part)`, so it is the same whatever the batching, device or compute dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor
+
+from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import ExecutionError
+from dipm_lang.ir.merge import METHODS, MergeMethod
+from dipm_lang.ir.node import Node
+
+if TYPE_CHECKING:
+    from dipm_lang.backend.kernels import GroupContext
+
+# ---- PEFT's merge_utils, batched: tensors are stacked [S, ..., a, b] over the S sources ------
+
+def prune_magnitude(t: Tensor, density: float) -> Tensor:
+    """Keep the int(density·N) entries of largest |value| of each [a, b] matrix (N = a·b), zero the rest.
+
+    As `merge_utils.magnitude_based_pruning` (density ≥ 1 keeps everything); the cut is a
+    threshold at the k-th largest |value|, so exact ties at the cut are all kept (deterministic,
+    where `topk` would pick among them arbitrarily).
+    """
+    if density >= 1.0:
+        return t
+    n = t.shape[-1] * t.shape[-2]
+    k = int(density * n)
+    if k == 0:
+        return torch.zeros_like(t)
+    flat = t.abs().reshape(*t.shape[:-2], n)
+    threshold = flat.kthvalue(n - k + 1, dim=-1).values
+    return t * (flat >= threshold[..., None]).reshape(t.shape)
+
+
+def majority_sign_mask(t: Tensor, method: str) -> Tensor:
+    """Where each source's entry has the elected sign (stacked on dim 0; a tie elects +)."""
+    sign = t.sign()
+    strength = t.sum(dim=0) if method == "total" else sign.sum(dim=0)
+    majority = torch.where(strength >= 0, 1.0, -1.0).to(t.dtype)
+    return sign == majority
+
+
+def combine(method: MergeMethod, t: Tensor, w: Tensor, density: float | None, sign_method: str | None,
+            keep: Tensor | None = None) -> Tensor:
+    """One PEFT merge function (`task_arithmetic`, `ties`, `dare_linear`, …) on stacked tensors.
+
+    `t` [S, ..., a, b], `w` [S, ...] (one weight per source and module), `keep` [S, ..., a, b]
+    the DARE masks (only for dare methods with density < 1).
+    """
+    base = method.base
+    if base in ("ties", "magnitude_prune"):
+        t = prune_magnitude(t, density)  # type: ignore[arg-type]
+    elif base in ("dare_linear", "dare_ties") and keep is not None:
+        t = t * keep / density
+    weighted = t * w[..., None, None]
+    if base in ("ties", "dare_ties"):
+        agree = majority_sign_mask(t, sign_method)  # type: ignore[arg-type]
+        return (weighted * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1).to(t.dtype)
+    return weighted.sum(dim=0)
+
+
+def sqrt_weights(w: float, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """PEFT's split of `w·s` over the factors: (`sign(ws)·√|ws|` for A, `√|ws|` for B)."""
+    ws = w * scales
+    root = ws.abs().sqrt()
+    return torch.where(ws >= 0, root, -root), root
+
+
+# ---- DARE masks ---------------------------------------------------------------------------
+
+def dare_seed(seed: int, name: str, index: int, part: str) -> int:
+    digest = hashlib.sha256(f"dipm-dare\0{seed}\0{name}\0{index}\0{part}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def dare_keep(seed: int, name: str, index: int, part: str, shape: Sequence[int], density: float) -> Tensor:
+    """The Bernoulli(density) keep-mask of one item's tensor in one module (CPU, bool)."""
+    generator = torch.Generator(device="cpu").manual_seed(dare_seed(seed, name, index, part))
+    return torch.rand(tuple(shape), generator=generator, dtype=torch.float32) < density
+
+
+def needs_masks(method: MergeMethod, density: float | None) -> bool:
+    return method.random and density is not None and density < 1.0
+
+
+# ---- ranks and scales from the inputs -----------------------------------------------------
+
+def source_rank(info: Any) -> int:
+    """An adapter's rank as PEFT's merge counts it: max(r, *rank_pattern values) (and of its modules)."""
+    config = getattr(info, "config", None) or {}
+    ranks = [m.rank for m in info.modules.values()]
+    if isinstance(config.get("r"), int):
+        ranks.append(config["r"])
+    pattern = config.get("rank_pattern") or {}
+    ranks += [v for v in pattern.values() if isinstance(v, int)]
+    return max(ranks, default=0)
+
+
+def _adapter(ctx: GroupContext, load: Node, fn: str) -> Any:
+    if load.op != "load" or ctx.adapter is None:
+        raise ExecutionError(f"{fn}: this item is not an adapter read from a folder (load(...))")
+    return ctx.adapter(load)
+
+
+def merge_rank(node: Node, ctx: GroupContext) -> int:
+    """The `rank` attribute, or PEFT's default: the largest rank among the source adapters."""
+    rank = node.attr("rank")
+    if rank is not None:
+        return rank
+    return max(source_rank(_adapter(ctx, arg, node.attr("method"))) for arg in node.args)
+
+
+def module_scales(ctx: GroupContext, load: Node, fn: str) -> list[float]:
+    """The LoRA scale s of each module of the group in the adapter `load` reads (0 where absent)."""
+    info = _adapter(ctx, load, fn)
+    return [info.modules[name].scale if name in info.modules else 0.0 for name in ctx.names]
+
+
+def unscale_b(b: Tensor, scales: Tensor) -> Tensor:
+    """The stored B from a loaded one (B̃ = s·B); a zero-scale module has B̃ = 0 and gives 0."""
+    inv = torch.where(scales != 0, 1.0 / torch.where(scales != 0, scales, 1.0), 0.0)
+    return b * inv.to(b.dtype).reshape(*inv.shape, 1, 1)
+
+
+def rank_error(fn: str, ranks: dict[int, int]) -> str | None:
+    """The message for sources of unequal ranks in one module (item position -> rank), or None."""
+    if len(set(ranks.values())) <= 1:
+        return None
+    listed = ", ".join(f"item {i + 1}: rank {r}" for i, r in ranks.items())
+    return (f"{fn}: the adapters' LoRA ranks differ ({listed}); {fn} combines the factors A and B entry by "
+            "entry (as PEFT does) and needs equal ranks — use svd(…), cat(…) or the *_svd variant instead")
+
+
+def check_ranks(fn: str, ranks: dict[int, int]) -> None:
+    message = rank_error(fn, ranks)
+    if message:
+        raise ExecutionError(message)  # the executor adds the node's position and the module
+
+
+def check_program(program: Any, infos: Any) -> None:
+    """Before any tensor is read: every factor merge's sources have equal ranks in every module.
+
+    `infos` maps a load path to its AdapterInfo (runtime.Plan.inputs).
+    """
+    from dipm_lang.io.reader import natural_key
+    from dipm_lang.ir.node import walk
+
+    for node in walk(program.all_roots()):
+        if node.op != "merge" or METHODS[node.attr("method")].space != "factors":
+            continue
+        sources = [infos.get(arg.attr("path")) if arg.op == "load" else None for arg in node.args]
+        if any(info is None for info in sources):
+            continue  # reported by the kernel
+        for name in sorted({n for info in sources for n in info.modules}, key=natural_key):
+            ranks = {i: info.modules[name].rank for i, info in enumerate(sources) if name in info.modules}
+            message = rank_error(node.attr("method"), ranks)
+            if message:
+                raise ExecutionError(f"{message} (module {name})", program.spans.get(node))
+
+
+def truncate_dense(w: Tensor, rank: int) -> LowRank:
+    """Best rank-`rank` factors of one dense m×n matrix: B = U_k·diag(S_k), A = Vh_k (PEFT's split).
+
+    Signs are fixed as in lowrank.py (largest-|·| entry of each left singular vector positive)
+    so the factors depend on the matrix only.
+    """
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    k = min(rank, s.shape[-1])
+    u, s, vh = u[..., :k], s[..., :k], vh[..., :k, :]
+    pivot = u.abs().argmax(dim=-2, keepdim=True)
+    sign = torch.gather(u, -2, pivot).sign()
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return LowRank((u * sign * s[..., None, :]).contiguous(), (vh * sign.mT).contiguous())
+
+
+# ---- the factored kernel -----------------------------------------------------------------
+
+def merge_kernel(node: Node, args: list, ctx: GroupContext) -> LowRank:
+    method = METHODS[node.attr("method")]
+    weights = list(node.attr("weights"))
+    if method.space == "factors":
+        return _factor_merge(method, node, args, weights, ctx)
+    rank = merge_rank(node, ctx)
+    if method.base == "task_arithmetic":
+        return L.lowrank(L.linear_combination(args, weights), rank)[0]
+    return _delta_merge(method, node, args, weights, rank, ctx)
+
+
+def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights: list[float],
+                  ctx: GroupContext) -> LowRank:
+    first = args[0]
+    present = [i for i, x in enumerate(args) if x.rank > 0]
+    if not present:  # no source has this module: no update
+        return LowRank.zeros(first.m, first.n, first.batch_shape, first.dtype, first.device)
+    check_ranks(method.name, {i: args[i].rank for i in present})
+    a_parts, b_parts, wa, wb = [], [], [], []
+    for i in present:
+        scales = torch.tensor(module_scales(ctx, node.args[i], method.name), dtype=torch.float64)
+        w_a, w_b = sqrt_weights(weights[i], scales)
+        a_parts.append(args[i].A)
+        b_parts.append(unscale_b(args[i].B, scales.to(args[i].device)))
+        wa.append(w_a)
+        wb.append(w_b)
+    density, sign = node.attr("density"), node.attr("majority_sign_method")
+    out = []
+    for part, tensors, w in (("A", a_parts, wa), ("B", b_parts, wb)):
+        t = torch.stack(tensors)  # [S, G, a, b]
+        keep = None
+        if needs_masks(method, density):
+            shape = t.shape[-2:]
+            keep = torch.stack([torch.stack([dare_keep(node.attr("seed"), name, i, part, shape, density)
+                                             for name in ctx.names]) for i in present]).to(t.device)
+        out.append(combine(method, t, torch.stack(w).to(t.dtype).to(t.device), density, sign, keep))
+    return LowRank(out[1].contiguous(), out[0].contiguous())
+
+
+def _delta_merge(method: MergeMethod, node: Node, args: list[LowRank], weights: list[float], rank: int,
+                 ctx: GroupContext) -> LowRank:
+    """ΔW-space methods, one module at a time: build the S updates, merge, truncate, free."""
+    density, sign = node.attr("density"), node.attr("majority_sign_method")
+    first = args[0]
+    results = []
+    batch = list(first.batch_shape)
+    count = math.prod(batch)
+    flat = [LowRank(x.B.reshape(count, x.m, x.rank), x.A.reshape(count, x.rank, x.n)) for x in args]
+    w = torch.tensor(weights, dtype=first.dtype, device=first.device)
+    for g in range(count):
+        t = torch.stack([x.B[g] @ x.A[g] for x in flat])  # [S, m, n]
+        keep = None
+        if needs_masks(method, density):
+            keep = torch.stack([dare_keep(node.attr("seed"), ctx.names[g], i, "delta", t.shape[-2:], density)
+                                for i in range(len(args))]).to(t.device)
+        merged = combine(method, t, w, density, sign, keep)
+        del t, keep
+        results.append(truncate_dense(merged, rank))
+        del merged
+    return LowRank(torch.stack([r.B for r in results]).reshape(*batch, first.m, -1),
+                   torch.stack([r.A for r in results]).reshape(*batch, -1, first.n))
