@@ -1,0 +1,165 @@
+"""One seed of the experiment: base model → adapters H, T, C → every recipe at every sweep value."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metrics, toy
+from .model import ModelSettings, TrainSettings, attach_adapters, base_model, train_adapters
+from .recipes import METHODS, Evaluator
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base: TrainSettings
+    adapters: TrainSettings
+    lengths: tuple[int, int]
+    eval_n: int
+    t_values: tuple[float, ...]
+    lam_values: tuple[float, ...]
+    alpha_values: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+    def sweep(self, param: str) -> tuple[float, ...]:
+        return {"t": self.t_values, "lam": self.lam_values, "alpha": self.alpha_values}[param]
+
+
+def _grid(stop: float, step: float) -> tuple[float, ...]:
+    return tuple(round(i * step, 6) for i in range(round(stop / step) + 1))
+
+
+PRESETS = {
+    "smoke": Preset("smoke", base=TrainSettings(steps=500, batch=64, lr=3e-3),
+                    adapters=TrainSettings(steps=150, batch=64, lr=8e-3, warmup=20), lengths=(2, 5), eval_n=96,
+                    t_values=_grid(1.0, 0.25), lam_values=(0.0, 0.5, 1.0, 2.0, 3.0), alpha_values=_grid(1.0, 0.25),
+                    seeds=(0,)),
+    "full": Preset("full", base=TrainSettings(steps=1200, batch=64, lr=3e-3),
+                   adapters=TrainSettings(steps=400, batch=64, lr=5e-3, warmup=20), lengths=(2, 6), eval_n=240,
+                   t_values=_grid(1.0, 0.1), lam_values=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
+                   alpha_values=_grid(1.0, 0.1), seeds=(0, 1, 2)),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    preset: Preset
+    encoding: str = "suffix"
+    shared_init: bool = True
+    threads: int = 1
+    cache: Path = Path("cache")
+    adapters_dir: Path | None = None   # where to save H, T, C (PEFT folders), per seed
+    model: ModelSettings = field(default_factory=ModelSettings)
+    quiet: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the rows (recorded in rows.json)."""
+        p = self.preset
+        return {"preset": p.name, "encoding": self.encoding, "shared_init": self.shared_init,
+                "threads": self.threads, "model": asdict(self.model), "base_training": asdict(p.base),
+                "adapter_training": asdict(p.adapters), "lora": {"r": 8, "alpha": 16, "targets": "all seven projections"},
+                "lengths": list(p.lengths), "eval_prompts_per_set": p.eval_n,
+                "sweeps": {"t": list(p.t_values), "lam": list(p.lam_values), "alpha": list(p.alpha_values)}}
+
+
+@contextlib.contextmanager
+def deterministic(threads: int) -> Iterator[None]:
+    """Fixed thread count and deterministic kernels, restored afterwards (tests run in-process)."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def is_zero(value: Any) -> bool:
+    """Whether every module's update is exactly zero (PEFT cannot hold such an adapter)."""
+    return all(v.rank == 0 or not bool(v.B.any()) or not bool(v.A.any()) for v in value.values())
+
+
+def log(options: Options, message: str) -> None:
+    if not options.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All rows of one seed, and its timings."""
+    import dipm_lang
+
+    p = options.preset
+    timings: dict[str, Any] = {}
+    cpu_start = time.process_time()
+    with deterministic(options.threads), warnings.catch_warnings():
+        # peft calls a transformers API that transformers 5 deprecates; nothing for us to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        start = time.perf_counter()
+        base, cached = base_model(options.model, p.base, p.lengths, seed, options.cache)
+        timings["base_model_s"] = round(time.perf_counter() - start, 3)
+        timings["base_model_cached"] = cached
+        log(options, f"[seed {seed}] base model {'loaded from cache' if cached else 'trained'} "
+                     f"in {timings['base_model_s']:.1f} s")
+
+        start = time.perf_counter()
+        model = attach_adapters(base, seed, options.shared_init)
+        train_adapters(model, seed, options.encoding, p.adapters, p.lengths)
+        timings["adapters_s"] = round(time.perf_counter() - start, 3)
+        log(options, f"[seed {seed}] adapters H, T, C trained in {timings['adapters_s']:.1f} s")
+        if options.adapters_dir is not None:
+            model.save_pretrained(str(options.adapters_dir / f"seed{seed}"))
+
+        sets = toy.eval_sets(seed, p.eval_n, *p.lengths, options.encoding)
+        evaluator = Evaluator(model)
+        rows: list[dict[str, Any]] = []
+        measuring = 0.0
+
+        def measure(adapter: str | None) -> dict[str, float]:
+            nonlocal measuring
+            t0 = time.perf_counter()
+            if adapter is None:
+                with model.disable_adapter():
+                    result = metrics.measure(model, sets, p.lengths[1])
+            else:
+                model.set_adapter(adapter)
+                result = metrics.measure(model, sets, p.lengths[1])
+            measuring += time.perf_counter() - t0
+            return result
+
+        for name in ("base", "H", "T", "C"):
+            rows.append({"seed": seed, "family": "reference", "method": name, "param": None, "value": None,
+                         "expr": name if name != "base" else "", **measure(None if name == "base" else name)})
+        for method in METHODS:
+            for value in p.sweep(method.param):
+                expr = method.expr(value)
+                result = evaluator.value(expr, method.inputs)
+                row = {"seed": seed, "family": method.family, "method": method.name, "param": method.param,
+                       "value": value, "expr": expr}
+                if method.keeps:
+                    row["row_norm_rel_err"] = evaluator.row_norm_error(result, method.keeps)
+                if is_zero(result):  # e.g. (1 - 1.0) * H: no update at all, i.e. the base model
+                    row.update(measure(None))
+                else:
+                    dipm_lang.add_to_peft_model(model, result, "recipe")
+                    row.update(measure("recipe"))
+                    model.set_adapter("H")  # deleting the active adapter would warn
+                    model.delete_adapter("recipe")
+                rows.append(row)
+            log(options, f"[seed {seed}] {method.name}: {len(p.sweep(method.param))} configurations")
+        timings["dipm_s"] = round(evaluator.seconds, 3)
+        timings["dipm_calls"] = evaluator.calls
+        timings["dipm_ms_per_call"] = round(1000 * evaluator.seconds / max(evaluator.calls, 1), 2)
+        timings["metrics_s"] = round(measuring, 3)
+        timings["configurations"] = len(rows)
+        timings["cpu_s"] = round(time.process_time() - cpu_start, 3)
+    return rows, timings

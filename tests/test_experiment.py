@@ -1,0 +1,136 @@
+"""The detox miniature (examples/experiments/detox_miniature) end to end.
+
+The smoke preset runs twice (cold, then with the cached base model) and must give the same
+rows.json byte for byte. The full preset (3 seeds, minutes) is a slow test. No test asserts
+which method wins: the experiment is evidence, not a foregone conclusion.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `examples` is a package at the repository root, not installed
+    sys.path.insert(0, str(ROOT))
+
+from examples.experiments.detox_miniature.__main__ import main  # noqa: E402
+from examples.experiments.detox_miniature.metrics import METRICS  # noqa: E402
+from examples.experiments.detox_miniature.report import front_area, pareto_front  # noqa: E402
+
+OUTPUTS = ("rows.json", "table.md", "pareto.png", "timings.json")
+DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink")
+
+
+def run(out: Path, cache: Path, *extra: str) -> dict:
+    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet", *extra]) == 0
+    return json.loads((out / "rows.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("detox_miniature")
+    return root / "first", root / "cache", run(root / "first", root / "cache")
+
+
+def rows_of(data: dict, method: str) -> list[dict]:
+    return sorted((r for r in data["rows"] if r["method"] == method), key=lambda r: r["value"] or 0)
+
+
+def reference(data: dict, name: str, seed: int = 0) -> dict:
+    return next(r for r in data["rows"] if r["method"] == name and r["seed"] == seed)
+
+
+def same_metrics(row: dict, ref: dict) -> None:
+    for metric in METRICS:
+        if metric == "general_nll":
+            assert row[metric] == pytest.approx(ref[metric], abs=1e-5), (row["expr"], metric)
+        else:
+            assert row[metric] == ref[metric], (row["expr"], metric)
+
+
+def test_all_outputs_written(smoke):
+    out, _, data = smoke
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| DiPM detox |" in (out / "table.md").read_text()
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["seeds"]["0"]["base_model_cached"] is False
+    methods = {r["method"] for r in data["rows"]}
+    assert methods >= {"base", "H", "T", "C", *DETOX_SWEEPS, "dipm_transfer", "ta_transfer"}
+
+
+def test_zero_parameter_rows_equal_the_input(smoke):
+    _, _, data = smoke
+    H, C = reference(data, "H"), reference(data, "C")
+    for method in DETOX_SWEEPS:
+        same_metrics(rows_of(data, method)[0], H)
+    for method in ("dipm_transfer", "ta_transfer"):
+        same_metrics(rows_of(data, method)[0], C)
+    assert all(rows_of(data, m)[0]["value"] == 0 for m in DETOX_SWEEPS)
+
+
+def test_dipm_keeps_row_norms(smoke):
+    out, _, data = smoke
+    checked = [r for r in data["rows"] if "row_norm_rel_err" in r]
+    assert {r["method"] for r in checked} >= {"dipm_detox", "dipm_transfer"}
+    assert max(r["row_norm_rel_err"] for r in checked) < 1e-5
+    # and independently, from the saved PEFT adapter folders
+    import dipm_lang
+
+    folders = out / "adapters" / "seed0"
+    H, T = str(folders / "H"), str(folders / "T")
+    for t in (0.5, 1.0):
+        kept = dipm_lang.evaluate(f"mag(recombine(shift(dir(H), reverse(dir(T)), {t}), mag(H)))", H=H, T=T)
+        norms = dipm_lang.evaluate("mag(H)", H=H)
+        for name, value in norms.items():
+            assert float((kept[name] - value).abs().max()) <= 1e-5 * float(value.max()), name
+
+
+def test_H_has_the_behaviour_and_the_skill(smoke):
+    _, _, data = smoke
+    H = reference(data, "H")
+    assert H["unwanted_rate"] >= 0.3
+    assert H["helpful_skill"] >= 0.8
+    assert reference(data, "base")["unwanted_rate"] == 0  # the base model never learnt it
+
+
+def test_largest_sweep_values_lower_the_unwanted_rate(smoke):
+    _, _, data = smoke
+    H = reference(data, "H")
+    for method in ("dipm_detox", "task_arithmetic", "ta_keep_mag"):
+        last = rows_of(data, method)[-1]
+        assert last["value"] == max(r["value"] for r in rows_of(data, method))
+        assert last["unwanted_rate"] < H["unwanted_rate"], method
+
+
+def test_rerun_is_byte_identical(smoke, tmp_path):
+    out, cache, _ = smoke
+    run(tmp_path / "second", cache)
+    assert json.loads((tmp_path / "second" / "timings.json").read_text())["seeds"]["0"]["base_model_cached"]
+    assert (tmp_path / "second" / "rows.json").read_bytes() == (out / "rows.json").read_bytes()
+
+
+def test_pareto_front_and_area():
+    points = [(0.0, 0.9), (0.5, 0.8), (0.4, 0.5), (1.0, 0.1), (0.5, 0.7)]
+    front = pareto_front(points)
+    assert front == [(0.0, 0.9), (0.5, 0.8), (1.0, 0.1)]
+    assert front_area(front) == pytest.approx(0.5 * 0.8 + 0.5 * 0.1)
+    assert front_area([(1.0, 1.0)]) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_full_preset(tmp_path):
+    assert main(["--preset", "full", "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "full" / "rows.json").read_text())
+    for seed in (0, 1, 2):
+        H, C = reference(data, "H", seed), reference(data, "C", seed)
+        assert H["unwanted_rate"] >= 0.5, seed
+        assert H["helpful_skill"] >= 0.6, seed
+        assert C["unwanted_rate"] == 0, seed
+    for name in OUTPUTS:
+        assert (tmp_path / "full" / name).stat().st_size > 0, name
