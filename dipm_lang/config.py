@@ -105,12 +105,16 @@ class Recipe:
     imports: list[tuple[str, Span | None]]
     defs: Text | None
     input_spans: dict[str, Span | None] = field(default_factory=dict)  # NAME -> its key in the config
+    input_texts: dict[str, str] = field(default_factory=dict)          # NAME -> the folder as written
 
 
 def read_recipe(path: str | Path) -> Recipe:
     """Parse a YAML or TOML recipe and check its structure (no expression is parsed yet)."""
     file = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the config is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})", file=file)
         data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read the config: {e.strerror or e}", file=file) from None
@@ -191,7 +195,7 @@ def _check(tree: Any, where: "_Where", file: str, text: str, base: Path) -> Reci
     if defs is not None and not isinstance(defs, str):
         fail(f"'defs' must be dipm definitions (a string), got {_kind(defs)}", ("defs",))
     return Recipe(file, text, inputs, outputs, imports, Text(defs, where.offsets(("defs",), defs)) if defs else None,
-                  {name: where.span(("inputs", name)) for name in inputs})
+                  {name: where.span(("inputs", name)) for name in inputs}, dict(inputs_tree))
 
 
 def _kind(value: Any) -> str:
@@ -216,7 +220,8 @@ def lower_config(path: str | Path, sets: Mapping[str, Any] | None = None, *, san
     if sandbox is not None:  # here, where each input's key in the config is known
         for name, folder in recipe.inputs.items():
             if name not in sets:
-                sandbox.check(folder, f"input '{name}'", recipe.input_spans.get(name))
+                sandbox.check(folder, f"input '{name}'", recipe.input_spans.get(name),
+                              written=recipe.input_texts.get(name))
     external: dict[str, Any] = {name: str(folder) for name, folder in recipe.inputs.items()}
     external.update(sets)  # --set wins, and resolves against the working directory (Lowerer)
     lowerer = Lowerer(external, sandbox=sandbox)
@@ -400,8 +405,11 @@ def _load_yaml(text: str, file: str) -> tuple[Any, _Where]:
     lines = _LineIndex(text)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_yaml_graph(root, file)
         _check_duplicates(root, file, lines)
         tree = yaml.SafeLoader("").construct_document(root) if root is not None else None
+    except RecursionError:  # the composer recurses once per level of nesting
+        raise ConfigError("the config is nested too deeply", file=file) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         span = Span(file, mark.line + 1, mark.column + 1, mark.line + 1, mark.column + 2) if mark else None
@@ -409,6 +417,60 @@ def _load_yaml(text: str, file: str) -> tuple[Any, _Where]:
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", file=file) from None
     return tree, _YamlWhere(text, file, root)
+
+
+MAX_CONFIG_BYTES = 4 * 2**20   # a recipe is a few hundred bytes; this bounds what a hostile one costs
+MAX_CONFIG_VALUES = 100_000    # values in the config once YAML aliases are expanded
+MAX_CONFIG_DEPTH = 64          # nesting, aliases expanded (a recipe needs 3 levels)
+
+
+def _check_yaml_graph(root: Any, file: str) -> None:
+    """Refuse alias bombs ("billion laughs"), recursive aliases and deep nesting, before anything
+    walks the node graph: each alias is a reference, so a walk may visit one node exponentially often.
+
+    One iterative depth-first pass measures every distinct node's expanded size and height once.
+    """
+    import yaml
+
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.MappingNode):
+            return [item for pair in node.value for item in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    def fail(message: str, node: Any) -> ConfigError:
+        mark = node.start_mark
+        return ConfigError(message, Span(file, mark.line + 1, mark.column + 1, mark.line + 1, mark.column + 2),
+                           file=file)
+
+    if root is None:
+        return
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    open_nodes: set[int] = set()  # entered, not yet finished: meeting one again is a cycle
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            kids = children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            if size[key] > MAX_CONFIG_VALUES:
+                raise fail(f"the config expands to more than {MAX_CONFIG_VALUES} values (through YAML aliases)",
+                           node)
+            if height[key] > MAX_CONFIG_DEPTH:
+                raise fail(f"the config is nested more than {MAX_CONFIG_DEPTH} levels deep", node)
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise fail("a YAML alias refers to a value that contains it (a recursive alias)", node)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(children(node)) if id(child) not in size)
 
 
 def _check_duplicates(node: Any, file: str, lines: _LineIndex) -> None:
@@ -527,6 +589,8 @@ def _load_toml(text: str, file: str) -> tuple[Any, _Where]:
                               file=file) from None
     try:
         tree = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+        raise ConfigError("the config is nested too deeply", file=file) from None
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         found = re.search(r"\(at line (\d+), column (\d+)\)", message)

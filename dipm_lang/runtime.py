@@ -30,7 +30,8 @@ from dipm_lang.backend.lowrank import EPS, LowRank
 from dipm_lang.errors import UsageError
 from dipm_lang.io.reader import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME, AdapterInfo, check_compatible, open_adapter, \
     read_module
-from dipm_lang.io.writer import commit_staged, discard_staged, prepare_output, recover_stale, stage_adapter
+from dipm_lang.io.writer import (commit_staged, discard_staged, prepare_output, recover_stale, remove_own_staging,
+                                 stage_adapter)
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.memory import MemoryAdapter
 from dipm_lang.progress import Progress
@@ -254,6 +255,8 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         commit_staged(staged)
     except BaseException:
         discard_staged(staged)
+        for save in result.saves:  # one staged but not yet in `staged` when an interrupt came
+            remove_own_staging(save.node.attr("path"))
         raise
     summary.seconds = time.perf_counter() - start
     summary.peak_memory_mb = peak_memory_mb(the_plan.device)

@@ -270,14 +270,16 @@ def _replace(call: Call) -> Node:
 def _pattern(call: Call) -> str:
     import re
 
+    from dipm_lang.safe_regex import compile_pattern
+
     pattern = call.static("pattern")
     if pattern is None:
         return ".*"
     pattern = check_string(call, "pattern")
     try:
-        re.compile(pattern)
+        compile_pattern(pattern)  # re.compile, refusing patterns that could take exponential time
     except re.error as e:
-        raise _type_error(call, "pattern", f"invalid regular expression {pattern!r}: {e}") from None
+        raise _type_error(call, "pattern", f"invalid regular expression {pattern!r:.200}: {e}") from None
     return pattern
 
 

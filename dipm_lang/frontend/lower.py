@@ -19,6 +19,7 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.arith import OP_NAMES, binary_result, negate_result
 from dipm_lang.frontend.builtins import BUILTINS, REQUIRED, Arg, Builtin, Call
 from dipm_lang.frontend.parser import parse_script
+from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.suggest import did_you_mean
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up guard)
 MAX_INLINE_DEPTH = 50        # nested calls of defs
 MAX_EXPR_DEPTH = 200         # nesting of one expression
+FRAMES_PER_LEVEL = 8         # Python frames one level of lowering may take (calls, inlining, list mapping)
 LIST_MAPPED = {"dir", "normalize", "mag", "reverse"}  # builtins applied item by item to a list
 
 
@@ -273,6 +275,12 @@ class Lowerer:
     # ---- expressions -----------------------------------------------------------------
 
     def lower_expr(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+        if self._depth == 0:  # the outermost expression: room for MAX_EXPR_DEPTH levels of recursion
+            with stack_room(FRAMES_PER_LEVEL * MAX_EXPR_DEPTH):
+                return self._lower_nested(expr, scope, module)
+        return self._lower_nested(expr, scope, module)
+
+    def _lower_nested(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
         self._depth += 1
         try:
             if self._depth > MAX_EXPR_DEPTH:

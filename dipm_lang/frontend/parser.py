@@ -7,7 +7,6 @@ person can act on ("missing ')'", "unexpected '='") instead of a token dump.
 from __future__ import annotations
 
 import ast as pyast
-import sys
 from functools import lru_cache
 from typing import Iterator
 
@@ -16,6 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from dipm_lang.errors import DipmSyntaxError, ResourceLimitError, Span
 from dipm_lang.frontend import ast
+from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.resources import grammar_path
 
 MAX_SOURCE_CHARS = 1_000_000
@@ -175,8 +175,8 @@ class _ToAST(Transformer):
 
 def _check_text(text: str, file: str) -> None:
     if len(text) > MAX_SOURCE_CHARS:
-        raise DipmSyntaxError(f"source is too large ({len(text)} characters; the limit is {MAX_SOURCE_CHARS})",
-                              Span(file, 1, 1, 1, 2))
+        raise ResourceLimitError(f"source is too large ({len(text)} characters; the limit is {MAX_SOURCE_CHARS})",
+                                 Span(file, 1, 1, 1, 2))
     nul = text.find("\0")
     if nul >= 0:
         line = text.count("\n", 0, nul) + 1
@@ -232,21 +232,9 @@ def _check_depth(tree: Tree, file: str) -> None:
 
 
 def _transform(tree: Tree, file: str):
-    # The tree is at most MAX_PARSE_DEPTH deep and the Transformer recurses about twice per level:
-    # make room for that however deep the caller's own stack already is.
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 3 * MAX_PARSE_DEPTH + _stack_depth() + 100))
-    try:
+    # The tree is at most MAX_PARSE_DEPTH deep and the Transformer recurses about twice per level.
+    with stack_room(3 * MAX_PARSE_DEPTH):
         return _ToAST(file).transform(tree)
-    finally:
-        sys.setrecursionlimit(limit)
-
-
-def _stack_depth() -> int:
-    frame, depth = sys._getframe(), 0
-    while frame is not None:
-        frame, depth = frame.f_back, depth + 1
-    return depth
 
 
 _TOKEN_NAMES = {

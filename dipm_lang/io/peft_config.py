@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import AdapterError
+from dipm_lang.safe_regex import pattern_cost_problem
 
 
 @dataclass(frozen=True)
@@ -91,26 +92,26 @@ def parse_settings(config: Mapping[str, Any], path: str | Path | None = None) ->
     """
     r = config.get("r", 8)  # PEFT's LoraConfig default
     if not _is_int(r) or r <= 0:
-        raise AdapterError(f"adapter_config.json: 'r' must be a positive integer, got {r!r}", path)
+        raise _error(f"'r' must be a positive integer, got {r!r:.80}", path)
     alpha = config.get("lora_alpha", 8)
     if not _is_number(alpha):
-        raise AdapterError(f"adapter_config.json: 'lora_alpha' must be a number, got {alpha!r}", path)
+        raise _error(f"'lora_alpha' must be a number, got {alpha!r:.80}", path)
     use_rslora = config.get("use_rslora", False)
     if not isinstance(use_rslora, bool):
-        raise AdapterError(f"adapter_config.json: 'use_rslora' must be true or false, got {use_rslora!r}", path)
+        raise _error(f"'use_rslora' must be true or false, got {use_rslora!r:.80}", path)
     fan_in_fan_out = config.get("fan_in_fan_out", False)
     if not isinstance(fan_in_fan_out, bool):
-        raise AdapterError(f"adapter_config.json: 'fan_in_fan_out' must be true or false, got {fan_in_fan_out!r}",
+        raise _error(f"'fan_in_fan_out' must be true or false, got {fan_in_fan_out!r:.80}",
                            path)
 
     rank_pattern = _parse_pattern(config, "rank_pattern", path)
     for key, value in rank_pattern.items():
         if not _is_int(value) or value <= 0:
-            raise AdapterError(f"adapter_config.json: rank_pattern[{key!r}] must be a positive integer, got {value!r}", path)
+            raise _error(f"rank_pattern[{key!r:.80}] must be a positive integer, got {value!r:.80}", path)
     alpha_pattern = _parse_pattern(config, "alpha_pattern", path)
     for key, value in alpha_pattern.items():
         if not _is_number(value):
-            raise AdapterError(f"adapter_config.json: alpha_pattern[{key!r}] must be a number, got {value!r}", path)
+            raise _error(f"alpha_pattern[{key!r:.80}] must be a number, got {value!r:.80}", path)
     return LoraSettings(
         r=int(r),
         lora_alpha=float(alpha),
@@ -124,72 +125,25 @@ def parse_settings(config: Mapping[str, Any], path: str | Path | None = None) ->
 def _parse_pattern(config: Mapping[str, Any], field_name: str, path: str | Path | None) -> dict[str, Any]:
     value = config.get(field_name) or {}
     if not isinstance(value, dict):
-        raise AdapterError(f"adapter_config.json: '{field_name}' must be an object, got {value!r}", path)
+        raise _error(f"'{field_name}' must be an object, got {value!r:.80}", path)
     for key in value:
         try:
             re.compile(rf"(.*\.)?({key})$")
         except (re.error, RecursionError, OverflowError) as exc:
             # PEFT would crash with a bare re.error while building the model.
-            raise AdapterError(f"adapter_config.json: {field_name} key {key!r} is not a valid regex: {exc}", path) from None
+            raise _error(f"{field_name} key {key!r:.200} is not a valid regex: {exc}",
+                               path) from None
         problem = pattern_cost_problem(key)
         if problem:
-            raise AdapterError(f"adapter_config.json: {field_name} key {key!r} {problem}", path,
+            raise _error(f"{field_name} key {key!r:.200} {problem}", path,
                                hint="PEFT's pattern keys are module names or simple regexes such as "
                                     "'layers\\.\\d+\\.self_attn\\.q_proj'")
     return dict(value)
 
 
-MAX_PATTERN_CHARS = 1_000
-MAX_VARIABLE_REPEATS = 4
-
-
-def pattern_cost_problem(pattern: str) -> str | None:
-    """Why matching `pattern` could take exponential (or high-polynomial) time, or None.
-
-    Python's `re` backtracks: a repetition nested in another (`(a+)+`, `(.*)*`) can take
-    exponential time on a failing name, and many variable repetitions in a row (`.*.*.*.*.*x`)
-    polynomial time of a high degree. A hostile config could hang the tool (and PEFT) that way, so
-    such keys are refused before any name is matched; real pattern keys never need them.
-    """
-    if len(pattern) > MAX_PATTERN_CHARS:
-        return f"is longer than {MAX_PATTERN_CHARS} characters"
-    try:
-        from re import _parser as sre_parse  # Python 3.11+
-    except ImportError:  # pragma: no cover - Python 3.10
-        import sre_parse  # type: ignore[no-redef]
-    try:
-        parsed = sre_parse.parse(pattern)
-    except Exception:  # compile() above reported real syntax errors
-        return None
-    variable = 0
-    nested = False
-
-    def walk(items, inside: bool) -> None:
-        nonlocal variable, nested
-        for op, av in items:
-            if str(op) in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-                low, high, body = av
-                repeats = high > 1 and high != low
-                if repeats:
-                    variable += 1
-                    nested = nested or inside
-                walk(body, inside or repeats)
-                continue
-            for child in av if isinstance(av, (list, tuple)) else (av,):
-                if isinstance(child, sre_parse.SubPattern):
-                    walk(child, inside)
-                elif isinstance(child, list):  # BRANCH: a list of alternatives
-                    for alternative in child:
-                        if isinstance(alternative, sre_parse.SubPattern):
-                            walk(alternative, inside)
-
-    walk(parsed, False)
-    if nested:
-        return "nests a repetition inside another, which can take exponential time to match"
-    if variable > MAX_VARIABLE_REPEATS:
-        return (f"has too many variable repetitions ({variable}; at most {MAX_VARIABLE_REPEATS}), which can "
-                "take very long to match")
-    return None
+def _error(message: str, path: str | Path | None, **kwargs: Any) -> AdapterError:
+    # With a path the error names the file already; without one, say which file the field is from.
+    return AdapterError(message if path is not None else f"adapter_config.json: {message}", path, **kwargs)
 
 
 def _is_int(value: object) -> bool:

@@ -283,9 +283,12 @@ def _pickle_problem(exc: Exception) -> str:
 
 def _open_weights(folder: Path) -> tuple[Path, _SafetensorsSource | _DictSource]:
     safetensors_file = folder / SAFETENSORS_NAME
+    bin_file = folder / BIN_NAME
+    for file in (safetensors_file, bin_file):
+        if file.exists() and not file.is_file():  # a FIFO or a device would block or never end a read
+            raise AdapterError("not a regular file", file)
     if safetensors_file.exists():  # PEFT prefers safetensors when both are present
         return safetensors_file, _SafetensorsSource(safetensors_file)
-    bin_file = folder / BIN_NAME
     if bin_file.exists():
         return bin_file, _DictSource(bin_file)
     raise AdapterError(f"no adapter weights: neither {SAFETENSORS_NAME} nor {BIN_NAME} exists", folder)

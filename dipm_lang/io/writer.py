@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from glob import escape as glob_escape
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,8 +143,9 @@ def stage_adapter(
         _write_text(temp_dir / "README.md", card)
         _fsync(temp_dir / SAFETENSORS_NAME)
     except BaseException as exc:
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        # Every staging folder of this process for `dest`, not just `temp_dir`: an interrupt (Ctrl-C,
+        # SIGTERM) can land after mkdtemp made the folder but before it returned its name.
+        remove_own_staging(dest)
         _remove_created(created)
         if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
             raise
@@ -372,6 +374,13 @@ def _aside_name(dest: Path, tag: str) -> Path:
 def _staging_prefix(dest: Path, tag: str) -> str:
     # The writer's pid in the name lets a later run tell a dead run's leftovers from a live one's.
     return f".{dest.name}.dipm-{tag}-{os.getpid()}-"
+
+
+def remove_own_staging(path: str | Path) -> None:
+    """Remove the staging folders this process made for `path` (after a failure or an interrupt)."""
+    dest = _resolve(path)
+    for leftover in dest.parent.glob(glob_escape(_staging_prefix(dest, "tmp")) + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def recover_stale(path: str | Path) -> list[Path]:
