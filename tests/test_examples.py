@@ -48,3 +48,17 @@ def test_example_checks_and_runs(workspace, script, monkeypatch, capsys):
     for folder in written:
         info = open_adapter(folder)  # a valid PEFT adapter folder
         assert info.modules
+
+
+RECIPES = sorted((EXAMPLES / "recipes").glob("*.yaml")) + sorted((EXAMPLES / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_example_recipe_runs(workspace, recipe, capsys):
+    path = workspace / "examples" / "recipes" / recipe.name
+    assert main(["check", str(path)]) == 0
+    assert main(["run", str(path), "--force"]) == 0
+    written = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  /")]
+    assert written
+    for folder in written:
+        assert open_adapter(folder).modules
