@@ -1,0 +1,80 @@
+"""Smoke test of `python -m benchmarks.run --quick`: it runs, writes its three files, and the
+tables hold every expected row with positive numbers. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("svd", "cat", "linear", "ties_svd", "dare_linear")
+RECIPES = ("transfer", "detox", "multitask")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("peft")
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench") / "results"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_writes_the_three_files(quick_results: Path) -> None:
+    for name in ("results.md", "results.json", "scaling.png"):
+        assert (quick_results / name).stat().st_size > 0, name
+    assert (quick_results / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (quick_results / "tmp").exists()  # the scratch folder is removed
+
+
+def _rows(markdown: str) -> dict[str, list[str]]:
+    """First cell (backticks removed) → the other cells, for every table row."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_tables_have_every_row_with_numbers(quick_results: Path) -> None:
+    text = (quick_results / "results.md").read_text()
+    rows = _rows(text)
+    for name in METHODS + RECIPES:
+        assert name in rows, name
+        numbers = [float(m) for cell in rows[name] for m in re.findall(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?", cell)]
+        assert numbers and any(n > 0 for n in numbers), (name, rows[name])
+    assert "Machine:" in text and "torch" in text and "cores" in text
+    targets = [r for r in rows if r.startswith(("rank-", "transfer,", "peak memory"))]
+    assert len(targets) == 4, targets
+    assert all(rows[t][-1].strip("*") in ("PASS", "MISS") for t in targets)
+
+
+def test_json_numbers_are_positive(quick_results: Path) -> None:
+    results = json.loads((quick_results / "results.json").read_text())
+    assert [r["method"] for r in results["peft"]] == list(METHODS)
+    for row in results["peft"]:
+        for key in ("dipm_s_per_module", "peft_s_per_module", "dipm_process_s", "peft_process_s",
+                    "dipm_peak_mib", "peft_peak_mib"):
+            assert row[key] > 0, (row["method"], key)
+        assert row["dipm_error"] >= 0 and row["peft_error"] >= 0
+    cat = next(r for r in results["peft"] if r["method"] == "cat")
+    assert cat["dipm_error"] < 1e-5 and cat["peft_error"] < 1e-5  # cat is exact in both
+    assert [r["recipe"] for r in results["recipes"]] == list(RECIPES)
+    for row in results["recipes"]:
+        for key in ("dipm_process_s", "floor_process_s", "dipm_peak_mib", "floor_peak_mib", "inputs_mib",
+                    "output_mib", "ratio_to_floor"):
+            assert row[key] > 0, (row["recipe"], key)
+    scaling = results["scaling"]
+    assert scaling["layers"] and scaling["rank"] and scaling["adapters"]
+    for rows in scaling.values():
+        for row in rows:
+            assert all(v > 0 for k, v in row.items() if isinstance(v, (int, float))), row
+    assert len(results["targets"]) == 4
