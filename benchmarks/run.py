@@ -1,16 +1,15 @@
 """`python -m benchmarks.run`: build adapters, measure dipm against PEFT and the I/O floor, report.
 
-    python -m benchmarks.run --threads 1 --out benchmarks/results   # the full run (~30 min on 2 cores)
+    python -m benchmarks.run --out benchmarks/results              # the full run (~20-30 min on 2 cores)
     python -m benchmarks.run --quick --out /tmp/bench                # tiny shapes, about a minute
     python -m benchmarks.run --render-only --out benchmarks/results  # redraw from results.json
 
-The committed results were made with `--threads 1`: on a machine shared with other work,
-OpenMP's second thread spins waiting for a descheduled peer and dipm's many small batched
-kernels (and PEFT's) slow down several times over; one thread per process is the fair,
-repeatable setting there.
-
 Writes `results.md`, `results.json` and `scaling.png` under `--out`. Adapters and outputs go
 to `--work` (default `<out>/tmp`, removed afterwards unless `--keep`).
+
+On a machine shared with other work, pass `--threads 1`: a second OpenMP thread then spins
+waiting for a descheduled peer and small kernels (dipm's reading and writing, PEFT's merges)
+slow down several times over.
 """
 
 from __future__ import annotations

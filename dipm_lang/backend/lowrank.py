@@ -300,6 +300,8 @@ def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -
     beta_slerp = torch.sin(t * theta) / safe_sin
     # The fallback's norm comes from the factored linear path itself rather than from
     # ‖d‖², ⟨d,e⟩, ‖e‖²: at t = ½ with e = −d that expansion cancels to ~1e-8 instead of 0.
+    if not bool(degenerate.any()):  # the common case: pure slerp, no fallback norms to compute
+        return combine_units([d, e], [alpha_slerp.to(d.dtype), beta_slerp.to(d.dtype)], by)
     inv = _safe_inv(unit_norms(combine_units([d64, e64], [1.0 - t, t], by), by), eps)
     alpha = torch.where(degenerate, (1.0 - t) * inv, alpha_slerp).to(d.dtype)
     beta = torch.where(degenerate, t * inv, beta_slerp).to(d.dtype)
