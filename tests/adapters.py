@@ -118,3 +118,18 @@ def folder_digest(path: str | Path) -> dict[str, str]:
     root = Path(path)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def huge_adapter(path: Path, size: int, rank: int, seed: int) -> Path:
+    """One `huge_proj` module of size×size at `rank`, in PEFT's file format (factors only)."""
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    name = "base_model.model.model.layers.0.mlp.huge_proj"
+    save_file({f"{name}.lora_A.weight": torch.randn(rank, size, generator=g),
+               f"{name}.lora_B.weight": torch.randn(size, rank, generator=g)},
+              str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": ["huge_proj"]}))
+    return path

@@ -22,7 +22,7 @@ from dipm_lang.cli.main import main
 from dipm_lang.compiler import compile_text
 from dipm_lang.errors import DipmTypeError, ExecutionError
 from dipm_lang.runtime import RunOptions, execute, plan
-from test_run import assert_same, values
+from test_run import assert_same, device_values, values
 
 PREFIX = "base_model.model."
 W = [0.7, -0.4]
@@ -357,9 +357,9 @@ def test_outputs_load_in_peft(srcs, tmp_path):
 
 def test_svd_merge_of_huge_modules_stays_factored(tmp_path):
     """200,000 × 200,000 at rank 4: a dense ΔW would need 160 GB; svd merges on the factors."""
-    from test_run import _huge_adapter
+    from adapters import huge_adapter
 
-    src, tgt = _huge_adapter(tmp_path / "src", 200_000, 4, 1), _huge_adapter(tmp_path / "tgt", 200_000, 4, 2)
+    src, tgt = huge_adapter(tmp_path / "src", 200_000, 4, 1), huge_adapter(tmp_path / "tgt", 200_000, 4, 2)
     script = tmp_path / "t.dipm"
     script.write_text(f'save(svd([load("{src}"), load("{tgt}")], [0.5, -0.5], rank=3), "out")\n'
                       f'save(cat([load("{src}"), load("{tgt}")], [0.5, -0.5]), "cat")\n')
@@ -406,10 +406,4 @@ def test_cuda_matches_cpu(srcs):
             'save(ties_svd([X, Z], density=0.5), "b")\nsave(svd([X, Z], [1, 1], rank=3), "c")\n'
             'save(linear([X, Y]), "d")\n')
     program, _ = compile_text(text, "<t>", {k: str(srcs[k]) for k in "XYZ"})
-    results = {}
-    for device in ("cpu", "cuda"):
-        options = RunOptions(device=device, dtype="float64")
-        result = execute(plan(program, options, check_outputs=False), options)
-        results[device] = {s.node.attr("path"): {k: v.dense().cpu() for k, v in s.modules.items()}
-                           for s in result.saves}
-    assert_same(results["cuda"], results["cpu"], rtol=1e-9)
+    assert_same(device_values(program, "cuda"), device_values(program, "cpu"), rtol=1e-9)

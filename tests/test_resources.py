@@ -5,16 +5,14 @@ huge-but-valid input stays within memory because the factored path never builds 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
+from adapters import huge_adapter
 from clitools import cli_env, command
 from dipm_lang.compiler import compile_text, lower_text
 from dipm_lang.config import lower_config
@@ -136,21 +134,9 @@ def test_toml_deep_nesting(tmp_path: Path) -> None:
 SIZE, RANK = 100_000, 8
 
 
-def _huge_adapter(path: Path, seed: int) -> Path:
-    path.mkdir()
-    gen = torch.Generator().manual_seed(seed)
-    name = "base_model.model.model.layers.0.mlp.huge_proj"
-    save_file({f"{name}.lora_A.weight": torch.randn(RANK, SIZE, generator=gen),
-               f"{name}.lora_B.weight": torch.randn(SIZE, RANK, generator=gen)},
-              str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": RANK, "lora_alpha": RANK, "target_modules": ["huge_proj"]}))
-    return path
-
-
 def test_huge_module_peak_memory(tmp_path: Path) -> None:
     """transfer on a 100,000 × 100,000 module (dense ΔW: 40 GB in float32) in a few hundred MB."""
-    src, tgt = _huge_adapter(tmp_path / "src", 1), _huge_adapter(tmp_path / "tgt", 2)
+    src, tgt = huge_adapter(tmp_path / "src", SIZE, RANK, 1), huge_adapter(tmp_path / "tgt", SIZE, RANK, 2)
     (tmp_path / "t.dipm").write_text(f'save(transfer(load("{src}"), load("{tgt}"), t=0.3), "out")\n'
                                      f'save(detox(load("{src}"), load("{tgt}"), t=0.5, by="in"), "out_in", rank=4)\n')
     # A wrapper process runs dipm, so RUSAGE_CHILDREN sees that one child and nothing else.

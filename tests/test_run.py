@@ -11,9 +11,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
-from adapters import folder_digest, make_peft_adapter
+from adapters import folder_digest, huge_adapter, make_peft_adapter
 from dipm_lang.backend import dense as D
 from dipm_lang.cli.main import main
 from dipm_lang.compiler import compile_text
@@ -62,6 +61,13 @@ def values(text: str, inputs: dict[str, Path], *, level: int = 2, dense: bool = 
         out[save.node.attr("path")] = {k: (v.dense() if hasattr(v, "dense") else v).double()
                                        for k, v in save.modules.items()}
     return out
+
+
+def device_values(program, device: str) -> dict[str, dict[str, torch.Tensor]]:
+    """save path -> module -> dense ΔW of an optimized program run on `device` (float64)."""
+    options = RunOptions(device=device, dtype="float64")
+    result = execute(plan(program, options, check_outputs=False), options)
+    return {s.node.attr("path"): {k: v.dense().cpu() for k, v in s.modules.items()} for s in result.saves}
 
 
 def assert_same(a: dict, b: dict, rtol: float = 1e-7) -> None:
@@ -281,22 +287,10 @@ def test_metadata_records_script_and_input_hashes(trio, tmp_path):
     assert "save(reverse(dir(H)) + H" in (tmp_path / "o" / "README.md").read_text()
 
 
-def _huge_adapter(path: Path, size: int, rank: int, seed: int) -> Path:
-    path.mkdir()
-    g = torch.Generator().manual_seed(seed)
-    name = "base_model.model.model.layers.0.mlp.huge_proj"
-    save_file({f"{name}.lora_A.weight": torch.randn(rank, size, generator=g),
-               f"{name}.lora_B.weight": torch.randn(size, rank, generator=g)},
-              str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": ["huge_proj"]}))
-    return path
-
-
 def test_huge_module_stays_factored(tmp_path):
     """200,000 × 200,000 at rank 4: the dense ΔW would need 160 GB; the factored run needs MBs."""
     size = 200_000
-    src, tgt = _huge_adapter(tmp_path / "src", size, 4, 1), _huge_adapter(tmp_path / "tgt", size, 4, 2)
+    src, tgt = huge_adapter(tmp_path / "src", size, 4, 1), huge_adapter(tmp_path / "tgt", size, 4, 2)
     script = tmp_path / "t.dipm"
     script.write_text(f'save(transfer(load("{src}"), load("{tgt}"), t=0.3), "out")\n')
     assert main(["run", str(script), "-q"]) == 0
@@ -319,10 +313,4 @@ def test_huge_module_stays_factored(tmp_path):
 def test_cuda_matches_cpu(trio):
     text = 'save(detox(H, T, t=0.3), "a")\nsave(multitask([H, T, C]), "b")\n'
     program, _ = compile_text(text, "<t>", {k: str(v) for k, v in trio.items()})
-    results = {}
-    for device in ("cpu", "cuda"):
-        options = RunOptions(device=device, dtype="float64")
-        result = execute(plan(program, options, check_outputs=False), options)
-        results[device] = {s.node.attr("path"): {k: v.dense().cpu() for k, v in s.modules.items()}
-                           for s in result.saves}
-    assert_same(results["cuda"], results["cpu"], rtol=1e-9)
+    assert_same(device_values(program, "cuda"), device_values(program, "cpu"), rtol=1e-9)
