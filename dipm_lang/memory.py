@@ -23,6 +23,7 @@ import torch
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError, UsageError
+from dipm_lang.io.finite import all_finite
 from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo, ModuleInfo, natural_key
 
 MEMORY_PREFIX = "<memory:"
@@ -52,7 +53,7 @@ class MemoryAdapter(AdapterInfo):
         a = a.detach().to(work)
         b = b.detach().to(work) * module.scale
         for part, tensor in (("A", a), ("B", b)):
-            if not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise AdapterError(f"module {name!r}: factor {part} has NaN or Inf values", self.path)
         return LowRank(B=b.to(dtype=dtype, device=device).contiguous(), A=a.to(dtype=dtype, device=device).contiguous())
 
@@ -185,5 +186,5 @@ def _build(label: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], sc
     dtype = max(counts, key=lambda d: (counts[d], d.itemsize))
     base = config.get("base_model_name_or_path") or None
     return MemoryAdapter(path=path, config=config, base_model=base, modules=modules, dtype=dtype,
-                         sha256=digest.hexdigest(), target_modules=list(modules), weights_file=path,
+                         digest=digest.hexdigest(), target_modules=list(modules), weights_file=path,
                          fan_in_fan_out=bool(config.get("fan_in_fan_out", False)), factors=factors)

@@ -445,3 +445,49 @@ def test_shift_antiparallel_in_float32_takes_the_fallback(by, t):
     got = lr.unit_norms(lr.shift(d, lr.reverse(d), t, by), by)
     want = dense.unit_norms(dense.shift(dense.dir(x.dense().double(), by), -dense.dir(x.dense().double(), by), t, by), by)
     assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("by", ["out", "in", "matrix"])
+def test_float32_shift_of_a_module_does_not_depend_on_its_batch(by):
+    """float32 shift recomputes near-degenerate units in float64, unit by unit: a module gets the
+    same bits alone or batched with a module that needs the float64 path."""
+    g = torch.Generator().manual_seed(3)
+    x = LowRank(torch.randn(2, 40, 4, generator=g), torch.randn(2, 4, 30, generator=g))
+    y = LowRank(torch.randn(2, 40, 4, generator=g), torch.randn(2, 4, 30, generator=g))
+    d, e = lr.dir(x, by), lr.dir(y, by)
+    e = LowRank(torch.stack([e.B[0], -d.B[1]]), torch.stack([e.A[0], d.A[1]]))  # module 1: antiparallel
+    both = lr.shift(d, e, 0.3, by)
+    for i in range(2):
+        alone = lr.shift(d[i], e[i], 0.3, by)
+        assert torch.equal(both.B[i], alone.B) and torch.equal(both.A[i], alone.A)
+
+
+@pytest.mark.parametrize("by", ["out", "in", "matrix"])
+def test_float32_shift_agrees_with_float64(by):
+    g = torch.Generator().manual_seed(4)
+    x = LowRank(torch.randn(3, 50, 6, generator=g), torch.randn(3, 6, 20, generator=g))
+    y = LowRank(torch.randn(3, 50, 6, generator=g), torch.randn(3, 6, 20, generator=g))
+    d, e = lr.dir(x, by), lr.dir(y, by)
+    got = lr.shift(d, e, 0.3, by).dense().double()
+    want = lr.shift(d.to(F64), e.to(F64), 0.3, by).dense()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_dir_and_mag_of_one_value_share_its_norms(monkeypatch):
+    """A transfer needs the norms of src for both dir(src) and mag(src): one QR, not two."""
+    import dipm_lang
+    from dipm_lang.backend import kernels
+
+    g = torch.Generator().manual_seed(5)
+    module = "model.layers.0.self_attn.q_proj"
+    src = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
+    tgt = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
+    calls = []
+    real = kernels.L.unit_norms
+    monkeypatch.setattr(kernels.L, "unit_norms", lambda x, by="out": calls.append(by) or real(x, by))
+    shared = dipm_lang.evaluate("transfer(S, T, t=0.3)", S=src, T=tgt).modules[module]
+    assert len(calls) == 2  # src and tgt, once each
+    monkeypatch.setattr(kernels.L, "unit_norms", real)
+    d, e = lr.dir(src[module]), lr.dir(tgt[module])
+    alone = lr.recombine(lr.shift(d, e, 0.3), lr.mag(src[module]))
+    assert torch.allclose(shared.dense(), alone.dense(), rtol=1e-5, atol=1e-6)

@@ -314,3 +314,27 @@ def test_cuda_matches_cpu(trio):
     text = 'save(detox(H, T, t=0.3), "a")\nsave(multitask([H, T, C]), "b")\n'
     program, _ = compile_text(text, "<t>", {k: str(v) for k, v in trio.items()})
     assert_same(device_values(program, "cuda"), device_values(program, "cpu"), rtol=1e-9)
+
+
+def test_commands_that_compute_nothing_never_import_torch(trio, tmp_path):
+    """`dipm --help`, `check` and `explain` answer in a fraction of a second: no torch import.
+    `run` compiles and starts hashing its inputs before it imports torch (io/digest.py)."""
+    import subprocess
+    import sys
+
+    from clitools import cli_env
+
+    script = tmp_path / "s.dipm"
+    script.write_text(f'A = load("{trio["H"]}")\nB = load("{trio["T"]}")\nsave(transfer(A, B), "{tmp_path / "o"}")\n')
+    probe = ("import sys\nfrom dipm_lang.cli.main import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+             "    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    for args in (["--help"], ["check", str(script)], ["explain", str(script)]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=cli_env())
+        assert done.stdout.strip().endswith("NO-TORCH"), (args, done.stdout[-200:], done.stderr[-500:])
+    run_probe = ("import sys; import dipm_lang.io.digest as d; real = d.prefetch; "
+                 "d.prefetch = lambda f: print('PREFETCH', sorted(f), 'torch' in sys.modules) or real(f); "
+                 "from dipm_lang.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", run_probe, "run", str(script), "--quiet"], capture_output=True,
+                          text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip() == f"PREFETCH {sorted([str(trio['H']), str(trio['T'])])} False"

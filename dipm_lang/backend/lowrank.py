@@ -148,8 +148,22 @@ def _make(B: Tensor, A: Tensor) -> LowRank:
     A per-unit scale with batch dims can widen one factor's batch; expanding the other
     (a view, no copy) keeps the `LowRank` invariant of equal batch shapes.
     """
-    batch = torch.broadcast_shapes(B.shape[:-2], A.shape[:-2])
+    batch = _broadcast(B.shape[:-2], A.shape[:-2])
     return LowRank(B.expand(*batch, *B.shape[-2:]), A.expand(*batch, *A.shape[-2:]))
+
+
+def _broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """NumPy broadcasting of batch shapes, in plain Python: the first call of
+    `torch.broadcast_shapes` imports sympy (a quarter of a second of start-up)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, ndim - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise ValueError(f"batch shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = size
+    return tuple(out)
 
 
 def _safe_inv(norms: Tensor, eps: float) -> Tensor:
@@ -236,7 +250,7 @@ def combine_units(xs: Sequence[LowRank], coeffs: Sequence[float | Tensor], by: s
     if any(x.m != m or x.n != n for x in xs):
         raise ValueError(f"shape mismatch: {[(x.m, x.n) for x in xs]}")
     scaled = [x if isinstance(c, (int, float)) and c == 1 else scale_units(x, c, by) for x, c in zip(xs, coeffs)]
-    batch = torch.broadcast_shapes(*(x.batch_shape for x in scaled))
+    batch = _broadcast(*(x.batch_shape for x in scaled))
     B = torch.cat([x.B.expand(*batch, m, x.rank) for x in scaled], dim=-1)
     A = torch.cat([x.A.expand(*batch, x.rank, n) for x in scaled], dim=-2)
     return LowRank(B, A)
@@ -250,9 +264,12 @@ def mag(x: LowRank, by: str = "out") -> Tensor:
     return unit_norms(x, by)
 
 
-def dir(x: LowRank, by: str = "out", eps: float = EPS) -> LowRank:  # noqa: A001 - the language's name
-    """Dir[by]: u/‖u‖ for every unit; a zero unit (‖u‖ ≤ eps) gives a zero direction."""
-    return scale_units(x, _safe_inv(unit_norms(x, by), eps), by)
+def dir(x: LowRank, by: str = "out", eps: float = EPS, norms: Tensor | None = None) -> LowRank:  # noqa: A001
+    """Dir[by]: u/‖u‖ for every unit; a zero unit (‖u‖ ≤ eps) gives a zero direction.
+
+    `norms`: `unit_norms(x, by)` when the caller has it already (e.g. shared with `mag(x)`).
+    """
+    return scale_units(x, _safe_inv(unit_norms(x, by) if norms is None else norms, eps), by)
 
 
 normalize = dir
@@ -272,6 +289,12 @@ def reverse(d: LowRank) -> LowRank:
     return LowRank(-d.B, d.A)
 
 
+SAFE_SIN = 0.1
+"""Below this sin θ (or for units whose norms are not ≈ 1), a float32 `shift` recomputes the
+unit's coefficients in float64; above it float32's angle error (~1e-7/sin θ) is at float32's
+own rounding level."""
+
+
 def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -> LowRank:
     """Move d toward e along the great circle by the fraction t, unit by unit (SPEC §3).
 
@@ -282,30 +305,51 @@ def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -
     """
     _check_by(by)
     t = float(t)
-    # The per-unit coefficients come from r×r quantities, so they are computed in float64
-    # whatever the compute dtype: in float32 an exactly antiparallel pair (e = reverse(d))
-    # has ⟨d,e⟩ ≈ −1 + 6e-8 and sin θ ≈ 3e-4, which would miss SPEC's sin θ < 1e-6 fallback.
-    # Dividing by the stored unit norms (1 up to rounding for directions) removes the
-    # rounding of each direction's own length from the angle.
-    d64, e64 = d.to(torch.float64), e.to(torch.float64)
-    norm_d, norm_e = unit_norms(d64, by), unit_norms(e64, by)
-    dots = unit_dots(d64, e64, by) * _safe_inv(norm_d, eps) * _safe_inv(norm_e, eps)
-    cos = dots.clamp(-1.0, 1.0)
+    alpha, beta, settled = _shift_coefficients(d, e, t, by, eps)
+    if settled is not None and not bool(settled.all()):
+        # Near-parallel, antiparallel or zero units: their angle needs float64 (see below).
+        # Decided unit by unit, so a module's result never depends on its batch-mates.
+        alpha64, beta64, _ = _shift_coefficients(d.to(torch.float64), e.to(torch.float64), t, by, eps)
+        alpha = torch.where(settled, alpha, alpha64.to(alpha.dtype))
+        beta = torch.where(settled, beta, beta64.to(beta.dtype))
+    return combine_units([d, e], [alpha, beta], by)
+
+
+def _shift_coefficients(d: LowRank, e: LowRank, t: float, by: str, eps: float
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-unit α, β of `shift`, computed in d's dtype; for float32 (and narrower) also which
+    units are settled — safe at this precision — and which need float64.
+
+    In float32 an exactly antiparallel pair (e = reverse(d)) has ⟨d,e⟩ ≈ −1 + 6e-8 and
+    sin θ ≈ 3e-4, which would miss SPEC's sin θ < 1e-6 fallback: such units are recomputed in
+    float64. Dividing by the units' own norms removes the rounding of each direction's length
+    from the angle. d and e are directions (units of norm 1, or exactly 0), so the quadratic
+    forms of the r×r Gram matrices are accurate here (`unit_norms` explains why they are not
+    for arbitrary small units) and much cheaper than a QR per operand.
+    """
+    norm_d = unit_dots(d, d, by).clamp_min(0.0).sqrt()
+    norm_e = unit_dots(e, e, by).clamp_min(0.0).sqrt()
+    cos = (unit_dots(d, e, by) * _safe_inv(norm_d, eps) * _safe_inv(norm_e, eps)).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin_theta = torch.sin(theta)
     degenerate = (sin_theta < SIN_EPS) | (norm_d <= eps) | (norm_e <= eps)
     # torch.where evaluates both branches: keep the unused slerp branch finite.
     safe_sin = torch.where(degenerate, torch.ones_like(sin_theta), sin_theta)
-    alpha_slerp = torch.sin((1.0 - t) * theta) / safe_sin
-    beta_slerp = torch.sin(t * theta) / safe_sin
+    alpha = torch.sin((1.0 - t) * theta) / safe_sin
+    beta = torch.sin(t * theta) / safe_sin
+    settled = None
+    if d.dtype != torch.float64:
+        near_one = lambda norm: (norm - 1.0).abs() < 1e-3  # noqa: E731 - a direction's unit
+        settled = (sin_theta >= SAFE_SIN) & near_one(norm_d) & near_one(norm_e)
+        if not bool(settled.all()):
+            return alpha, beta, settled  # the caller recomputes the unsettled units in float64
     # The fallback's norm comes from the factored linear path itself rather than from
     # ‖d‖², ⟨d,e⟩, ‖e‖²: at t = ½ with e = −d that expansion cancels to ~1e-8 instead of 0.
-    if not bool(degenerate.any()):  # the common case: pure slerp, no fallback norms to compute
-        return combine_units([d, e], [alpha_slerp.to(d.dtype), beta_slerp.to(d.dtype)], by)
-    inv = _safe_inv(unit_norms(combine_units([d64, e64], [1.0 - t, t], by), by), eps)
-    alpha = torch.where(degenerate, (1.0 - t) * inv, alpha_slerp).to(d.dtype)
-    beta = torch.where(degenerate, t * inv, beta_slerp).to(d.dtype)
-    return combine_units([d, e], [alpha, beta], by)
+    if bool(degenerate.any()):
+        inv = _safe_inv(unit_norms(combine_units([d, e], [1.0 - t, t], by), by), eps)
+        alpha = torch.where(degenerate, (1.0 - t) * inv, alpha)
+        beta = torch.where(degenerate, t * inv, beta)
+    return alpha, beta, settled
 
 
 def mix(ds: Sequence[LowRank], ws: Sequence[float | Tensor], by: str = "out", eps: float = EPS) -> LowRank:

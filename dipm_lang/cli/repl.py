@@ -13,8 +13,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dipm_lang.repl import Session, open_brackets
+if TYPE_CHECKING:  # the session imports torch; `dipm --help` and other commands should not wait for it
+    from dipm_lang.repl import Session
 
 BANNER = "dipm_lang {version} — :help for commands, Tab completes, :quit or Ctrl-D leaves"
 PROMPT = "dipm> "
@@ -34,6 +36,7 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dipm_lang.repl import Session
     from dipm_lang.runtime import RunOptions, resolve_device
 
     options = RunOptions(device=args.device, dtype=args.dtype, progress=False)
@@ -64,6 +67,8 @@ def history_file(given: str | None = None) -> Path:
 
 def _plain(session: Session) -> int:
     """Lines from stdin; an input continues while brackets are open."""
+    from dipm_lang.repl import open_brackets
+
     pending: list[str] = []
     for line in sys.stdin:
         pending.append(line)
@@ -81,6 +86,8 @@ def _plain(session: Session) -> int:
 
 def _interactive(session: Session, history: Path) -> int:
     from prompt_toolkit import PromptSession
+
+    from dipm_lang.repl import open_brackets
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
     from prompt_toolkit.completion import Completer, Completion
     from prompt_toolkit.history import FileHistory

@@ -6,7 +6,13 @@ import argparse
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
 from dipm_lang.config import compile_any
-from dipm_lang.runtime import DTYPES, RunOptions, plan, run_program
+from dipm_lang.dtypes import DTYPE_NAMES
+from dipm_lang.errors import DipmError
+from dipm_lang.io import digest
+from dipm_lang.ir.node import walk
+
+# This module stays torch-free: `run` compiles the script and starts hashing its inputs first,
+# then imports the runtime (and torch, ~0.75 s) while the second core hashes (io/digest.py).
 
 
 def register(sub, commands) -> None:
@@ -19,8 +25,8 @@ def register(sub, commands) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
-    p.add_argument("--out-dtype", choices=list(DTYPES), help="dtype of the written tensors (default: the inputs')")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="compute dtype (default float32)")
+    p.add_argument("--out-dtype", choices=list(DTYPE_NAMES), help="dtype of the written tensors (default: the inputs')")
     p.add_argument("--eps", type=float, default=1e-12, help="zero-unit threshold (default 1e-12)")
     p.add_argument("--force", action="store_true", help="replace existing output folders")
     p.add_argument("--threads", type=_positive_int, metavar="N",
@@ -42,7 +48,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def options_from(args: argparse.Namespace) -> RunOptions:
+def options_from(args: argparse.Namespace):
+    from dipm_lang.runtime import RunOptions
+
     return RunOptions(device=args.device, dtype=args.dtype, out_dtype=args.out_dtype, eps=args.eps,
                       force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model,
                       sandbox=sandbox_from(args), threads=args.threads)
@@ -54,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute_program(program, args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        digest.prefetch(_input_folders(program, args))
+    from dipm_lang.runtime import plan, run_program
+
     options = options_from(args)
     if args.dry_run:
         the_plan = plan(program, options)
@@ -66,3 +78,20 @@ def execute_program(program, args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary.text())
     return 0
+
+
+def _input_folders(program, args: argparse.Namespace) -> list[str]:
+    """The adapter folders the program loads (under --sandbox, only those it may read)."""
+    sandbox = sandbox_from(args)
+    folders = []
+    for node in walk(program.all_roots()):
+        path = node.attr("path") if node.op == "load" else None
+        if path is None:
+            continue
+        if sandbox is not None:
+            try:
+                sandbox.check_files(path, (digest.SAFETENSORS_NAME, digest.BIN_NAME), "load")
+            except DipmError:
+                continue  # the run's own checks report it
+        folders.append(path)
+    return folders

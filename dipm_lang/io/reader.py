@@ -9,10 +9,12 @@ update is always `ΔW = B @ A` (SPEC §2) in the file's layout.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
+import os
 import re
+import struct
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +26,11 @@ from safetensors import safe_open
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
+from dipm_lang.io.digest import FileDigest, Stamp, file_digest, sha256_file, stamp_of  # noqa: F401 - re-exported
+from dipm_lang.io.finite import all_finite, first_non_finite
+from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
 
-CONFIG_NAME = "adapter_config.json"
-SAFETENSORS_NAME = "adapter_model.safetensors"
-BIN_NAME = "adapter_model.bin"
 KEY_PREFIX = "base_model.model."
 
 # Suffix of each factor's key, by module kind (PEFT_NOTES "Adapter folders").
@@ -73,6 +75,9 @@ class ModuleInfo:
     a_key: str
     b_key: str
     kind: ModuleKind = "linear"
+    # Absolute byte offsets of A's and B's data in a safetensors file (None for other sources).
+    a_offset: int | None = None
+    b_offset: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -89,7 +94,7 @@ class AdapterInfo:
     base_model: str | None
     modules: dict[str, ModuleInfo]
     dtype: torch.dtype
-    sha256: str
+    digest: FileDigest | str  # SHA-256 of the weights file (`sha256`), computed on demand
     target_modules: list[str] | str | None
     weights_file: Path
     fan_in_fan_out: bool = False
@@ -97,11 +102,18 @@ class AdapterInfo:
     ignored_keys: tuple[str, ...] = ()
     # Only for a legacy `adapter_model.bin`: its tensors, already loaded (safely) into memory.
     _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # (size, mtime, inode) of the weights file when it was validated: reads refuse a changed file.
+    stamp: Stamp | None = None
 
     @property
     def task_type(self) -> str | None:
         """PEFT's `task_type` from the config (e.g. `"CAUSAL_LM"`), if any."""
         return self.config.get("task_type")
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the weights file (waits for a hash started with `digest.start()`)."""
+        return self.digest if isinstance(self.digest, str) else self.digest.value()
 
 
 # --------------------------------------------------------------------------- opening
@@ -136,20 +148,29 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     dtype = max(counts, key=lambda d: (counts[d], d.itemsize))
 
     target = config.get("target_modules")
+    stamp = _stamp(weights_file)
     return AdapterInfo(
         path=folder,
         config=config,
         base_model=config.get("base_model_name_or_path") or None,
         modules=modules,
         dtype=dtype,
-        sha256=sha256_file(weights_file),
+        digest=file_digest(weights_file, stamp),
         target_modules=list(target) if isinstance(target, (list, tuple, set)) else target,
         weights_file=weights_file,
         fan_in_fan_out=settings.fan_in_fan_out,
         settings=settings,
         ignored_keys=tuple(ignored),
         _tensors=source.tensors if isinstance(source, _DictSource) else None,
+        stamp=stamp if isinstance(source, _SafetensorsSource) else None,
     )
+
+
+def _stamp(file: Path) -> Stamp:
+    try:
+        return stamp_of(file.stat())
+    except OSError as exc:
+        raise AdapterError(f"cannot read: {exc}", file) from None
 
 
 def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
@@ -229,6 +250,7 @@ class _SafetensorsSource:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 self._meta = {k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
                               for k in handle.keys()}
+            self.offsets = _data_offsets(file)
         except Exception as exc:  # SafetensorError, OSError, ... — all mean "unreadable file"
             raise AdapterError(f"not a valid safetensors file: {exc}", file) from None
 
@@ -241,6 +263,17 @@ class _SafetensorsSource:
     def dtype(self, key: str) -> torch.dtype | str:
         code = self._meta[key][1]
         return _SAFETENSORS_DTYPES.get(code, code)
+
+    def offset(self, key: str) -> int | None:
+        return self.offsets[key]
+
+
+def _data_offsets(file: Path) -> dict[str, int]:
+    """Absolute offset of each tensor's data (called after `safe_open` validated the header)."""
+    with open(file, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    return {key: 8 + size + int(entry["data_offsets"][0]) for key, entry in header.items() if key != "__metadata__"}
 
 
 class _DictSource:
@@ -269,6 +302,9 @@ class _DictSource:
 
     def dtype(self, key: str) -> torch.dtype | str:
         return self.tensors[key].dtype
+
+    def offset(self, key: str) -> int | None:
+        return None
 
 
 def _pickle_problem(exc: Exception) -> str:
@@ -383,7 +419,8 @@ def _module_info(
     if not math.isfinite(scale):
         raise AdapterError(f"module {name!r}: its scale is not finite", file)
     return ModuleInfo(name=name, out_features=m, in_features=n, rank=r, scale=scale,
-                      dtype=dtypes.pop(), a_key=a_key, b_key=b_key, kind=kind)
+                      dtype=dtypes.pop(), a_key=a_key, b_key=b_key, kind=kind,
+                      a_offset=source.offset(a_key), b_offset=source.offset(b_key))
 
 
 _CODE_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
@@ -412,42 +449,100 @@ def read_module(
     Raises `AdapterError` for an unknown module, a file changed since `open_adapter`, or
     (with `check_finite`) NaN/Inf values, naming the file and the module.
     """
-    module = info.modules.get(name)
-    if module is None:
-        close = difflib.get_close_matches(name, list(info.modules), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else None
-        raise AdapterError(f"the adapter has no module {name!r}", info.path, hint=hint)
+    return read_modules(info, [name], dtype=dtype, device=device, check_finite=check_finite)[0]
 
-    a, b = _load_pair(info, module)
-    if tuple(a.shape) != (module.rank, module.in_features) or tuple(b.shape) != (module.out_features, module.rank):
-        raise AdapterError(f"module {name!r} changed shape since the adapter was opened", info.weights_file)
-    # Fold the scale in at float32 (or float64) precision, then cast once.
+
+def read_modules(
+    info: AdapterInfo,
+    names: Sequence[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    check_finite: bool = True,
+) -> LowRank:
+    """Read same-shape modules into one stack `B [k, m, r]`, `A [k, r, n]`, scales folded into `B`.
+
+    Each factor is read from the file straight into its slice of the stack (one copy, no
+    per-module file opening), and the NaN/Inf check runs once over the whole stack.
+    """
+    modules = []
+    for name in names:
+        module = info.modules.get(name)
+        if module is None:
+            close = difflib.get_close_matches(name, list(info.modules), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else None
+            raise AdapterError(f"the adapter has no module {name!r}", info.path, hint=hint)
+        modules.append(module)
+    first = modules[0]
+    if any(mod.shape != first.shape or mod.rank != first.rank for mod in modules):
+        raise ValueError("read_modules reads modules of one shape and rank together")
+    stored = {mod.dtype for mod in modules}
+    raw_dtype = stored.pop() if len(stored) == 1 else torch.float32
+    b = torch.empty(len(modules), first.out_features, first.rank, dtype=raw_dtype)
+    a = torch.empty(len(modules), first.rank, first.in_features, dtype=raw_dtype)
+    _fill(info, modules, b, a)
+
+    # Fold the scales in at float32 (or float64) precision, then cast once.
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    a = a.to(work)
-    b = b.to(work) * module.scale
+    a, b = a.to(work), b.to(work)
+    scales = [mod.scale for mod in modules]
+    if any(scale != 1.0 for scale in scales):
+        b.mul_(torch.tensor(scales, dtype=work)[:, None, None])
     if check_finite:
-        _check_finite(a, b, info, name, "")
+        _check_finite(a, b, info, modules, "")
     a, b = a.to(dtype), b.to(dtype)
     if check_finite and work != dtype:
-        _check_finite(a, b, info, name, f" after casting to {_dtype_name(dtype)}")
-    return LowRank(B=b.to(device).contiguous(), A=a.to(device).contiguous())
+        _check_finite(a, b, info, modules, f" after casting to {_dtype_name(dtype)}")
+    return LowRank(B=b.to(device), A=a.to(device))
 
 
-def _load_pair(info: AdapterInfo, module: ModuleInfo) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill(info: AdapterInfo, modules: Sequence[ModuleInfo], b: torch.Tensor, a: torch.Tensor) -> None:
+    """Copy each module's stored factors into `b[i]` and `a[i]` (converting mixed dtypes)."""
     if info._tensors is not None:
-        # Clones: callers own what read_module returns, the cache must not change under them.
-        return info._tensors[module.a_key].clone(), info._tensors[module.b_key].clone()
+        for i, module in enumerate(modules):
+            a[i].copy_(info._tensors[module.a_key])
+            b[i].copy_(info._tensors[module.b_key])
+        return
+    if b.dtype != modules[0].dtype or sys.byteorder != "little":  # rare: mixed dtypes; big-endian hosts
+        try:
+            with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
+                for i, module in enumerate(modules):
+                    a[i].copy_(handle.get_tensor(module.a_key))
+                    b[i].copy_(handle.get_tensor(module.b_key))
+        except Exception as exc:
+            raise AdapterError(f"cannot read module {modules[0].name!r}: {exc}", info.weights_file) from None
+        return
     try:
-        with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
-            return handle.get_tensor(module.a_key), handle.get_tensor(module.b_key)
-    except Exception as exc:
-        raise AdapterError(f"cannot read module {module.name!r}: {exc}", info.weights_file) from None
+        with open(info.weights_file, "rb") as handle:
+            if info.stamp is not None and stamp_of(os.fstat(handle.fileno())) != info.stamp:
+                raise AdapterError("the file changed since the adapter was opened; run again",
+                                   info.weights_file)
+            for i, module in enumerate(modules):
+                _pread_into(handle.fileno(), a[i], module.a_offset, module, info)
+                _pread_into(handle.fileno(), b[i], module.b_offset, module, info)
+    except OSError as exc:
+        raise AdapterError(f"cannot read module {modules[0].name!r}: {exc}", info.weights_file) from None
 
 
-def _check_finite(a: torch.Tensor, b: torch.Tensor, info: AdapterInfo, name: str, when: str) -> None:
-    for part, tensor in (("A", a), ("B", b)):
-        if not bool(torch.isfinite(tensor).all()):
-            raise AdapterError(f"module {name!r}: factor {part} has NaN or Inf values{when}", info.weights_file)
+def _pread_into(fd: int, target: torch.Tensor, offset: int | None, module: ModuleInfo, info: AdapterInfo) -> None:
+    """Read `target.nbytes` bytes at `offset` into the contiguous tensor `target`."""
+    view = memoryview(target.view(torch.uint8).numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise AdapterError(f"module {module.name!r}: the file ends early (truncated since it was opened?)",
+                               info.weights_file)
+        done += count
+
+
+def _check_finite(a: torch.Tensor, b: torch.Tensor, info: AdapterInfo, modules: Sequence[ModuleInfo],
+                  when: str) -> None:
+    for part, stack in (("A", a), ("B", b)):
+        if not all_finite(stack):
+            index = first_non_finite(stack) or 0
+            raise AdapterError(f"module {modules[index].name!r}: factor {part} has NaN or Inf values{when}",
+                               info.weights_file)
 
 
 # --------------------------------------------------------------------------- compatibility
@@ -497,18 +592,6 @@ def _describe(module: ModuleInfo) -> str:
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key putting `layers.2` before `layers.10`."""
     return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name) if tok)
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so large adapters never sit in memory twice."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(chunk_size):
-                digest.update(chunk)
-    except OSError as exc:
-        raise AdapterError(f"cannot read: {exc}", path) from None
-    return digest.hexdigest()
 
 
 def module_names(infos: Iterable[AdapterInfo]) -> list[str]:

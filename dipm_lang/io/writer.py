@@ -37,6 +37,7 @@ from dipm_lang.io.safetensors_file import write_safetensors
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
+from dipm_lang.io.finite import all_finite
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
 from dipm_lang.io.reader import (
     CONFIG_NAME,
@@ -181,7 +182,7 @@ def _build_tensors(
         a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
         for suffix, tensor, part in ((a_suffix, a, "A"), (b_suffix, b, "B")):
             out = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
-            if not bool(torch.isfinite(out).all()):
+            if not all_finite(out):
                 raise AdapterError(
                     f"module {name!r}: factor {part} has NaN or Inf values in {str(dtype).removeprefix('torch.')}"
                     + (" (too large for float16? try float32 or bfloat16)" if dtype == torch.float16 else ""),

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from dipm_lang.frontend.printer import format_number, format_string
 from dipm_lang.ir.node import Node, Program, walk
 
+if TYPE_CHECKING:  # networkx costs ~60 ms of start-up; only `explain` and tests need it
+    import networkx as nx
+
 
 def to_networkx(program: Program) -> nx.MultiDiGraph:
     """Nodes are integers in topological order; edges run operand → user, keyed by position."""
+    import networkx as nx
+
     graph = nx.MultiDiGraph()
     index: dict[int, int] = {}
     for i, node in enumerate(walk(program.all_roots())):
