@@ -491,3 +491,35 @@ def test_dir_and_mag_of_one_value_share_its_norms(monkeypatch):
     d, e = lr.dir(src[module]), lr.dir(tgt[module])
     alone = lr.recombine(lr.shift(d, e, 0.3), lr.mag(src[module]))
     assert torch.allclose(shared.dense(), alone.dense(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("by", ["out", "in", "matrix"])
+def test_float32_cancellation_gives_zero_units_not_normalised_noise(by):
+    """orth(d, d) and mix([d, d], [1, −1]) cancel exactly: SPEC's zero units, also in float32
+    (whose rounding noise, ~1e-7, is far above eps = 1e-12)."""
+    g = torch.Generator().manual_seed(6)
+    d = lr.dir(LowRank(torch.randn(30, 4, generator=g), torch.randn(4, 20, generator=g)), by)
+    assert d.dtype == torch.float32
+    for value in (lr.orth(d, d, by), lr.mix([d, d], [1.0, -1.0], by)):
+        assert float(lr.unit_norms(value.to(F64), by).max()) == 0.0
+    # and a non-degenerate orth is still a unit direction orthogonal to e
+    e = lr.dir(LowRank(torch.randn(30, 4, generator=g), torch.randn(4, 20, generator=g)), by)
+    o = lr.orth(d, e, by)
+    assert torch.allclose(lr.unit_norms(o.to(F64), by), torch.ones(()).double(), atol=1e-5)
+    assert float(lr.unit_dots(o.to(F64), e.to(F64), by).abs().max()) < 1e-5
+
+
+def test_programs_in_float32_keep_cancelled_units_zero():
+    import dipm_lang
+
+    g = torch.Generator().manual_seed(8)
+    module = "model.layers.0.self_attn.q_proj"
+    a = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
+    b = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
+    for expr in ("orth(dir(A), dir(A)) + 0 * B", "dir((A + B) - B - A)", "mag(dir(A) - dir(A) + 0 * B)"):
+        for level in (0, 2):
+            value = dipm_lang.evaluate(expr, A=a, B=b, level=level).modules[module]
+            if isinstance(value, LowRank):  # a direction: exactly zero units
+                assert float(value.dense().abs().max()) == 0.0, (expr, level)
+            else:  # a magnitude: zero units, i.e. at most eps
+                assert float(value.abs().max()) <= lr.EPS, (expr, level)

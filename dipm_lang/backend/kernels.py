@@ -37,14 +37,18 @@ class GroupContext:
     factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
     _norms: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = field(default_factory=dict, repr=False)
 
-    def unit_norms(self, x: LowRank, by: str) -> torch.Tensor:
-        """`L.unit_norms(x, by)`, computed once per value: `dir(x)` and `mag(x)` (as in every
-        DiPM recipe) share one QR. Entries hold `x` weakly, so no value outlives its last use."""
+    def unit_norms(self, x: LowRank, by: str, operand: Node) -> torch.Tensor:
+        """The unit norms of `x` (the value of `operand`) in x's dtype, computed once per value:
+        `dir(x)` and `mag(x)` (as in every DiPM recipe) share one QR. Entries hold `x` weakly,
+        so no value outlives its last use.
+
+        A computed value may cancel to exact zero units, whose rounding noise must not pass for
+        a unit (`L.exact_unit_norms`); a loaded adapter cannot, so its norms need no float64."""
         key = (id(x), by)
         hit = self._norms.get(key)
         if hit is not None and hit[0]() is x:
             return hit[1]
-        norms = L.unit_norms(x, by)
+        norms = L.unit_norms(x, by) if operand.op == "load" else L.exact_unit_norms(x, by)
         self._norms[key] = (weakref.ref(x), norms)
         return norms
 
@@ -151,7 +155,7 @@ def _f_neg(node: Node, args: list, ctx: GroupContext) -> Any:
 def _f_unit_scale(node: Node, args: list, ctx: GroupContext) -> LowRank:
     by, coeff = node.attr("by"), node.attr("coeff")
     x = args[0]
-    scale = L._safe_inv(ctx.unit_norms(x, by), ctx.eps) if node.attr("normalize") else None
+    scale = L._safe_inv(ctx.unit_norms(x, by, node.args[0]), ctx.eps) if node.attr("normalize") else None
     if len(args) == 2:
         scale = args[1] if scale is None else scale * args[1]
     if scale is None:
@@ -193,8 +197,9 @@ FACTORED: dict[str, Kernel] = {
     "mul": _f_arith_update("mul"),
     "div": _f_arith_update("div"),
     "neg": _f_neg,
-    "dir": lambda node, args, ctx: L.dir(args[0], node.attr("by"), ctx.eps, ctx.unit_norms(args[0], node.attr("by"))),
-    "mag": lambda node, args, ctx: ctx.unit_norms(args[0], node.attr("by")),
+    "dir": lambda node, args, ctx: L.dir(args[0], node.attr("by"), ctx.eps,
+                                         ctx.unit_norms(args[0], node.attr("by"), node.args[0])),
+    "mag": lambda node, args, ctx: ctx.unit_norms(args[0], node.attr("by"), node.args[0]),
     "reverse": lambda node, args, ctx: L.reverse(args[0]),
     "shift": lambda node, args, ctx: L.shift(args[0], args[1], _num(args[2]), node.type.by, ctx.eps),
     "orth": lambda node, args, ctx: L.orth(args[0], args[1], node.type.by, ctx.eps),

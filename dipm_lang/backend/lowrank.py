@@ -41,6 +41,7 @@ __all__ = [
     "mag",
     "dir",
     "normalize",
+    "exact_unit_norms",
     "recombine",
     "reverse",
     "linear_combination",
@@ -267,9 +268,11 @@ def mag(x: LowRank, by: str = "out") -> Tensor:
 def dir(x: LowRank, by: str = "out", eps: float = EPS, norms: Tensor | None = None) -> LowRank:  # noqa: A001
     """Dir[by]: u/‖u‖ for every unit; a zero unit (‖u‖ ≤ eps) gives a zero direction.
 
-    `norms`: `unit_norms(x, by)` when the caller has it already (e.g. shared with `mag(x)`).
+    `norms`: `unit_norms(x, by)` when the caller has it already (e.g. shared with `mag(x)`), or
+    `exact_unit_norms(x, by)` (float64) for a value that may cancel.
     """
-    return scale_units(x, _safe_inv(unit_norms(x, by) if norms is None else norms, eps), by)
+    inverse = _safe_inv(unit_norms(x, by) if norms is None else norms, eps)
+    return scale_units(x, inverse.to(x.dtype), by)
 
 
 normalize = dir
@@ -352,14 +355,59 @@ def _shift_coefficients(d: LowRank, e: LowRank, t: float, by: str, eps: float
     return alpha, beta, settled
 
 
+NOISE = 1e3
+"""A unit whose computed norm is below NOISE · (machine eps) · (a bound on its size) may be
+rounding noise rather than a unit; `exact_unit_norms` recomputes it in float64."""
+
+
+def exact_unit_norms(x: LowRank, by: str = "out") -> Tensor:
+    """`unit_norms` for values that may cancel, in x's dtype, with cancelled units at ~1e-16.
+
+    A unit that cancels exactly — `d − ⟨d,e⟩·e` with e = d, `mix([d, d], [1, −1])` — keeps the
+    rounding noise of its computation: ~1e-7 in float32, far above eps = 1e-12, and normalising
+    that noise would make a garbage direction where SPEC (and the float64 reference) has a zero
+    unit. So units whose norm is within NOISE·eps of the size bound ‖Bᵢ‖·‖A‖ (rows; columns and
+    matrices alike) are recomputed in float64, where the noise is ~1e-16, below eps. Decided
+    unit by unit: a module's result never depends on its batch-mates; the common case (no such
+    unit) costs one float32 QR.
+    """
+    norms = unit_norms(x, by)
+    if x.dtype == torch.float64:
+        return norms
+    unsettled = norms <= NOISE * torch.finfo(x.dtype).eps * _size_bound(x, by)
+    if not bool(unsettled.any()):
+        return norms
+    exact = unit_norms(x.to(torch.float64), by).to(x.dtype)
+    return torch.where(unsettled, exact, norms)
+
+
+def _size_bound(x: LowRank, by: str) -> Tensor:
+    """An upper bound on each unit's norm: ‖row_i(B A)‖ ≤ ‖B_i‖·‖A‖_F, and alike for columns."""
+    frobenius_a = torch.linalg.vector_norm(x.A, dim=(-2, -1))
+    frobenius_b = torch.linalg.vector_norm(x.B, dim=(-2, -1))
+    if by == "out":
+        return torch.linalg.vector_norm(x.B, dim=-1) * frobenius_a[..., None]
+    if by == "in":
+        return torch.linalg.vector_norm(x.A, dim=-2) * frobenius_b[..., None]
+    return frobenius_a * frobenius_b
+
+
 def mix(ds: Sequence[LowRank], ws: Sequence[float | Tensor], by: str = "out", eps: float = EPS) -> LowRank:
     """normalize(Σ wᵢ·dᵢ)."""
-    return dir(linear_combination(ds, ws), by, eps)
+    combination = linear_combination(ds, ws)
+    return dir(combination, by, eps, exact_unit_norms(combination, by))
 
 
 def orth(d: LowRank, e: LowRank, by: str = "out", eps: float = EPS) -> LowRank:
-    """normalize(d − ⟨d,e⟩·e) unit by unit: remove the component of d along the direction e."""
-    return dir(combine_units([d, e], [1.0, -unit_dots(d, e, by)], by), by, eps)
+    """normalize(d − ⟨d,e⟩·e) unit by unit: remove the component of d along the direction e.
+
+    The coefficient is ⟨d,e⟩/‖e‖²: equal to ⟨d,e⟩ for the unit direction e (0 for a zero unit)
+    and exactly 1 when e = d, so that d − d cancels to a zero unit even in float32 (whose ‖d‖²
+    is 1 only to ~1e-7).
+    """
+    coefficient = unit_dots(d, e, by) * _safe_inv(unit_dots(e, e, by), eps * eps)
+    residual = combine_units([d, e], [1.0, -coefficient], by)
+    return dir(residual, by, eps, exact_unit_norms(residual, by))
 
 
 # --- rank truncation ---------------------------------------------------------------------
