@@ -32,8 +32,8 @@ from dipm_lang.errors import UsageError
 from dipm_lang.io.digest import FileDigest, start_all
 from dipm_lang.io.reader import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME, AdapterInfo, check_compatible, open_adapter, \
     read_modules
-from dipm_lang.io.writer import (commit_staged, discard_staged, prepare_output, recover_stale, remove_own_staging,
-                                 stage_adapter)
+from dipm_lang.io.writer import (AdapterStage, StagedOutput, commit_staged, discard_staged, prepare_output,
+                                 recover_stale, remove_own_staging)
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.memory import MemoryAdapter
 from dipm_lang.progress import Progress
@@ -168,8 +168,13 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     return Plan(program, infos, modules, resolve_device(options.device), compute, out)
 
 
-def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = None) -> ExecutionResult:
-    """Run the program over all modules; returns per-save (and per-result) module values."""
+def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = None,
+            on_part: Callable[[ExecutionResult], None] | None = None) -> ExecutionResult:
+    """Run the program over all modules; returns per-save (and per-result) module values.
+
+    `on_part` sees each batch's result, in batch order, as soon as it is ready (`run_program`
+    writes and drops the saves' modules there, so the merged result then holds none).
+    """
     infos = the_plan.inputs
 
     def read(node: Node, names: list[str]) -> LowRank:
@@ -192,12 +197,10 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
     groups = split_batches(executor.group_modules(list(the_plan.modules), the_plan.group_key), the_plan)
     if progress:
         progress.start(len(groups), sum(len(g) for g in groups))
-    if the_plan.device.type == "cpu":  # byte-identical for any thread count (backend/parallel.py)
-        result = run_batches(executor, groups, threads=options.threads,
-                             on_batch=progress.update if progress else None)
-    else:
-        with torch.inference_mode():
-            result = executor.run(groups)
+    # On the CPU: byte-identical for any thread count (backend/parallel.py). A GPU parallelises
+    # inside its kernels, so there batches simply run one after another.
+    result = run_batches(executor, groups, threads=options.threads if the_plan.device.type == "cpu" else 1,
+                         on_batch=progress.update if progress else None, on_part=on_part)
     if progress:
         progress.finish()
     return result
@@ -238,28 +241,40 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         torch.cuda.reset_peak_memory_stats(the_plan.device)
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
     progress = Progress("modules", enabled=show)
-    result = execute(the_plan, options, progress=progress)
-
-    metadata = provenance(program, the_plan)
     template = output_template(list(the_plan.inputs.values()))
-    staged = []
-    summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
-                         groups=progress.total_steps)
+    stages: dict[int, AdapterStage] = {}
+    staged: list[StagedOutput] = []
     try:
+        # Every output is staged before any work, and filled batch by batch as the batches finish.
+        for save in program.roots:
+            stages[id(save)] = AdapterStage(
+                save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
+                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64), force=options.force,
+                inputs=file_inputs(the_plan.inputs.values()))
+
+        def write_part(part: ExecutionResult) -> None:
+            for save in part.saves:
+                stages[id(save.node)].add({name: _to_output(value) for name, value in save.modules.items()})
+                save.modules.clear()  # written: the run holds no output
+
+        result = execute(the_plan, options, progress=progress, on_part=write_part)
+        metadata = provenance(program, the_plan)
+        summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
+                             groups=progress.total_steps)
         for save in result.saves:
-            modules = {k: _to_output(v) for k, v in save.modules.items()}
-            staged.append(stage_adapter(save.node.attr("path"), modules, template=template,
-                                        dtype=the_plan.out_dtype, metadata=metadata, recipe=program.script_text,
-                                        force=options.force, inputs=file_inputs(the_plan.inputs.values())))
-            ranks = [v.rank for v in modules.values() if v.rank > 0]
+            stage = stages[id(save.node)]
+            staged.append(stage.finish(metadata=metadata, recipe=program.script_text))
+            ranks = [rank for rank, _ in stage.ranks.values()]
             summary.outputs.append(OutputSummary(
                 Path(save.node.attr("path")), len(ranks), ranks, str(the_plan.out_dtype).removeprefix("torch."),
                 save.relative_error if save.node.attr("rank") is not None else None))
         commit_staged(staged)
     except BaseException:
         discard_staged(staged)
-        for save in result.saves:  # one staged but not yet in `staged` when an interrupt came
-            remove_own_staging(save.node.attr("path"))
+        for stage in stages.values():
+            stage.discard()
+        for save in program.roots:  # one staged but not yet in `stages` when an interrupt came
+            remove_own_staging(save.attr("path"))
         raise
     summary.seconds = time.perf_counter() - start
     summary.peak_memory_mb = peak_memory_mb(the_plan.device)
@@ -293,15 +308,16 @@ def _to_output(value: Any) -> LowRank:
         else LowRank(torch.eye(W.shape[0], dtype=W.dtype), W.clone())
 
 
-def provenance(program: Program, the_plan: Plan) -> dict[str, str]:
-    """Safetensors metadata: the recipe's hash and each input's content hash."""
+def provenance(program: Program, the_plan: Plan,
+               digest: Callable[[AdapterInfo], str] = lambda info: info.sha256) -> dict[str, str]:
+    """Safetensors metadata: the recipe's hash and each input's content hash (`digest`)."""
     from dipm_lang import __version__
 
     inputs = {}
     for node in load_nodes(program):
         info = the_plan.inputs[node.attr("path")]
         inputs[node.attr("name") or os.path.basename(str(info.path))] = {"path": str(info.path),
-                                                                          "sha256": info.sha256}
+                                                                          "sha256": digest(info)}
     return {
         "dipm_lang_version": __version__,
         "dipm_script_sha256": hashlib.sha256(program.script_text.encode("utf-8")).hexdigest(),

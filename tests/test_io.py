@@ -479,11 +479,13 @@ def test_force_replaces_existing(tmp_path: Path) -> None:
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dipm_lang.io import writer
 
-    def broken_save(filename, tensors, metadata):
-        Path(filename).write_bytes(b"partial")
+    real_add = writer.SafetensorsWriter.add
+
+    def broken_add(self, name, tensor):
+        real_add(self, name, tensor)  # some bytes are in the staged file already
         raise OSError("disk full")
 
-    monkeypatch.setattr(writer, "write_safetensors", broken_save)
+    monkeypatch.setattr(writer.SafetensorsWriter, "add", broken_add)
     dest = tmp_path / "nested" / "out"
     with _raises(dest, "disk full"):
         write_adapter(dest, _random_modules(1, {Q0: 2}), template=None, dtype=torch.float32, metadata={},

@@ -169,3 +169,75 @@ def test_an_unreadable_file_reports_at_value_time(tmp_path: Path) -> None:
     target = digest.FileDigest(tmp_path / "gone.safetensors").start()
     with pytest.raises(AdapterError, match="cannot read"):
         target.value()
+
+
+# --------------------------------------------------------------------------- streaming writer
+
+from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound, write_safetensors  # noqa: E402
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(9)
+    return {"b.weight": torch.randn(3, 4, generator=g), "a": torch.randn(5, generator=g).to(torch.bfloat16),
+            "c": torch.randn(2, 2, generator=g).double(), "d": torch.randn(1, 7, generator=g).half()}
+
+
+def test_streamed_file_loads_with_its_metadata_whatever_the_order(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    tensors, metadata = _tensors(), {"format": "pt", "k": "v" * 50}
+    bound = header_bound([(k, v.dtype, v.dim()) for k, v in tensors.items()], metadata)
+    files = []
+    for order in (["c", "a", "d", "b.weight"], ["b.weight", "d", "c", "a"]):
+        writer = SafetensorsWriter(tmp_path / f"{order[0]}.safetensors", bound)
+        for name in order:
+            writer.add(name, tensors[name])
+        writer.finish(metadata)
+        files.append(writer.path)
+        back = load_file(str(writer.path))
+        assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)
+        with safe_open(str(writer.path), "pt") as handle:
+            assert handle.metadata() == metadata
+    assert files[0].stat().st_size == files[1].stat().st_size  # same reserve, data in another order
+
+
+def test_a_header_longer_than_reserved_relocates_the_data(tmp_path: Path) -> None:
+    tensors = _tensors()
+    writer = SafetensorsWriter(tmp_path / "x.safetensors", 8)  # far too small: a module nobody announced
+    for name, tensor in tensors.items():
+        writer.add(name, tensor)
+    writer.finish({"format": "pt"})
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_write_safetensors_has_an_exact_header(tmp_path: Path) -> None:
+    tensors = _tensors()
+    write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    data = (tmp_path / "x.safetensors").read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    assert data[8:8 + size].rstrip(b" ").endswith(b"}") and len(data[8:8 + size]) - len(data[8:8 + size].rstrip()) < 8
+    assert len(data) == 8 + size + sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -> None:
+    """`dipm run` writes each batch as it is done and keeps none of the output in memory."""
+    from dipm_lang import runtime
+    from dipm_lang.compiler import compile_text
+    from dipm_lang.io import writer
+
+    folder = _modules_adapter(tmp_path / "a")
+    calls = []
+    real_add = writer.AdapterStage.add
+    monkeypatch.setattr(writer.AdapterStage, "add", lambda self, modules: calls.append(len(modules))
+                        or real_add(self, modules))
+    real_execute = runtime.execute
+    held = []
+    monkeypatch.setattr(runtime, "execute", lambda *a, **k: held.append(real_execute(*a, **k)) or held[-1])
+    program, _ = compile_text(f'x = load("{folder}")\nsave(dir(x) + x, "{tmp_path / "out"}")\n')
+    runtime.run_program(program, runtime.RunOptions(threads=2))
+    assert len(calls) >= 2 and sum(calls) == 3 * LAYERS  # one call per batch (two module shapes at least)
+    assert all(not save.modules for save in held[0].saves)  # written and dropped
+    assert set(load_file(str(tmp_path / "out" / "adapter_model.safetensors"))) == {
+        f"{PREFIX}{name}.lora_{part}.weight" for name in open_adapter(folder).modules for part in "AB"}

@@ -50,12 +50,14 @@ def single_threaded_kernels() -> Iterator[None]:
 
 
 def run_batches(executor: Executor, batches: Sequence[list[str]], *, threads: int | None = None,
-                on_batch: Callable[[int], None] | None = None) -> ExecutionResult:
+                on_batch: Callable[[int], None] | None = None,
+                on_part: Callable[[ExecutionResult], None] | None = None) -> ExecutionResult:
     """Run `executor` over `batches` on the CPU with results independent of `threads`.
 
     Each batch is one `executor.run([batch])`; results are merged in batch order (so even the
     reported truncation errors, which are sums over batches, add up in the same order).
-    `on_batch(done)` reports progress from the calling thread.
+    `on_part(result)` sees each batch's result in batch order (to write it out and drop it)
+    and `on_batch(done)` reports progress, both from the calling thread.
     """
     threads = default_threads() if threads is None else max(1, int(threads))
 
@@ -70,8 +72,7 @@ def run_batches(executor: Executor, batches: Sequence[list[str]], *, threads: in
             if threads == 1 or len(batches) <= 1:
                 for batch in batches:
                     parts.append(one(batch))
-                    if on_batch:
-                        on_batch(len(parts))
+                    _done(parts, on_part, on_batch)
             else:
                 with ThreadPoolExecutor(max_workers=min(threads, len(batches)),
                                         thread_name_prefix="dipm-batch") as pool:
@@ -79,8 +80,7 @@ def run_batches(executor: Executor, batches: Sequence[list[str]], *, threads: in
                     try:
                         for future in futures:  # in batch order: the first failing batch is the one reported
                             parts.append(future.result())
-                            if on_batch:
-                                on_batch(len(parts))
+                            _done(parts, on_part, on_batch)
                     except BaseException:
                         for future in futures:
                             future.cancel()
@@ -88,6 +88,14 @@ def run_batches(executor: Executor, batches: Sequence[list[str]], *, threads: in
     finally:
         executor.on_group = report
     return _merge(executor, parts)
+
+
+def _done(parts: list[ExecutionResult], on_part: Callable[[ExecutionResult], None] | None,
+          on_batch: Callable[[int], None] | None) -> None:
+    if on_part:
+        on_part(parts[-1])
+    if on_batch:
+        on_batch(len(parts))
 
 
 def _merge(executor: Executor, parts: Sequence[ExecutionResult]) -> ExecutionResult:

@@ -27,17 +27,18 @@ import shutil
 import tempfile
 from glob import escape as glob_escape
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from dipm_lang.io.safetensors_file import write_safetensors
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.finite import all_finite
+from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
 from dipm_lang.io.reader import (
     CONFIG_NAME,
@@ -106,6 +107,115 @@ def _resolve(path: str | Path) -> Path:
 # --------------------------------------------------------------------------- staging
 
 
+class AdapterStage:
+    """An output adapter being written into a hidden staging folder, batch of modules by batch.
+
+    `add` checks and appends modules as they are computed (so a run never holds its whole
+    output); `finish` writes the header, config and model card, fsyncs, and returns the
+    `StagedOutput` for `commit_staged`. Any failure, and `discard`, remove the staging folder
+    and the parent folders it created. `expected` (module → (m, n)) announces the modules that
+    may come, to reserve the header (`safetensors_file.header_bound`); `metadata_bound` is
+    metadata of the final lengths (the final values may be unknown until the end).
+    """
+
+    def __init__(self, path: str | Path, *, template: AdapterInfo | None, dtype: torch.dtype,
+                 expected: Mapping[str, tuple[int, int]], metadata_bound: Mapping[str, str], force: bool,
+                 inputs: Sequence[str | Path] = ()):
+        self.inputs = list(inputs) or ([template.path] if template is not None else [])
+        recover_stale(path)
+        prepare_output(path, inputs=self.inputs, force=force)
+        self.destination = _resolve(path)
+        if dtype not in OUTPUT_DTYPES:
+            raise AdapterError(f"unsupported output dtype {dtype}; use float16, bfloat16 or float32", self.destination)
+        self.template, self.dtype, self.force = template, dtype, force
+        self.ranks: dict[str, tuple[int, str]] = {}
+        self.created = _make_parents(self.destination.parent)
+        self.temp_dir: Path | None = None
+        self._writer: SafetensorsWriter | None = None
+        with self._cleanup_on_failure():
+            self.temp_dir = Path(tempfile.mkdtemp(prefix=_staging_prefix(self.destination, "tmp"),
+                                                  dir=self.destination.parent))
+            names = [(f"{KEY_PREFIX}{name}{suffix}", dtype, 2) for name in expected
+                     for suffix in FACTOR_SUFFIXES[self._kind(name)]]
+            reserve = header_bound(names, _build_metadata(metadata_bound, self.destination))
+            self._writer = SafetensorsWriter(self.temp_dir / SAFETENSORS_NAME, reserve)
+
+    def add(self, modules: Mapping[str, LowRank]) -> None:
+        """Check and write `modules` (scale folded into B); rank-0 (zero) modules are left out."""
+        with self._cleanup_on_failure():
+            assert self._writer is not None
+            for name in sorted(modules, key=natural_key):
+                self._add(name, modules[name])
+
+    def _add(self, name: str, value: LowRank) -> None:
+        b, a = value.B, value.A
+        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors",
+                               self.destination)
+        rank = int(a.shape[0])
+        if rank == 0:
+            return  # a zero update: PEFT cannot hold rank 0, and leaving it out means the same
+        if name in self.ranks:
+            raise AdapterError(f"module {name!r} written twice", self.destination)
+        kind = self._kind(name)
+        if self.template is not None and name in self.template.modules:
+            known = self.template.modules[name]
+            if known.shape != (b.shape[0], a.shape[1]):
+                raise AdapterError(
+                    f"module {name!r} is {b.shape[0]}x{a.shape[1]} but {known.out_features}x{known.in_features} "
+                    f"in {self.template.path}", self.destination)
+        a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
+        for suffix, tensor, part in ((a_suffix, a, "A"), (b_suffix, b, "B")):
+            out = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
+            if not all_finite(out):
+                raise AdapterError(
+                    f"module {name!r}: factor {part} has NaN or Inf values in {str(self.dtype).removeprefix('torch.')}"
+                    + (" (too large for float16? try float32 or bfloat16)" if self.dtype == torch.float16 else ""),
+                    self.destination)
+            self._writer.add(f"{KEY_PREFIX}{name}{suffix}", out)
+        self.ranks[name] = (rank, kind)
+
+    def finish(self, *, metadata: Mapping[str, str], recipe: str) -> StagedOutput:
+        """Complete the staged folder (header, config, model card, fsync); nothing is visible yet."""
+        with self._cleanup_on_failure():
+            assert self._writer is not None and self.temp_dir is not None
+            if not self.ranks:
+                raise AdapterError("the result is zero everywhere; there is nothing to save", self.destination)
+            ranks = {name: self.ranks[name] for name in sorted(self.ranks, key=natural_key)}
+            config = build_config(ranks, self.template)
+            st_metadata = _build_metadata(metadata, self.destination)
+            card = model_card(self.destination.name, recipe, self.inputs, config.get("base_model_name_or_path"),
+                              metadata)
+            self._writer.finish(st_metadata)
+            _write_text(self.temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+            _write_text(self.temp_dir / "README.md", card)
+        return StagedOutput(destination=self.destination, temp_dir=self.temp_dir, force=self.force,
+                            created_dirs=self.created, modules=tuple(ranks))
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        remove_own_staging(self.destination)
+        _remove_created(self.created)
+
+    def _kind(self, name: str) -> str:
+        if self.template is not None and name in self.template.modules:
+            return self.template.modules[name].kind
+        return "linear"
+
+    @contextmanager
+    def _cleanup_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            # Every staging folder of this process for the destination, not just ours: an interrupt
+            # (Ctrl-C, SIGTERM) can land after mkdtemp made the folder but before it returned its name.
+            self.discard()
+            if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
+                raise
+            raise AdapterError(f"failed to write the output: {exc}", self.destination) from exc
+
+
 def stage_adapter(
     path: str | Path,
     modules: Mapping[str, LowRank],
@@ -124,75 +234,10 @@ def stage_adapter(
     `AdapterError("the result is zero everywhere")`. `template` (the first input) supplies
     `base_model_name_or_path`, `task_type`, `fan_in_fan_out` and module kinds (embeddings).
     """
-    input_paths = list(inputs) or ([template.path] if template is not None else [])
-    recover_stale(path)
-    prepare_output(path, inputs=input_paths, force=force)
-    dest = _resolve(path)
-    if dtype not in OUTPUT_DTYPES:
-        raise AdapterError(f"unsupported output dtype {dtype}; use float16, bfloat16 or float32", dest)
-    tensors, ranks = _build_tensors(modules, template, dtype, dest)
-    config = build_config(ranks, template)
-    st_metadata = _build_metadata(metadata, dest)
-    card = model_card(dest.name, recipe, input_paths, config.get("base_model_name_or_path"), metadata)
-
-    created = _make_parents(dest.parent)
-    temp_dir: Path | None = None
-    try:
-        temp_dir = Path(tempfile.mkdtemp(prefix=_staging_prefix(dest, "tmp"), dir=dest.parent))
-        write_safetensors(temp_dir / SAFETENSORS_NAME, tensors, st_metadata)
-        _write_text(temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        _write_text(temp_dir / "README.md", card)
-        _fsync(temp_dir / SAFETENSORS_NAME)
-    except BaseException as exc:
-        # Every staging folder of this process for `dest`, not just `temp_dir`: an interrupt (Ctrl-C,
-        # SIGTERM) can land after mkdtemp made the folder but before it returned its name.
-        remove_own_staging(dest)
-        _remove_created(created)
-        if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
-            raise
-        raise AdapterError(f"failed to write the output: {exc}", dest) from exc
-    return StagedOutput(destination=dest, temp_dir=temp_dir, force=force, created_dirs=created,
-                        modules=tuple(ranks))
-
-
-def _build_tensors(
-    modules: Mapping[str, LowRank], template: AdapterInfo | None, dtype: torch.dtype, dest: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, str]]]:
-    """PEFT-keyed contiguous tensors, and each written module's (rank, kind) in natural order."""
-    tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, tuple[int, str]] = {}
-    for name in sorted(modules, key=natural_key):
-        value = modules[name]
-        b, a = value.B, value.A
-        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-            raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors", dest)
-        rank = int(a.shape[0])
-        if rank == 0:
-            continue  # a zero update: PEFT cannot hold rank 0, and leaving it out means the same
-        kind = "linear"
-        if template is not None and name in template.modules:
-            known = template.modules[name]
-            kind = known.kind
-            if known.shape != (b.shape[0], a.shape[1]):
-                raise AdapterError(
-                    f"module {name!r} is {b.shape[0]}x{a.shape[1]} but {known.out_features}x{known.in_features} "
-                    f"in {template.path}",
-                    dest,
-                )
-        a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
-        for suffix, tensor, part in ((a_suffix, a, "A"), (b_suffix, b, "B")):
-            out = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
-            if not all_finite(out):
-                raise AdapterError(
-                    f"module {name!r}: factor {part} has NaN or Inf values in {str(dtype).removeprefix('torch.')}"
-                    + (" (too large for float16? try float32 or bfloat16)" if dtype == torch.float16 else ""),
-                    dest,
-                )
-            tensors[f"{KEY_PREFIX}{name}{suffix}"] = out
-        ranks[name] = (rank, kind)
-    if not ranks:
-        raise AdapterError("the result is zero everywhere; there is nothing to save", dest)
-    return tensors, ranks
+    stage = AdapterStage(path, template=template, dtype=dtype, metadata_bound=metadata, force=force, inputs=inputs,
+                         expected={name: (value.m, value.n) for name, value in modules.items()})
+    stage.add(modules)
+    return stage.finish(metadata=metadata, recipe=recipe)
 
 
 def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | None) -> dict[str, Any]:
@@ -273,11 +318,6 @@ def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
         os.fsync(handle.fileno())
 
 
