@@ -77,11 +77,18 @@ def repeat_process(cmd: Sequence[str], repeats: int, *, before=None,
                    budget_s: float = 60.0) -> tuple[ProcessResult, list[float]]:
     """Run `cmd` up to `repeats` times (calling `before()` first each time), stopping early once
     `budget_s` seconds are spent; the fastest run, and all times. The fastest is the run least
-    disturbed by other work on the machine (as `timeit` reports)."""
+    disturbed by other work on the machine (as `timeit` reports).
+
+    Each run starts from a synced disk: `before()` typically deletes the previous run's output,
+    and on a file system mounted with `discard` that deletion's TRIMs and the writeback of
+    earlier outputs would otherwise stall whichever process writes next (measured here: a
+    458 MiB write taking 0.1 s or 1.0 s depending on what the run before left behind)."""
     runs: list[ProcessResult] = []
     while len(runs) < max(1, repeats) and (not runs or sum(r.seconds for r in runs) < budget_s):
         if before is not None:
             before()
+        if hasattr(os, "sync"):
+            os.sync()
         runs.append(run_process(cmd))
     return min(runs, key=lambda r: r.seconds), [r.seconds for r in runs]
 
