@@ -34,7 +34,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         excess = worst["memory_excess_mib"]
         out.append(_target("peak memory of factored recipes", excess,
                            f"≤ baseline + inputs + output + {MEMORY_SLACK_MIB:.0f} MiB", excess <= MEMORY_SLACK_MIB,
-                           f"{excess:+.0f} MiB over baseline + inputs + output (worst: {worst['recipe']})"))
+                           f"{abs(excess):.0f} MiB {'over' if excess > 0 else 'under'} baseline + inputs + output "
+                           f"(worst: {worst['recipe']})"))
     return out
 
 

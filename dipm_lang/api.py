@@ -286,7 +286,9 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
     This is what `add_weighted_adapter` is used for, with any dipm expression as the recipe.
     Each module gets its own rank (`r` / `rank_pattern`) and scale 1 (`lora_alpha == r`), and
     the factors are copied in, so `get_delta_weight(adapter_name)` equals `value.delta(name)`.
-    Modules whose update is exactly zero are left out. Raises `UsageError` if the model
+    Modules whose update is exactly zero are left out; a value that is zero everywhere (a sweep's
+    λ = 0, say) becomes an adapter of rank-1 zero factors on its modules, a no-op as PEFT's own
+    freshly initialised adapters are. Raises `UsageError` if the model
     already has an adapter of that name (PEFT would silently keep the old one), if a module is
     missing from the model, or if a shape disagrees (the half-made adapter is removed again).
     With `activate`, the new adapter becomes the active one. Returns the `LoraConfig` used.
@@ -312,7 +314,12 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
         modules = dict(value)
     factors = {name: v for name, v in modules.items() if v.rank > 0 and bool(v.B.any()) and bool(v.A.any())}
     if not factors:
-        raise UsageError("the value is zero everywhere; there is nothing to add")
+        from dipm_lang.backend.lowrank import LowRank
+
+        if not modules:
+            raise UsageError("the value has no modules; there is nothing to add")
+        factors = {name: LowRank(torch.zeros(v.m, 1, dtype=v.dtype), torch.zeros(1, v.n, dtype=v.dtype))
+                   for name, v in modules.items()}
     base = peft_model.base_model.model
     kinds: dict[str, tuple[int, str]] = {}
     for name, v in factors.items():

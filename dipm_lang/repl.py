@@ -62,7 +62,7 @@ class Session:
         self.options.progress = False
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.lowerer = Lowerer()
+        self.lowerer = Lowerer(sandbox=self.options.sandbox)  # --sandbox: load, save, import stay inside
         self.module = Module("<repl>", parent=self.lowerer.prelude)
         self.inputs_seen = 0
         self.errors = 0
@@ -196,6 +196,7 @@ class Session:
         """The opened adapter at `path` (validated; cached while its files are unchanged)."""
         from dipm_lang.io.reader import open_adapter
 
+        self.check_readable(path)
         stamp = _stamp(path)
         cached = self._adapters.get(path)
         if cached is not None and cached[0] == stamp and stamp:
@@ -203,6 +204,13 @@ class Session:
         info = open_adapter(path)
         self._adapters[path] = (stamp, info)
         return info
+
+    def check_readable(self, path: str) -> None:
+        """Under --sandbox, the adapter folder `path` and the files in it must lie inside the sandbox."""
+        from dipm_lang.runtime import ADAPTER_FILES
+
+        if self.options.sandbox is not None:
+            self.options.sandbox.check_files(path, ADAPTER_FILES, "load")
 
     # ---- :commands -------------------------------------------------------------------
 
@@ -341,6 +349,7 @@ def _cmd_inspect(session: Session, args: str, raw: str, offset: int) -> None:
     for word in words:
         node = session.module.value(word) if word.isidentifier() else None
         if node is not None and node.op == "load" and node.attr("path"):
+            session.check_readable(node.attr("path"))
             sources.append(adapter_source(node.attr("path"), label=word))
         elif node is not None:
             if not node.type.is_update:
@@ -348,6 +357,7 @@ def _cmd_inspect(session: Session, args: str, raw: str, offset: int) -> None:
                                     "inspected")
             sources.append(value_source(word, session.evaluate(node)))
         elif Path(word).expanduser().exists():
+            session.check_readable(str(Path(word).expanduser()))
             sources.append(adapter_source(str(Path(word).expanduser().resolve()), label=word))
         else:
             guess = did_you_mean(word, [n for n, v in session.module.values.items()])

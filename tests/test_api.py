@@ -220,6 +220,25 @@ def test_add_to_peft_model_refuses_an_existing_name(pair):
     assert "mags" not in model.peft_config
 
 
+def test_add_to_peft_model_takes_a_zero_value_as_a_no_op_adapter(pair):
+    """A sweep's λ = 0 point: an adapter whose every update is zero (the model's output unchanged)."""
+    model = peft_model(("default", pair["H"]))
+    zero = dl.evaluate("0 * H", H=pair["H"])
+    dl.add_to_peft_model(model, zero, "nothing")
+    layers = lora_layers(model, "nothing")
+    assert layers.keys() == set(zero.modules)
+    assert all(not layer.get_delta_weight("nothing").any() for layer in layers.values())
+    tokens = torch.arange(10).reshape(1, 10)
+    with torch.no_grad():
+        model.set_adapter("default")
+        with model.disable_adapter():
+            base = model(tokens).logits
+        model.set_adapter("nothing")
+        torch.testing.assert_close(model(tokens).logits, base, rtol=0, atol=0)
+    with pytest.raises(UsageError, match="no modules"):
+        dl.add_to_peft_model(model, {}, "empty")
+
+
 def test_add_to_peft_model_round_trips_embeddings(peft_adapters):
     model = peft_model(("default", peft_adapters["embedding"]))
     value = dl.evaluate("0.5 * E", E=peft_adapters["embedding"])

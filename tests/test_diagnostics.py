@@ -185,6 +185,12 @@ CASES = {
         's.dipm:2:10: error: unknown name \'bad\'\n'
         '   2 | save(h,  bad, "o")\n'
         '                ^~~\n'),
+    "def_used_as_a_value": (
+        H + 'x = def\n',
+        's.dipm:2:5: error: \'def\' starts a statement of its own and cannot be used as a value\n'
+        '   2 | x = def\n'
+        '           ^~~\n'
+        '  hint: define functions on a line of their own in a script or at the REPL prompt: def f(x) = 2 * x\n'),
     "form_feed_does_not_shift_lines": (  # the lexer counts only \n as a line break
         H + '# a\x0cb\nsave(h h, "o")\n',
         's.dipm:3:8: error: unexpected \'h\': is a \',\' or \')\' missing before it?\n'
@@ -197,6 +203,17 @@ CASES = {
 def test_rendered_error(cli, case):
     text, expected = CASES[case]
     assert error_of(cli, text) == expected
+
+
+@pytest.mark.parametrize("expr, keyword, column", [("def f(x) = 2 * x", "def", 1),
+                                                    ('  import "lib.dipm"', "import", 3)])
+def test_statements_where_one_expression_is_expected(tmp_path, monkeypatch, capsys, expr, keyword, column):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", expr]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"<expr>:1:{column}: error: '{keyword}' starts a statement; here one expression is "
+                          "expected\n"), err
+    assert "hint:" in err and "on a line of its own" in err.replace("their own", "its own")
 
 
 def test_import_cycle(cli, tmp_path):

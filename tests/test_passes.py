@@ -246,6 +246,7 @@ def test_dce_keeps_named_results():
     ("-h", "lincomb[coeffs=[-1]](h)"),
     ("(h - g) / 2", "lincomb[coeffs=[0.5, -0.5]](h, g)"),
     ("h - h", "lincomb[coeffs=[0]](h)"),                    # all terms cancel: a zero update, not h
+    ("(h - g) + (h - g)", "lincomb[coeffs=[2, -2]](h, g)"),  # one node read twice by one user: absorbed
     ("dir(h) + g", f"lincomb[coeffs=[1, 1]]({D}(h), g)"),     # a Dir is a term, not a tree to flatten
     ("recombine(reverse(dir(h)), mag(g))", f'unit_scale[by="out",coeff=-1,normalize=True](h, {M}(g))'),
     ('recombine(dir(h, by="in"), mag(g, by="in"))', 'unit_scale[by="in",coeff=1,normalize=True](h, mag[by="in"](g))'),

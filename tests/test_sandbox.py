@@ -182,3 +182,41 @@ def test_policy_object(tmp_path: Path) -> None:
         policy.check(tmp_path / "a" / "up" / "x", "save")
     assert info.value.exit_code == 2 and "resolves to" in info.value.message
     json.dumps(policy.root)  # a plain string: safe to record or print
+
+
+# ---- the REPL -----------------------------------------------------------------------------------
+
+def test_repl_keeps_every_file_access_inside(box: Path, tmp_path: Path) -> None:
+    import io
+
+    from dipm_lang.repl import Session
+    from dipm_lang.runtime import RunOptions
+
+    session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(box)), out=io.StringIO(), err=io.StringIO())
+    session.handle('h = load("box/H")')
+    assert session.last_exit_code == 0, session.err.getvalue()
+    before = snapshot(tmp_path)
+    refusals = [
+        'o = load("outside/O")',               # load() outside
+        'l = load("box/linked")',              # through a link out of the box
+        ":load o outside/O",                   # :load outside
+        ":inspect outside/O",                  # :inspect a folder outside
+        'import "outside/lib.dipm"',           # import outside
+        'save(load("box/H"), "escaped")',      # save outside
+        ':save h escaped',                     # :save outside
+        ":save h box/door/escaped",            # :save through a linked parent
+    ]
+    for text in refusals:
+        session.err.seek(0)
+        session.err.truncate()
+        session.handle(text)
+        assert "outside the sandbox" in session.err.getvalue(), (text, session.err.getvalue())
+        assert session.last_exit_code == 2
+    assert snapshot(tmp_path) == before
+    session.err.seek(0)
+    session.err.truncate()
+    errors = session.errors
+    session.handle(':save 2 * h box/out')  # inside: allowed
+    assert (box / "out" / "adapter_model.safetensors").exists(), session.err.getvalue()
+    session.handle(":inspect box/H")
+    assert session.err.getvalue() == "" and session.errors == errors

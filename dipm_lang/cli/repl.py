@@ -32,6 +32,9 @@ def register(sub, commands) -> None:
     p.add_argument("--history", metavar="FILE",
                    help="history file (default: $DIPM_HISTORY, else ~/.dipm_history)")
     p.add_argument("--plain", action="store_true", help="read plain lines even on a terminal")
+    p.add_argument("--sandbox", metavar="DIR",
+                   help="restricted mode: load, :load, :inspect, save, :save and import only inside DIR "
+                        "(symlinks resolved)")
     commands["repl"] = run
 
 
@@ -39,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from dipm_lang.repl import Session
     from dipm_lang.runtime import RunOptions, resolve_device
 
-    options = RunOptions(device=args.device, dtype=args.dtype, progress=False)
+    from dipm_lang.cli.options import sandbox_from
+
+    options = RunOptions(device=args.device, dtype=args.dtype, progress=False, sandbox=sandbox_from(args))
     resolve_device(options.device)  # a bad --device is a usage error now, not at the first expression
     session = Session(options)
     for item in args.sets:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from dipm_lang.errors import (DipmError, DipmTypeError, NameResolutionError, ResourceLimitError, Span,
-                              UsageError)
+from dipm_lang.errors import (DipmError, DipmSyntaxError, DipmTypeError, NameResolutionError, ResourceLimitError,
+                              Span, UsageError)
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.arith import OP_NAMES, binary_result, negate_result
 from dipm_lang.frontend.builtins import BUILTINS, REQUIRED, Arg, Builtin, Call
-from dipm_lang.frontend.parser import parse_script
+from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.suggest import did_you_mean
 from dipm_lang.ir.node import Node, Program, walk
@@ -343,6 +343,9 @@ class Lowerer:
             return self.inputs[expr.id]
         if module.function(expr.id) is not None or expr.id in BUILTINS:
             raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
+        if expr.id in STATEMENT_KEYWORDS:
+            raise DipmSyntaxError(f"'{expr.id}' starts a statement of its own and cannot be used as a value",
+                                  expr.span, hint=STATEMENT_KEYWORDS[expr.id])
         visible = set(scope) | module.visible_names() | set(self.external)
         guess = did_you_mean(expr.id, visible)
         raise NameResolutionError(f"unknown name '{expr.id}'", expr.span,
@@ -553,8 +556,6 @@ def _read_source(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        from dipm_lang.errors import DipmSyntaxError
-
         raise DipmSyntaxError(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
                               Span(_display_path(path), line, 1, line, 2)) from None
 

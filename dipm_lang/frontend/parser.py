@@ -7,6 +7,7 @@ person can act on ("missing ')'", "unexpected '='") instead of a token dump.
 from __future__ import annotations
 
 import ast as pyast
+import re
 from functools import lru_cache
 from typing import Iterator
 
@@ -197,6 +198,22 @@ def parse_expression(text: str, file: str = "<expr>") -> ast.Expr:
     return _parse(text, file, "expression")
 
 
+STATEMENT_KEYWORDS = {
+    "def": "define functions on a line of their own in a script or at the REPL prompt: def f(x) = 2 * x",
+    "import": "import on a line of its own in a script or at the REPL prompt: import \"lib.dipm\"",
+}
+
+
+def _statement_in_expression(text: str, file: str) -> DipmSyntaxError | None:
+    """`def …` or `import …` where one expression is expected (`dipm eval`, config values)."""
+    found = re.match(r"\s*(def|import)\b", text)
+    if found is None:
+        return None
+    start = found.start(1)
+    return DipmSyntaxError(f"'{found[1]}' starts a statement; here one expression is expected",
+                           _pos_to_span(text, file, start, len(found[1])), hint=STATEMENT_KEYWORDS[found[1]])
+
+
 def _parse(text: str, file: str, start: str):
     try:
         tree = _parser(start).parse(text)
@@ -207,7 +224,8 @@ def _parse(text: str, file: str, start: str):
             raise e.orig_exc from None
         raise
     except UnexpectedInput as e:
-        raise _translate(e, text, file) from None
+        statement = _statement_in_expression(text, file) if start == "expression" else None
+        raise (statement or _translate(e, text, file)) from None
     except RecursionError:
         raise DipmSyntaxError("expression is nested too deeply", Span(file, 1, 1, 1, 2)) from None
 

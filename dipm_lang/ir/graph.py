@@ -32,11 +32,12 @@ def to_networkx(program: Program) -> nx.MultiDiGraph:
 
 
 def use_counts(program: Program) -> dict[int, int]:
-    """How many operand slots read each node (by id); roots count once each."""
+    """How many distinct nodes read each node (by id); roots count once each. A node read twice
+    by one user (`s + s`) has one user: fusing it into that user computes it no more often."""
     counts: dict[int, int] = {}
     for node in walk(program.all_roots()):
-        for arg in node.args:
-            counts[id(arg)] = counts.get(id(arg), 0) + 1
+        for arg_id in {id(arg) for arg in node.args}:
+            counts[arg_id] = counts.get(arg_id, 0) + 1
     for root in program.all_roots():
         counts[id(root)] = counts.get(id(root), 0) + 1
     return counts
