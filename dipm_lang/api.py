@@ -36,8 +36,9 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` mus
     from dipm_lang.passes.pipeline import PassReport
     from dipm_lang.runtime import OutputSummary, RunSummary
 
-InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], Any]
-"""A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel` or `(PeftModel, name)`."""
+InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], float, Any]
+"""A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel`, `(PeftModel, name)`, or
+(for `evaluate`) a number."""
 
 __all__ = ["AdapterValue", "CompiledProgram", "add_to_peft_model", "compile", "evaluate"]
 
@@ -77,6 +78,10 @@ class CompiledProgram:
             raise UsageError(f"the program has no input named '{unknown[0]}'",
                              hint=f"its inputs: {', '.join(self.inputs) or 'none'}")
         paths, memory = _split_inputs(inputs or {})
+        numbers = [name for name, value in paths.items() if not isinstance(value, str)]
+        if numbers:
+            raise UsageError(f"input '{numbers[0]}': run() binds adapters; numbers are bound when compiling",
+                             hint=f"dipm_lang.compile(text, inputs={{'{numbers[0]}': …}})")
         program = bind_inputs(self.program, paths) if paths else self.program
         options = _options(device, dtype, out_dtype, force=force, ignore_base_model=ignore_base_model,
                            progress=progress, eps=eps)
@@ -137,7 +142,8 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
     keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory),
     `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
-    `(peft_model, "adapter_name")`. The result must be an update (Delta, Dir) or magnitudes
+    `(peft_model, "adapter_name")` — and numbers, for sweeps without formatting source text:
+    `evaluate("transfer(C, T, t=t)", C=…, T=…, t=0.3)`. The result must be an update (Delta, Dir) or magnitudes
     (Mag); it is computed in `dtype` (default float32) on `device` (default cpu).
 
     Errors in the expression point at `<expr>:1:COLUMN`; `dipm_lang.errors.render(e, e.sources)`
@@ -151,10 +157,7 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
     paths, memory = _split_inputs(inputs)
     with _sources("<expr>", expr):
-        program = lower_expression(expr, "<expr>", paths)
-    unused = sorted(set(inputs) - set(program.inputs))
-    if unused:
-        raise UsageError(f"input '{unused[0]}' is not used by the expression")
+        program = lower_expression(expr, "<expr>", paths, require_used=True)
     memory_paths = {name: path for name, path in paths.items() if path in memory}
     if memory_paths:
         program = bind_inputs(program, memory_paths)
@@ -381,15 +384,19 @@ def _sources(file: str, text: str) -> Iterator[None]:
         raise
 
 
-def _split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, str], dict[str, MemoryAdapter]]:
-    """NAME → load path for every input, and the in-memory inputs keyed by their `<memory:…>` path."""
-    paths: dict[str, str] = {}
+def _split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dict[str, MemoryAdapter]]:
+    """NAME → load path (or number) for every input, and the in-memory inputs keyed by their
+    `<memory:…>` path."""
+    paths: dict[str, Any] = {}
     memory: dict[str, MemoryAdapter] = {}
     for name, value in inputs.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise UsageError(f"input names must be identifiers, got {name!r}")
         if isinstance(value, (str, os.PathLike)):
             paths[name] = str(Path(os.path.expanduser(os.fspath(value))).resolve())
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # a Num: t, λ, a weight …
+            paths[name] = value
             continue
         adapter = _memory_adapter(name, value)
         paths[name] = str(adapter.path)

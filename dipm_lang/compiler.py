@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from dipm_lang.errors import DipmTypeError, Span
+from dipm_lang.errors import DipmTypeError, Span, UsageError
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.lower import Lowerer, Module, read_source
 from dipm_lang.frontend.parser import parse_expression, parse_script
@@ -56,12 +56,13 @@ def save_statement(expr: ast.Expr, path: str, rank: int | None = None, span: Spa
 
 def lower_expression(text: str, file: str = "<expr>", external: Mapping[str, Any] | None = None, *,
                      save_to: str | None = None, rank: int | None = None,
-                     sandbox: Sandbox | None = None) -> Program:
+                     sandbox: Sandbox | None = None, require_used: bool = False) -> Program:
     """Parse one expression (the grammar's `expression` start symbol) and lower it.
 
     With `save_to` the program is `save(EXPR, save_to, rank=rank)`; without, the expression's
     value is the named result `RESULT` and must be an update (Delta, Dir) or magnitudes (Mag).
-    Free names are taken from `external` (NAME -> absolute adapter path, or `<memory:…>` key).
+    Free names are taken from `external` (NAME -> absolute adapter path, `<memory:…>` key, or
+    a number); with `require_used`, a name the expression never reads is an error.
     """
     expr = parse_expression(text, file)
     lowerer = Lowerer(external, sandbox=sandbox)
@@ -71,6 +72,9 @@ def lower_expression(text: str, file: str = "<expr>", external: Mapping[str, Any
         lowerer.lower_statement(save_statement(expr, save_to, rank), module)
         return lowerer.program(text)
     node = lowerer.lower_expr(expr, {}, module)
+    unused = sorted(set(lowerer.external) - lowerer.used_external)
+    if require_used and unused:
+        raise UsageError(f"input '{unused[0]}' is not used by the expression")
     if node.type.kind not in ("Delta", "Dir", "Mag"):
         raise DipmTypeError(f"this expression is a {node.type}; expected an update (Delta, Dir) or "
                             "magnitudes (Mag)", expr.span)

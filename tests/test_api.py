@@ -171,8 +171,10 @@ def test_evaluate_values_and_their_errors(pair, tmp_path):
         dl.evaluate("0.5 * 2")
     with pytest.raises(UsageError, match="input 'T' is not used"):
         dl.evaluate("H", H=pair["H"], T=pair["T"])
+    with pytest.raises(DipmTypeError, match="is a Num"):
+        dl.evaluate("H", H=3)  # a number input is a Num
     with pytest.raises(UsageError, match="expected a path"):
-        dl.evaluate("H", H=3)
+        dl.evaluate("H", H=[1, 2])
 
     saved = value.save(tmp_path / "avg", rank=2)
     assert saved.ranks and max(saved.ranks) == 2 and 0 < saved.relative_error < 1
@@ -291,3 +293,22 @@ def test_import_dipm_lang_stays_cheap():
     src = str(Path(__file__).resolve().parents[1])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=src)
     assert result.returncode == 0, result.stderr
+
+
+def test_evaluate_takes_numbers_for_sweeps(pair):
+    """A number input is a Num in the expression: a sweep needs no source-text formatting."""
+    for t in (0.0, 0.3, 1):
+        by_name = dl.evaluate("transfer(H, T, t=t)", H=pair["H"], T=pair["T"], t=t)
+        literal = dl.evaluate(f"transfer(H, T, t={float(t)!r})", H=pair["H"], T=pair["T"])
+        assert by_name.keys() == literal.keys()
+        for name in literal:
+            assert torch.equal(by_name[name].dense(), literal[name].dense())
+    with pytest.raises(UsageError, match="finite number"):
+        dl.evaluate("k * H", H=pair["H"], k=float("nan"))
+    with pytest.raises(UsageError, match="expected a path"):
+        dl.evaluate("k * H", H=pair["H"], k=True)  # a bool is not a number here
+    with pytest.raises(DipmTypeError):
+        dl.evaluate("k", k=2.0)  # a number alone is not an update
+    program = dl.compile('save(2 * H, "out")', inputs={"H": None})
+    with pytest.raises(UsageError, match="numbers are bound when compiling"):
+        program.run({"H": 0.5})

@@ -337,6 +337,11 @@ class Lowerer:
             return node
         if expr.id in self.external:
             self.used_external.add(expr.id)
+            raw = self.external[expr.id]
+            if isinstance(raw, (int, float)) and not isinstance(raw, bool):  # a number from the Python API
+                if not math.isfinite(raw):
+                    raise UsageError(f"input '{expr.id}' must be a finite number, got {raw!r}")
+                return self.make("const", (), {"value": float(raw)}, NUM, expr.span)
             if expr.id not in self.inputs:
                 self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
