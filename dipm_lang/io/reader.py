@@ -513,24 +513,25 @@ def _fill(info: AdapterInfo, modules: Sequence[ModuleInfo], b: torch.Tensor, a: 
             raise AdapterError(f"cannot read module {modules[0].name!r}: {exc}", info.weights_file) from None
         return
     try:
-        with open(info.weights_file, "rb") as handle:
+        with open(info.weights_file, "rb", buffering=0) as handle:
             if info.stamp is not None and stamp_of(os.fstat(handle.fileno())) != info.stamp:
                 raise AdapterError("the file changed since the adapter was opened; run again",
                                    info.weights_file)
             for i, module in enumerate(modules):
-                _pread_into(handle.fileno(), a[i], module.a_offset, module, info)
-                _pread_into(handle.fileno(), b[i], module.b_offset, module, info)
+                _read_into(handle, a[i], module.a_offset, module, info)
+                _read_into(handle, b[i], module.b_offset, module, info)
     except OSError as exc:
         raise AdapterError(f"cannot read module {modules[0].name!r}: {exc}", info.weights_file) from None
 
 
-def _pread_into(fd: int, target: torch.Tensor, offset: int | None, module: ModuleInfo, info: AdapterInfo) -> None:
-    """Read `target.nbytes` bytes at `offset` into the contiguous tensor `target`."""
+def _read_into(handle, target: torch.Tensor, offset: int | None, module: ModuleInfo, info: AdapterInfo) -> None:
+    """Read `target.nbytes` bytes at `offset` straight into the contiguous tensor `target`."""
     view = memoryview(target.view(torch.uint8).numpy()).cast("B")
+    handle.seek(offset)
     done = 0
     while done < len(view):
-        count = os.preadv(fd, [view[done:]], offset + done)
-        if count == 0:
+        count = handle.readinto(view[done:])
+        if not count:
             raise AdapterError(f"module {module.name!r}: the file ends early (truncated since it was opened?)",
                                info.weights_file)
         done += count
