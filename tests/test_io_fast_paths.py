@@ -241,3 +241,21 @@ def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -
     assert all(not save.modules for save in held[0].saves)  # written and dropped
     assert set(load_file(str(tmp_path / "out" / "adapter_model.safetensors"))) == {
         f"{PREFIX}{name}.lora_{part}.weight" for name in open_adapter(folder).modules for part in "AB"}
+
+
+def test_a_batch_of_mixed_stored_dtypes_is_read_right(tmp_path: Path) -> None:
+    """Modules of one shape may be stored in different dtypes; a batch reads each as stored."""
+    folder = _modules_adapter(tmp_path / "a")
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    for key in list(tensors):
+        if "layers.1." in key or "layers.3." in key:
+            tensors[key] = tensors[key].to(torch.bfloat16)
+    folder = write_raw_adapter(tmp_path / "mixed", tensors, {"peft_type": "LORA", "r": 3, "lora_alpha": 3,
+                                                            "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    info = open_adapter(folder)
+    names = [n for n in info.modules if n.endswith("q_proj")]
+    stack = read_modules(info, names)
+    for i, name in enumerate(names):
+        module = info.modules[name]
+        assert torch.equal(stack.A[i], tensors[module.a_key].float())
+        assert torch.equal(stack.B[i], tensors[module.b_key].float())

@@ -503,7 +503,8 @@ def _fill(info: AdapterInfo, modules: Sequence[ModuleInfo], b: torch.Tensor, a: 
             a[i].copy_(info._tensors[module.a_key])
             b[i].copy_(info._tensors[module.b_key])
         return
-    if b.dtype != modules[0].dtype or sys.byteorder != "little":  # rare: mixed dtypes; big-endian hosts
+    if any(module.dtype != b.dtype for module in modules) or sys.byteorder != "little":
+        # rare: a batch of mixed stored dtypes (read and converted one by one), a big-endian host
         try:
             with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
                 for i, module in enumerate(modules):
