@@ -207,7 +207,7 @@ class Session:
 
     def check_readable(self, path: str) -> None:
         """Under --sandbox, the adapter folder `path` and the files in it must lie inside the sandbox."""
-        from dipm_lang.runtime import ADAPTER_FILES
+        from dipm_lang.io.layout import ADAPTER_FILES
 
         if self.options.sandbox is not None:
             self.options.sandbox.check_files(path, ADAPTER_FILES, "load")

@@ -30,8 +30,8 @@ from dipm_lang.backend.lowrank import EPS, LowRank
 from dipm_lang.dtypes import DTYPE_NAMES
 from dipm_lang.errors import UsageError
 from dipm_lang.io.digest import FileDigest, start_all
-from dipm_lang.io.reader import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME, AdapterInfo, check_compatible, open_adapter, \
-    read_modules
+from dipm_lang.io.layout import ADAPTER_FILES
+from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_modules
 from dipm_lang.io.writer import (AdapterStage, StagedOutput, commit_staged, discard_staged, prepare_output,
                                  recover_stale, remove_own_staging)
 from dipm_lang.ir.node import Node, Program, walk
@@ -39,7 +39,6 @@ from dipm_lang.memory import MemoryAdapter
 from dipm_lang.progress import Progress
 from dipm_lang.sandbox import Sandbox
 
-ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME)  # what open_adapter reads in a folder
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 

@@ -9,6 +9,7 @@ from dipm_lang.config import compile_any
 from dipm_lang.dtypes import DTYPE_NAMES
 from dipm_lang.errors import DipmError
 from dipm_lang.io import digest
+from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.ir.node import walk
 
 # This module stays torch-free: `run` compiles the script and starts hashing its inputs first,
@@ -90,7 +91,7 @@ def _input_folders(program, args: argparse.Namespace) -> list[str]:
             continue
         if sandbox is not None:
             try:
-                sandbox.check_files(path, (digest.SAFETENSORS_NAME, digest.BIN_NAME), "load")
+                sandbox.check_files(path, ADAPTER_FILES, "load")
             except DipmError:
                 continue  # the run's own checks report it
         folders.append(path)

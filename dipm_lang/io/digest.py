@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from dipm_lang.errors import AdapterError
-from dipm_lang.io.layout import BIN_NAME, SAFETENSORS_NAME, weights_candidates  # noqa: F401
+from dipm_lang.io.layout import weights_candidates
 
 CHUNK_BYTES = 16 * 2**20
 """Bytes hashed per GIL release: hashlib and file reads drop the GIL for each call, and a

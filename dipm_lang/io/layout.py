@@ -3,6 +3,7 @@
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
+ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME)  # what open_adapter reads in a folder
 
 
 def weights_candidates(folder: str) -> list[str]:

@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
-from dipm_lang.io.digest import FileDigest, Stamp, file_digest, sha256_file, stamp_of  # noqa: F401 - re-exported
+from dipm_lang.io.digest import FileDigest, Stamp, file_digest, stamp_of
 from dipm_lang.io.finite import all_finite, first_non_finite
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings

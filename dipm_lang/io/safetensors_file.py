@@ -107,21 +107,3 @@ def _write_all(f, data: bytes | memoryview, at: int | None = None) -> None:
     view = memoryview(data)
     while view:
         view = view[f.write(view):]
-
-
-def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Write all `tensors` (in name order) and `metadata` at once, with an exact-size header."""
-    names = sorted(tensors)
-    entries, offset = {}, 0
-    for name in names:
-        size = tensors[name].numel() * tensors[name].element_size()
-        entries[name] = {"dtype": DTYPE_CODES.get(tensors[name].dtype, "?"), "shape": list(tensors[name].shape),
-                         "data_offsets": [offset, offset + size]}
-        offset += size
-    writer = SafetensorsWriter(path, len(_header_text(entries, metadata)))
-    try:
-        for name in names:
-            writer.add(name, tensors[name])
-        writer.finish(metadata)
-    finally:
-        writer.close()
