@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` mus
     from dipm_lang.backend.lowrank import LowRank
     from dipm_lang.io.reader import AdapterInfo
     from dipm_lang.ir.node import Program
-    from dipm_lang.memory import MemoryAdapter
+    from dipm_lang.io.memory import MemoryAdapter
     from dipm_lang.passes.pipeline import PassReport
-    from dipm_lang.runtime import OutputSummary, RunSummary
+    from dipm_lang.run.runtime import OutputSummary, RunSummary
 
 InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], float, Any]
 """A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel`, `(PeftModel, name)`, or
@@ -71,7 +71,7 @@ class CompiledProgram:
         outputs. Returns the run's summary (`.text()`, `.outputs`).
         """
         from dipm_lang.compiler import bind_inputs
-        from dipm_lang.runtime import run_program
+        from dipm_lang.run.runtime import run_program
 
         unknown = sorted(set(inputs or {}) - set(self.inputs))
         if unknown:
@@ -151,7 +151,7 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     """
     from dipm_lang.compiler import RESULT, bind_inputs, lower_expression
     from dipm_lang.passes.pipeline import optimize
-    from dipm_lang.runtime import execute, file_inputs, output_template, plan, provenance
+    from dipm_lang.run.runtime import execute, file_inputs, output_template, plan, provenance
 
     if level not in (0, 1, 2):
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
@@ -223,7 +223,7 @@ class AdapterValue(Mapping[str, Any]):
 
     def summary(self) -> str:
         """A few lines: type, modules, ranks, norms per layer (computed from the factors)."""
-        from dipm_lang.summary import summarize
+        from dipm_lang.report.summary import summarize
 
         return summarize(self.type, self.modules)
 
@@ -239,7 +239,7 @@ class AdapterValue(Mapping[str, Any]):
 
         from dipm_lang.backend import lowrank as L
         from dipm_lang.io.writer import write_adapter
-        from dipm_lang.runtime import OutputSummary, _to_output
+        from dipm_lang.run.runtime import OutputSummary, _to_output
 
         self._need_update("save")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -300,7 +300,7 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
     import torch
 
     from dipm_lang.io.writer import build_config
-    from dipm_lang.memory import active_adapter
+    from dipm_lang.io.memory import active_adapter
 
     if not isinstance(peft_model, peft.PeftModel):
         raise UsageError(f"expected a peft.PeftModel, got {type(peft_model).__name__}")
@@ -405,7 +405,7 @@ def _split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dic
 
 
 def _memory_adapter(name: str, value: Any) -> MemoryAdapter:
-    from dipm_lang import memory as M
+    from dipm_lang.io import memory as M
 
     if isinstance(value, AdapterValue):
         if not value.is_update:
@@ -441,7 +441,7 @@ def _detach(value: Any) -> Any:
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:
-    from dipm_lang.runtime import DTYPES
+    from dipm_lang.run.runtime import DTYPES
 
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -458,7 +458,7 @@ def _dtype_name(dtype: Any) -> str:
 
 def _options(device: str, dtype: Any, out_dtype: Any, **kwargs: Any):
     from dipm_lang.backend.lowrank import EPS
-    from dipm_lang.runtime import RunOptions
+    from dipm_lang.run.runtime import RunOptions
 
     if kwargs.get("eps") is None:
         kwargs["eps"] = EPS

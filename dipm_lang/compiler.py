@@ -11,7 +11,7 @@ from dipm_lang.frontend.lower import Lowerer, Module, read_source
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.passes.pipeline import PassReport, optimize
-from dipm_lang.sandbox import Sandbox
+from dipm_lang.safety.sandbox import Sandbox
 
 
 def lower_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None, *,

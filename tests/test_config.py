@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from adapters import make_peft_adapter
 from dipm_lang.cli.main import main
-from dipm_lang.config import compile_config
+from dipm_lang.frontend.recipes import compile_config
 
 REPO = Path(__file__).resolve().parents[1]
 

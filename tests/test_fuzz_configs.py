@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dipm_lang.config import lower_config
+from dipm_lang.frontend.recipes import lower_config
 from dipm_lang.errors import DipmError
 
 FUZZ = settings(deadline=None, derandomize=True, max_examples=300, database=None,

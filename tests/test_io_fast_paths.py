@@ -213,7 +213,7 @@ def test_a_header_longer_than_reserved_relocates_the_data(tmp_path: Path) -> Non
 
 def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -> None:
     """`dipm run` writes each batch as it is done and keeps none of the output in memory."""
-    from dipm_lang import runtime
+    from dipm_lang.run import runtime
     from dipm_lang.compiler import compile_text
     from dipm_lang.io import writer
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from adapters import peft_deltas
-from dipm_lang.repl import Session, open_brackets
-from dipm_lang.runtime import RunOptions
-from dipm_lang.summary import fmt
+from dipm_lang.repl.session import Session, open_brackets
+from dipm_lang.run.runtime import RunOptions
+from dipm_lang.report.summary import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,7 @@ def test_open_brackets_ignores_strings_and_comments():
 def test_lexer_tokens():
     from pygments.token import Comment, Keyword, Name, Number, String
 
-    from dipm_lang.highlight import DipmLexer
+    from dipm_lang.repl.highlight import DipmLexer
 
     tokens = [(t, v) for t, v in DipmLexer().get_tokens(':type detox(h, bad, t=0.25)  # x\ndef f(x) = dir(x)')
               if v.strip()]

@@ -15,7 +15,7 @@ import pytest
 from adapters import huge_adapter
 from clitools import cli_env, command
 from dipm_lang.compiler import compile_text, lower_text
-from dipm_lang.config import lower_config
+from dipm_lang.frontend.recipes import lower_config
 from dipm_lang.errors import DipmError, ResourceLimitError
 from dipm_lang.frontend.lower import MAX_EXPR_DEPTH, MAX_NODES
 from dipm_lang.frontend.parser import MAX_PARSE_DEPTH, MAX_SOURCE_CHARS

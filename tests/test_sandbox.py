@@ -17,7 +17,7 @@ import pytest
 from clitools import snapshot
 from dipm_lang.cli.main import main
 from dipm_lang.errors import SandboxError
-from dipm_lang.sandbox import Sandbox
+from dipm_lang.safety.sandbox import Sandbox
 
 
 @pytest.fixture
@@ -189,8 +189,8 @@ def test_policy_object(tmp_path: Path) -> None:
 def test_repl_keeps_every_file_access_inside(box: Path, tmp_path: Path) -> None:
     import io
 
-    from dipm_lang.repl import Session
-    from dipm_lang.runtime import RunOptions
+    from dipm_lang.repl.session import Session
+    from dipm_lang.run.runtime import RunOptions
 
     session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(box)), out=io.StringIO(), err=io.StringIO())
     session.handle('h = load("box/H")')

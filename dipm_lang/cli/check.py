@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
-from dipm_lang.config import compile_any
+from dipm_lang.frontend.recipes import compile_any
 
 
 def register(sub, commands) -> None:

@@ -59,8 +59,8 @@ def _run(args: argparse.Namespace) -> int:
 def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
     from dipm_lang.compiler import RESULT, lower_expression
     from dipm_lang.passes.pipeline import optimize
-    from dipm_lang.runtime import execute, plan
-    from dipm_lang.summary import summarize
+    from dipm_lang.run.runtime import execute, plan
+    from dipm_lang.report.summary import summarize
 
     program = lower_expression(args.expr, FILE, sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
 from dipm_lang.compiler import explain_text
-from dipm_lang.config import compile_any
+from dipm_lang.frontend.recipes import compile_any
 from dipm_lang.errors import RuntimeDipmError
 from dipm_lang.ir.graph import to_dot
 

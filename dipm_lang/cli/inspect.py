@@ -16,7 +16,7 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dipm_lang.inspect import inspect_adapters, plot_report
+    from dipm_lang.report.inspect import inspect_adapters, plot_report
 
     report = inspect_adapters(args.adapters)
     if args.plot:

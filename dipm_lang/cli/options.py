@@ -20,7 +20,7 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
 
 def sandbox_from(args: argparse.Namespace):
     """The `Sandbox` asked for with --sandbox DIR, or None."""
-    from dipm_lang.sandbox import Sandbox
+    from dipm_lang.safety.sandbox import Sandbox
 
     directory = getattr(args, "sandbox", None)
     return Sandbox.at(directory) if directory else None

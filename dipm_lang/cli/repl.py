@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the session imports torch; `dipm --help` and other commands should not wait for it
-    from dipm_lang.repl import Session
+    from dipm_lang.repl.session import Session
 
 BANNER = "dipm_lang {version} — :help for commands, Tab completes, :quit or Ctrl-D leaves"
 PROMPT = "dipm> "
@@ -39,8 +39,8 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dipm_lang.repl import Session
-    from dipm_lang.runtime import RunOptions, resolve_device
+    from dipm_lang.repl.session import Session
+    from dipm_lang.run.runtime import RunOptions, resolve_device
 
     from dipm_lang.cli.options import sandbox_from
 
@@ -72,7 +72,7 @@ def history_file(given: str | None = None) -> Path:
 
 def _plain(session: Session) -> int:
     """Lines from stdin; an input continues while brackets are open."""
-    from dipm_lang.repl import open_brackets
+    from dipm_lang.repl.session import open_brackets
 
     pending: list[str] = []
     for line in sys.stdin:
@@ -92,7 +92,7 @@ def _plain(session: Session) -> int:
 def _interactive(session: Session, history: Path) -> int:
     from prompt_toolkit import PromptSession
 
-    from dipm_lang.repl import open_brackets
+    from dipm_lang.repl.session import open_brackets
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
     from prompt_toolkit.completion import Completer, Completion
     from prompt_toolkit.history import FileHistory
@@ -100,7 +100,7 @@ def _interactive(session: Session, history: Path) -> int:
     from prompt_toolkit.lexers import PygmentsLexer
 
     from dipm_lang import __version__
-    from dipm_lang.highlight import DipmLexer
+    from dipm_lang.repl.highlight import DipmLexer
 
     class _Completer(Completer):
         def get_completions(self, document, complete_event):

@@ -270,7 +270,7 @@ def _replace(call: Call) -> Node:
 def _pattern(call: Call) -> str:
     import re
 
-    from dipm_lang.safe_regex import compile_pattern
+    from dipm_lang.safety.regex import compile_pattern
 
     pattern = call.static("pattern")
     if pattern is None:

@@ -23,10 +23,10 @@ from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.suggest import did_you_mean
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
-from dipm_lang.resources import stdlib_dir
+from dipm_lang.frontend.resources import stdlib_dir
 
 if TYPE_CHECKING:
-    from dipm_lang.sandbox import Sandbox
+    from dipm_lang.safety.sandbox import Sandbox
 
 MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up guard)
 MAX_INLINE_DEPTH = 50        # nested calls of defs

@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from dipm_lang.errors import DipmSyntaxError, ResourceLimitError, Span
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.recursion import stack_room
-from dipm_lang.resources import grammar_path
+from dipm_lang.frontend.resources import grammar_path
 
 MAX_SOURCE_CHARS = 1_000_000
 

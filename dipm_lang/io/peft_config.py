@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import AdapterError
-from dipm_lang.safe_regex import pattern_cost_problem
+from dipm_lang.safety.regex import pattern_cost_problem
 
 
 @dataclass(frozen=True)

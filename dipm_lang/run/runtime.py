@@ -27,7 +27,7 @@ from dipm_lang.backend.baselines import check_program as check_merge_ranks
 from dipm_lang.backend.executor import ExecutionResult, Executor
 from dipm_lang.backend.parallel import run_batches
 from dipm_lang.backend.lowrank import EPS, LowRank
-from dipm_lang.dtypes import DTYPE_NAMES
+from dipm_lang.run.options import DTYPE_NAMES
 from dipm_lang.errors import UsageError
 from dipm_lang.io.digest import FileDigest, start_all
 from dipm_lang.io.layout import ADAPTER_FILES
@@ -35,9 +35,9 @@ from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, rea
 from dipm_lang.io.writer import (AdapterStage, StagedOutput, commit_staged, discard_staged, prepare_output,
                                  recover_stale, remove_own_staging)
 from dipm_lang.ir.node import Node, Program, walk
-from dipm_lang.memory import MemoryAdapter
-from dipm_lang.progress import Progress
-from dipm_lang.sandbox import Sandbox
+from dipm_lang.io.memory import MemoryAdapter
+from dipm_lang.run.progress import Progress
+from dipm_lang.safety.sandbox import Sandbox
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 

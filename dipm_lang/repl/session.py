@@ -32,7 +32,7 @@ from dipm_lang.frontend.printer import format_string, print_expr
 from dipm_lang.frontend.suggest import did_you_mean
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.types import DELTA, UNIT
-from dipm_lang.runtime import RunOptions
+from dipm_lang.run.runtime import RunOptions
 
 _PLAIN_KINDS = ("Num", "Str")
 
@@ -146,13 +146,13 @@ class Session:
 
     def show(self, node: Node) -> None:
         """Compute a value and print its summary; `_` names the last value."""
-        from dipm_lang.summary import summarize
+        from dipm_lang.report.summary import summarize
 
         self.say(summarize(node.type, self.evaluate(node)))
         self.module.values["_"] = node
 
     def _save(self, save: Node) -> None:
-        from dipm_lang.runtime import run_program
+        from dipm_lang.run.runtime import run_program
 
         program = self._program(roots=[save])
         summary = run_program(program, self.options, quiet=True)
@@ -177,7 +177,7 @@ class Session:
 
     def _execute(self, results: dict[str, Node]) -> dict[str, dict[str, Any]]:
         from dipm_lang.passes.pipeline import optimize
-        from dipm_lang.runtime import execute
+        from dipm_lang.run.runtime import execute
 
         program, _ = optimize(self._program(results=results))
         return execute(self._plan(program), self.options).results
@@ -188,7 +188,7 @@ class Session:
 
     def _plan(self, program: Program):
         """runtime.plan, with adapters opened once per session (re-opened when their files change)."""
-        from dipm_lang.runtime import plan
+        from dipm_lang.run.runtime import plan
 
         return plan(program, self.options, check_outputs=False, opener=self.adapter)
 
@@ -340,7 +340,7 @@ def _cmd_doc(session: Session, args: str, raw: str, offset: int) -> None:
 
 
 def _cmd_inspect(session: Session, args: str, raw: str, offset: int) -> None:
-    from dipm_lang.inspect import adapter_source, inspect_sources, value_source
+    from dipm_lang.report.inspect import adapter_source, inspect_sources, value_source
 
     words = _split(args)
     if not words:

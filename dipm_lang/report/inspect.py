@@ -22,7 +22,7 @@ from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
 from dipm_lang.io.reader import natural_key, open_adapter, read_module
-from dipm_lang.summary import fmt, layer_table, ordered_kinds, split_module
+from dipm_lang.report.summary import fmt, layer_table, ordered_kinds, split_module
 
 WORK_DTYPE = torch.float64  # inspection is cheap; report numbers at full precision
 

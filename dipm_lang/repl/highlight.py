@@ -13,7 +13,7 @@ from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuatio
                             Whitespace)
 
 from dipm_lang.frontend.builtins import BUILTINS
-from dipm_lang.resources import stdlib_dir
+from dipm_lang.frontend.resources import stdlib_dir
 
 
 def stdlib_names() -> list[str]:

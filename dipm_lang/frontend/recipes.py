@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from dipm_lang.errors import CompileError, DipmError, Span, UsageError
 
 if TYPE_CHECKING:
-    from dipm_lang.sandbox import Sandbox
+    from dipm_lang.safety.sandbox import Sandbox
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("inputs", "outputs", "import", "defs")
