@@ -48,9 +48,9 @@ class Settings:
 
 
 def _builtins() -> set[str]:
-    from dipm_lang.frontend.builtins import BUILTINS
+    from dipm_lang.ops import OPERATORS
 
-    return set(BUILTINS)
+    return set(OPERATORS.callables())
 
 
 def method_expr(method: str, names: list[str], s: Settings, rank: int | None = None) -> str | None:

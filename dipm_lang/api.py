@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` mus
     from dipm_lang.io.reader import AdapterInfo
     from dipm_lang.ir.node import Program
     from dipm_lang.io.memory import MemoryAdapter
-    from dipm_lang.passes.pipeline import PassReport
+    from dipm_lang.compiler import PassReport
     from dipm_lang.run.runtime import OutputSummary, RunSummary
 
 InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], float, Any]
@@ -112,8 +112,7 @@ def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, str | os.P
     `level` is the optimisation level (0, 1 or 2). A compile error `e` carries `e.sources`, so
     `dipm_lang.errors.render(e, e.sources)` shows the line with a caret.
     """
-    from dipm_lang.compiler import bind_inputs, lower_text
-    from dipm_lang.passes.pipeline import optimize
+    from dipm_lang.compiler import ScriptText, bind_inputs, lower, optimize
 
     if level not in (0, 1, 2):
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
@@ -123,7 +122,7 @@ def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, str | os.P
                 for name, value in inputs.items()}
     external.update({name: "." for name in unbound})  # a placeholder path, unbound again below
     with _sources(file, text):
-        program = lower_text(text, file, external)
+        program = lower(ScriptText(text, file), external)
     if unbound:
         program = bind_inputs(program, {name: None for name in unbound})
     names = list(program.inputs)
@@ -149,15 +148,14 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     Errors in the expression point at `<expr>:1:COLUMN`; `dipm_lang.errors.render(e, e.sources)`
     shows the expression with a caret under the column.
     """
-    from dipm_lang.compiler import RESULT, bind_inputs, lower_expression
-    from dipm_lang.passes.pipeline import optimize
+    from dipm_lang.compiler import RESULT, Expression, bind_inputs, lower, optimize
     from dipm_lang.run.runtime import execute, file_inputs, output_template, plan, provenance
 
     if level not in (0, 1, 2):
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
     paths, memory = _split_inputs(inputs)
     with _sources("<expr>", expr):
-        program = lower_expression(expr, "<expr>", paths, require_used=True)
+        program = lower(Expression(expr, "<expr>", require_used=True), paths)
     memory_paths = {name: path for name, path in paths.items() if path in memory}
     if memory_paths:
         program = bind_inputs(program, memory_paths)
@@ -215,7 +213,7 @@ class AdapterValue(Mapping[str, Any]):
         """Module `name`'s update as a dense m×n matrix `B @ A` (the layout of the adapter files)."""
         self._need_update("delta")
         if name not in self.modules:
-            from dipm_lang.frontend.suggest import did_you_mean
+            from dipm_lang.errors import did_you_mean
 
             guess = did_you_mean(name, set(self.modules))
             raise KeyError(f"no module {name!r}" + (f"; did you mean {guess!r}?" if guess else ""))

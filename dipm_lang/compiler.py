@@ -1,96 +1,208 @@
-"""Text → optimized Program: the front half of the compiler in one call."""
+"""The front door: every way into the compiler ends in one optimized `Program`, through one list of steps.
+
+    PIPELINE: parse → lower → cse → simplify → dce → fuse → plan → execute → write
+
+`compile(source)` runs the steps up to `fuse` for any of the four kinds of source — a script
+(`ScriptText`, `ScriptFile`), one expression (`Expression`: `dipm eval`, the Python API), a YAML/TOML
+recipe (`RecipeFile`), or a program the REPL lowered input by input (`Lowered`). The last three
+steps run in `dipm_lang.run` (`run_program`). `dipm explain` names the steps from `PIPELINE`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
-from dipm_lang.errors import DipmTypeError, Span, UsageError
-from dipm_lang.frontend import ast
-from dipm_lang.frontend.lower import Lowerer, Module, read_source
+from dipm_lang.errors import DipmTypeError, UsageError
+from dipm_lang.frontend.lower import Lowerer, read_source
 from dipm_lang.frontend.parser import parse_expression, parse_script
+from dipm_lang.frontend.recipes import is_config, lower_recipe
+from dipm_lang.frontend import ast
 from dipm_lang.ir.node import Node, Program
-from dipm_lang.passes.pipeline import PassReport, optimize
+from dipm_lang.ir.verify import verify as verify_program
+from dipm_lang.ops import OPERATORS
+from dipm_lang.passes.cse import cse
+from dipm_lang.passes.dce import dce
+from dipm_lang.passes.fuse import fuse
+from dipm_lang.passes.simplify import simplify
 from dipm_lang.safety.sandbox import Sandbox
 
 
-def lower_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None, *,
-               sandbox: Sandbox | None = None) -> Program:
-    """Parse and type-check a script; the un-optimized program (paths confined to `sandbox`, if any)."""
-    lowerer = Lowerer(external, sandbox=sandbox)
-    return lowerer.lower_script(parse_script(text, file), text)
+@dataclass(frozen=True)
+class Step:
+    name: str
+    does: str
+    run: Callable[[Program], Program] | None = None  # the optimisation passes: Program -> Program
 
 
-def compile_text(text: str, file: str = "<input>", external: Mapping[str, Any] | None = None, *,
-                 level: int = 2, verify: bool = False, sandbox: Sandbox | None = None) -> tuple[Program, PassReport]:
-    return optimize(lower_text(text, file, external, sandbox=sandbox), level=level, verify=verify)
+PIPELINE: tuple[Step, ...] = (
+    Step("parse", "text → syntax tree (Lark), with a span for every node"),
+    Step("lower", "syntax tree → typed IR: names resolved, defs inlined, every call typed by its operator"),
+    Step("cse", "equal subexpressions become one node", cse),
+    Step("simplify", "the operators' algebraic rules, to a fixed point",
+         lambda program: simplify(program, OPERATORS.simplify_rules())),
+    Step("dce", "drop what no save or result needs", dce),
+    Step("fuse", "fold arithmetic and per-unit scalings into factor operations",
+         lambda program: fuse(program, OPERATORS.fuse_rules())),
+    Step("plan", "open every input and output; check shapes, ranks and paths before any tensor is read"),
+    Step("execute", "run the program over batches of same-shape modules, on the factors"),
+    Step("write", "stream each save into a staged folder; rename them all into place at the end"),
+)
 
+PASSES: list[tuple[str, Callable[[Program], Program]]] = [(s.name, s.run) for s in PIPELINE if s.run is not None]
+"""The optimisation passes, in pipeline order (tests run them one by one)."""
 
-def compile_file(path: str | Path, external: Mapping[str, Any] | None = None, *, level: int = 2,
-                 verify: bool = False, sandbox: Sandbox | None = None) -> tuple[Program, PassReport]:
-    path = Path(path)
-    try:
-        text = read_source(path)
-    except OSError as e:
-        from dipm_lang.errors import UsageError
-
-        raise UsageError(f"{path}: cannot read the script: {e.strerror or e}") from None
-    return compile_text(text, str(path), external, level=level, verify=verify, sandbox=sandbox)
-
-
-# ---- single expressions (`dipm eval`, the Python API, configs) ---------------------------
+# -O0 runs no pass; -O1 shares and prunes; -O2 (the default) also simplifies and fuses
+LEVELS: dict[int, tuple[str, ...]] = {0: (), 1: ("cse", "dce"), 2: ("cse", "simplify", "dce", "fuse")}
 
 RESULT = "value"
-"""The name under which `lower_expression` records an expression's value in `Program.results`."""
+"""The name under which an `Expression`'s value is a result of the program (`Program.results`)."""
 
 
-def save_statement(expr: ast.Expr, path: str, rank: int | None = None, span: Span | None = None) -> ast.ExprStmt:
-    """The statement `save(expr, "path", rank=N)`, built as AST so the path needs no quoting."""
-    span = span or expr.span
-    kwargs = ()
-    if rank is not None:
-        kwargs = (ast.Keyword("rank", ast.Number(float(rank), str(rank), span=span), span=span),)
-    call = ast.Call("save", (expr, ast.String(path, span=span)), kwargs, span=span)
-    return ast.ExprStmt(call, span=span)
+# ---- the sources --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScriptText:
+    """Script text; `file` names it in errors and anchors its relative paths."""
+    text: str
+    file: str = "<input>"
 
 
-def lower_expression(text: str, file: str = "<expr>", external: Mapping[str, Any] | None = None, *,
-                     save_to: str | None = None, rank: int | None = None,
-                     sandbox: Sandbox | None = None, require_used: bool = False) -> Program:
-    """Parse one expression (the grammar's `expression` start symbol) and lower it.
+@dataclass(frozen=True)
+class ScriptFile:
+    path: str | Path
 
-    With `save_to` the program is `save(EXPR, save_to, rank=rank)`; without, the expression's
-    value is the named result `RESULT` and must be an update (Delta, Dir) or magnitudes (Mag).
-    Free names are taken from `external` (NAME -> absolute adapter path, `<memory:…>` key, or
-    a number); with `require_used`, a name the expression never reads is an error.
+
+@dataclass(frozen=True)
+class Expression:
+    """One expression. Its value is the result `RESULT` and must be an update or magnitudes; with
+    `save_to` the program is `save(EXPR, save_to, rank=rank)` instead. `require_used`: every
+    external name must be read by it."""
+    text: str
+    file: str = "<expr>"
+    save_to: str | None = None
+    rank: int | None = None
+    require_used: bool = False
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    path: str | Path
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A program already lowered (the REPL lowers input by input into one long-lived session)."""
+    program: Program
+
+
+Source = Union[ScriptText, ScriptFile, Expression, RecipeFile, Lowered]
+
+
+def source_of(path: str | Path) -> ScriptFile | RecipeFile:
+    """A file as a source: a recipe config by its suffix (.yaml, .yml, .toml), else a script."""
+    return RecipeFile(path) if is_config(path) else ScriptFile(path)
+
+
+@dataclass
+class PassReport:
+    """Node counts as written and after each pass (for `dipm explain`)."""
+
+    nodes_before: int
+    passes: list[dict] = field(default_factory=list)
+
+    @property
+    def nodes_after(self) -> int:
+        return self.passes[-1]["nodes"] if self.passes else self.nodes_before
+
+    def as_json(self) -> dict:
+        return {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "passes": self.passes}
+
+
+class Compiled(NamedTuple):
+    program: Program
+    report: PassReport
+
+
+# ---- the one entry ------------------------------------------------------------------------
+
+def compile(source: Source, external: Mapping[str, Any] | None = None, *, level: int = 2, verify: bool = False,
+            sandbox: Sandbox | None = None) -> Compiled:  # noqa: A001 - the compiler's own name
+    """Parse, lower and optimize `source` (steps parse … fuse of `PIPELINE`).
+
+    `external` gives names from outside (`--set`, config inputs, API inputs): NAME → an absolute
+    adapter path, a `<memory:…>` key, a string or a number. `sandbox` confines every path.
+    `verify` runs the IR verifier after lowering and after every pass.
     """
-    expr = parse_expression(text, file)
+    return optimize(lower(source, external, sandbox=sandbox), level=level, verify=verify)
+
+
+def lower(source: Source, external: Mapping[str, Any] | None = None, *, sandbox: Sandbox | None = None) -> Program:
+    """Steps parse and lower: the un-optimized program of `source`."""
+    if isinstance(source, Lowered):
+        return source.program
+    if isinstance(source, RecipeFile):
+        return lower_recipe(source.path, external, sandbox=sandbox)
+    if isinstance(source, ScriptFile):
+        path = Path(source.path)
+        try:
+            text = read_source(path)
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read the script: {e.strerror or e}") from None
+        source = ScriptText(text, str(path))
     lowerer = Lowerer(external, sandbox=sandbox)
-    lowerer.sources[file] = text
-    module = Module(file, parent=lowerer.prelude)
-    if save_to is not None:
-        lowerer.lower_statement(save_statement(expr, save_to, rank), module)
-        return lowerer.program(text)
-    node = lowerer.lower_expr(expr, {}, module)
-    unused = sorted(set(lowerer.external) - lowerer.used_external)
-    if require_used and unused:
-        raise UsageError(f"input '{unused[0]}' is not used by the expression")
+    if isinstance(source, ScriptText):
+        return lowerer.script(parse_script(source.text, source.file), source.text)
+    return _expression(lowerer, source)
+
+
+def _expression(lowerer: Lowerer, source: Expression) -> Program:
+    expr = parse_expression(source.text, source.file)
+    if source.save_to is not None:
+        module = lowerer.module(source.file, source.text)
+        lowerer.statement(ast.save_call(expr, source.save_to, source.rank), module)
+        return lowerer.program(source.text)
+    node, program = lowerer.expression(expr, source.text, source.file, require_used=source.require_used)
     if node.type.kind not in ("Delta", "Dir", "Mag"):
         raise DipmTypeError(f"this expression is a {node.type}; expected an update (Delta, Dir) or "
                             "magnitudes (Mag)", expr.span)
-    program = lowerer.program(text)
-    program.results[RESULT] = node
-    return program
+    return program.replace(results={RESULT: node})
 
+
+def verify(program: Program, *, after: str = "") -> None:
+    """The IR verifier with every operator's typing rule (raises `VerifyError` on a compiler bug)."""
+    verify_program(program, OPERATORS, after=after)
+
+
+def optimize(program: Program, *, level: int = 2, verify: bool = False) -> Compiled:
+    """Steps cse … fuse, as `level` asks; node counts after each; the verifier after each with `verify`."""
+    wanted = LEVELS[level]
+    report = PassReport(nodes_before=len(program.nodes()))
+    if verify:
+        verify_program(program, OPERATORS, after="lower")
+    for step in PIPELINE:
+        if step.run is None or step.name not in wanted:
+            continue
+        program = step.run(program)
+        if verify:
+            verify_program(program, OPERATORS, after=step.name)
+        report.passes.append({"name": step.name, "nodes": len(program.nodes())})
+    return Compiled(program, report)
+
+
+# ---- after compiling ----------------------------------------------------------------------
 
 def explain_text(program: Program, report: PassReport, *, relative_to: Path | None = None) -> str:
-    """What `dipm explain` prints: node counts after each pass, the passes' notes, the plan."""
+    """What `dipm explain` prints: the pipeline, node counts after each pass, the passes' notes, the plan."""
     from dipm_lang.ir.graph import print_program
 
     counts = f"nodes: {report.nodes_before} as written"
     for p in report.passes:
         counts += f" → {p['nodes']} after {p['name']}"
-    lines = [counts, *(f"  {note}" for note in program.notes), "", print_program(program, relative_to=relative_to)]
+    pipeline = "pipeline: " + " → ".join(step.name for step in PIPELINE)
+    lines = [pipeline, counts, *(f"  {note}" for note in program.notes), "",
+             print_program(program, relative_to=relative_to)]
     return "\n".join(lines)
 
 

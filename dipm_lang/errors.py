@@ -7,8 +7,10 @@ its `exit_code`: 2 for usage, syntax and type errors, 1 for runtime errors (SPEC
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,17 @@ class SandboxError(CompileError):
     """A path outside the folder given with --sandbox (found before anything is read or written)."""
 
 
+class ConfigError(CompileError):
+    """A malformed recipe config: exit code 2, pointing at the config file."""
+
+    def __init__(self, message: str, span: Span | None = None, *, file: str, hint: str | None = None):
+        super().__init__(message, span, hint=hint)
+        self.file = file
+
+    def __str__(self) -> str:
+        return super().__str__() if self.span else f"{self.file}: error: {self.message}"
+
+
 class RuntimeDipmError(DipmError):
     """Errors while executing: exit code 1."""
 
@@ -126,3 +139,18 @@ MAX_MESSAGE = 1000  # an error message quoting hostile input (a key, a value) st
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "… (truncated)"
+
+
+# ---- "did you mean …?" ---------------------------------------------------------------------
+
+
+def did_you_mean(word: str, candidates: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:
+    """The closest candidate to `word`, if any is close enough (or a known alias)."""
+    if aliases and word.lower() in aliases:
+        return aliases[word.lower()]
+    pool = sorted(set(candidates))
+    lowered = {c.lower(): c for c in pool}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -108,7 +108,7 @@ def test_compile_binds_names_checks_inputs_and_explains(pair, tmp_path):
     bound = dl.compile(text, inputs={"H": pair["H"]})
     bound.run(device="cpu", force=True)
     explained = bound.explain()
-    assert explained.startswith("nodes: ") and "load" in explained and "save" in explained
+    assert explained.startswith("pipeline: parse → lower") and "nodes: " in explained and "load" in explained and "save" in explained
     assert "1 save" in repr(bound)
 
 

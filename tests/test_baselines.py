@@ -19,7 +19,7 @@ import torch
 
 from adapters import make_peft_adapter, tiny_llama
 from dipm_lang.cli.main import main
-from dipm_lang.compiler import compile_text
+from dipm_lang.compiler import ScriptText, compile
 from dipm_lang.errors import DipmTypeError, ExecutionError
 from dipm_lang.run.runtime import RunOptions, execute, plan
 from test_run import assert_same, device_values, values
@@ -245,15 +245,14 @@ def test_single_source_merges_are_the_published_method_not_peft_linear_fallback(
 ])
 def test_type_errors(srcs, text, message):
     with pytest.raises(DipmTypeError) as info:
-        compile_text(f'save({text}, "o")\n', "<t>", {"X": str(srcs["X"]), "Y": str(srcs["Y"])}, verify=True)
+        compile(ScriptText(f'save({text}, "o")\n', "<t>"), {"X": str(srcs["X"]), "Y": str(srcs["Y"])}, verify=True)
     assert message in info.value.message
     assert info.value.span is not None and info.value.span.line == 1
 
 
 def test_hint_for_a_misspelt_sign_method(srcs):
     with pytest.raises(DipmTypeError) as info:
-        compile_text('save(ties([X, Y], density=0.5, majority_sign_method="count"), "o")\n', "<t>",
-                     {"X": str(srcs["X"]), "Y": str(srcs["Y"])})
+        compile(ScriptText('save(ties([X, Y], density=0.5, majority_sign_method="count"), "o")\n', "<t>"), {"X": str(srcs["X"]), "Y": str(srcs["Y"])})
     assert info.value.hint == 'did you mean "frequency"?'
 
 
@@ -261,18 +260,17 @@ def test_computed_updates_with_rank_and_explain(srcs):
     got = ours("svd([X + Y, -X], [1, 2], rank=2)", srcs)
     want = ours("lowrank(Y - X, 2)", srcs)
     assert max_diff(got, want) < 1e-7
-    program, _ = compile_text('save(ties_svd([X, Y], density=0.5), "o")\n', "<t>",
-                              {"X": str(srcs["X"]), "Y": str(srcs["Y"])}, verify=True)
+    program, _ = compile(ScriptText('save(ties_svd([X, Y], density=0.5), "o")\n', "<t>"), {"X": str(srcs["X"]), "Y": str(srcs["Y"])}, verify=True)
     from dipm_lang.ir.graph import print_program
 
     listing = print_program(program)
-    assert 'merge %' in listing and 'method="ties_svd"' in listing and "weights=[1, 1]" in listing
+    assert 'ties_svd %' in listing and "weights=[1, 1]" in listing and "density=0.5" in listing
 
 
 # ---- DARE: seeded, statistically right, schedule-independent ---------------------------------
 
 def _factors(text: str, srcs, **options):
-    program, _ = compile_text(text, "<t>", {k: str(v) for k, v in srcs.items() if k in text}, verify=True)
+    program, _ = compile(ScriptText(text, "<t>"), {k: str(v) for k, v in srcs.items() if k in text}, verify=True)
     opts = RunOptions(device="cpu", **options)
     result = execute(plan(program, opts, check_outputs=False), opts)
     return {Path(s.node.attr("path")).name: s.modules for s in result.saves}
@@ -372,30 +370,31 @@ def test_svd_merge_of_huge_modules_stays_factored(tmp_path):
 
 def test_missing_kernel_context_is_a_clear_error(srcs):
     from dipm_lang.backend.baselines import merge_kernel
-    from dipm_lang.backend.kernels import GroupContext
+    from dipm_lang.backend.context import GroupContext
+    from dipm_lang.ops.baselines import METHODS
 
-    program, _ = compile_text('save(svd([X]), "o")\n', "<t>", {"X": str(srcs["X"])})
+    program, _ = compile(ScriptText('save(svd([X]), "o")\n', "<t>"), {"X": str(srcs["X"])})
     node = program.roots[0].args[0]
     with pytest.raises(ExecutionError, match="not an adapter read from a folder"):
-        merge_kernel(node, [None], GroupContext(names=["m"], eps=1e-12, load=lambda n: None))
+        merge_kernel(METHODS["svd"], GroupContext(names=["m"], eps=1e-12, load=lambda n: None), node, [None])
 
 
 def test_kernel_checks_ranks_too(srcs):
     """The plan refuses unequal ranks before work; the kernel itself checks again (other callers)."""
-    from dipm_lang.backend.baselines import merge_kernel
-    from dipm_lang.backend.kernels import GroupContext
+    from dipm_lang.backend.baselines import items, merge_kernel
+    from dipm_lang.backend.context import GroupContext
     from dipm_lang.io.reader import open_adapter, read_module
+    from dipm_lang.ops.baselines import METHODS
 
     infos = {str(srcs[k]): open_adapter(srcs[k]) for k in "XP"}
-    program, _ = compile_text('save(dare_ties([X, P], density=0.5), "o")\n', "<t>",
-                              {k: str(srcs[k]) for k in "XP"})
+    program, _ = compile(ScriptText('save(dare_ties([X, P], density=0.5), "o")\n', "<t>"), {k: str(srcs[k]) for k in "XP"})
     node = program.roots[0].args[0]
     name = "model.layers.1.self_attn.v_proj"
-    args = [read_module(infos[a.attr("path")], name) for a in node.args]
+    args = [read_module(infos[a.attr("path")], name) for a in items(node)]
     args = [type(x)(x.B[None], x.A[None]) for x in args]
     ctx = GroupContext(names=[name], eps=1e-12, load=lambda n: None, adapter=lambda n: infos[n.attr("path")])
     with pytest.raises(ExecutionError, match=r"ranks differ \(item 1: rank 4, item 2: rank 2\)"):
-        merge_kernel(node, args, ctx)
+        merge_kernel(METHODS["dare_ties"], ctx, node, args)
 
 
 @pytest.mark.cuda
@@ -405,5 +404,5 @@ def test_cuda_matches_cpu(srcs):
     text = ('save(dare_ties([X, Y], [1, -0.5], density=0.5, seed=2), "a")\n'
             'save(ties_svd([X, Z], density=0.5), "b")\nsave(svd([X, Z], [1, 1], rank=3), "c")\n'
             'save(linear([X, Y]), "d")\n')
-    program, _ = compile_text(text, "<t>", {k: str(srcs[k]) for k in "XYZ"})
+    program, _ = compile(ScriptText(text, "<t>"), {k: str(srcs[k]) for k in "XYZ"})
     assert_same(device_values(program, "cuda"), device_values(program, "cpu"), rtol=1e-9)

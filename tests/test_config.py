@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from adapters import make_peft_adapter
 from dipm_lang.cli.main import main
-from dipm_lang.frontend.recipes import compile_config
+from dipm_lang.compiler import RecipeFile, compile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +101,8 @@ def test_outputs_are_one_program(workspace):
                                              "outputs:\n"
                                              "  out/shared/a: recombine(dir(H), 2 * mag(H))\n"
                                              "  out/shared/b: recombine(dir(H), 0.5 * mag(H))\n")
-    written, _ = compile_config(recipe, level=0)
-    shared, _ = compile_config(recipe, level=1)
+    written, _ = compile(RecipeFile(recipe), level=0)
+    shared, _ = compile(RecipeFile(recipe), level=1)
     count = lambda program, op: sum(1 for node in program.nodes() if node.op == op)  # noqa: E731
     assert len(written.roots) == len(shared.roots) == 2
     assert count(written, "dir") == 2 and count(written, "mag") == 2
@@ -189,7 +189,7 @@ def test_imports_and_defs(workspace):
                                            'defs = """\ndef twice(x) = 2 * x\nk = 3\n"""\n'
                                            "[inputs]\nH = 'adapters/H'\n"
                                            "[outputs]\n'out/defs' = 'half(twice(H)) + k * H'\n")
-    program, _ = compile_config(recipe, level=0)
+    program, _ = compile(RecipeFile(recipe), level=0)
     assert [node.attr("path") for node in program.roots] == [str(workspace / "out/defs")]
     assert main(["run", str(recipe), "-q", "--force"]) == 0
     write(workspace, "four.dipm", 'save(4 * load("adapters/H"), "out/four")\n')

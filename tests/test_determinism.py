@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from adapters import PREFIX, folder_digest
 from clitools import cli_env, dipm
-from dipm_lang.frontend.builtins import BUILTINS
+from dipm_lang.ops import OPERATORS
 
 SHAPES = [(1536 + 128 * i, 2048 - 96 * i) for i in range(6)]  # (m, n): six groups of one module each
 
@@ -101,10 +101,10 @@ def test_threads_option_is_checked(work: Path) -> None:
 
 def test_in_process_runs_agree_and_restore_torch_threads(work: Path) -> None:
     """The Python path (plan + execute) gives the CLI's numbers, and leaves torch's setting as it was."""
-    from dipm_lang.compiler import compile_file
+    from dipm_lang.compiler import ScriptFile, compile
     from dipm_lang.run.runtime import RunOptions, execute, plan
 
-    program, _ = compile_file(work / "s.dipm")
+    program, _ = compile(ScriptFile(work / "s.dipm"))
     before = torch.get_num_threads()
     values = []
     for threads in (1, 3):
@@ -134,7 +134,7 @@ save(ties_svd([a, b], [1, 2], density=0.5), "out/ties")
 def baselines(tmp_path_factory, peft_adapters: dict[str, Path]) -> Path:
     import shutil
 
-    if not {"dare_ties_svd", "ties_svd"} <= set(BUILTINS):
+    if not {"dare_ties_svd", "ties_svd"} <= set(OPERATORS.callables()):
         pytest.skip("this checkout has no merge baselines")
     work = tmp_path_factory.mktemp("baselines")
     shutil.copytree(peft_adapters["basic"], work / "A")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dipm_lang.cli.main import main
-from dipm_lang.compiler import compile_text
+from dipm_lang.compiler import ScriptText, compile
 from dipm_lang.ir.graph import print_program
 
 H = 'h = load("a")\n'  # the first line of most scripts below
@@ -331,7 +331,8 @@ def test_explain_json_shows_cse_and_simplify_shrinking_the_graph(cli):
 def test_explain_text(cli):
     code, out, _ = cli(SHARED, command="explain")
     assert code == 0
-    assert out.startswith("nodes: 20 as written → 16 after cse → 10 after simplify → 9 after dce → 5 after fuse\n")
+    assert out.splitlines()[0] == "pipeline: parse → lower → cse → simplify → dce → fuse → plan → execute → write"
+    assert out.splitlines()[1] + "\n" == ("nodes: 20 as written → 16 after cse → 10 after simplify → 9 after dce → 5 after fuse\n")
     assert "  simplify: " in out and "shift-same×1" in out and "reverse-reverse×1" in out
     assert '%3 = lincomb %0 [coeffs=[0.75]] : Delta' in out
 
@@ -341,7 +342,7 @@ def test_explain_dot(cli, tmp_path):
     assert code == 0
     dot = (tmp_path / "plan.dot").read_text()
     assert dot.startswith("digraph dipm {\n") and dot.endswith("}\n")
-    program, _ = compile_text(SHARED, str(tmp_path / "s.dipm"))
+    program, _ = compile(ScriptText(SHARED, str(tmp_path / "s.dipm")))
     listing = print_program(program).splitlines()
     assert len(re.findall(r"^  n\d+ \[label=", dot, re.M)) == len(listing) == 5
     # edges: save(H) twice, lincomb(H), save(lincomb): one edge per operand slot

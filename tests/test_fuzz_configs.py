@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dipm_lang.frontend.recipes import lower_config
+from dipm_lang.compiler import RecipeFile, lower
 from dipm_lang.errors import DipmError
 
 FUZZ = settings(deadline=None, derandomize=True, max_examples=300, database=None,
@@ -80,7 +80,7 @@ def front_end(folder: Path, name: str, text: str) -> None:
     path = folder / name
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     try:
-        lower_config(path)
+        lower(RecipeFile(path))
     except DipmError as e:
         assert e.message and e.exit_code == 2, e
 

@@ -476,18 +476,18 @@ def test_float32_shift_agrees_with_float64(by):
 def test_dir_and_mag_of_one_value_share_its_norms(monkeypatch):
     """A transfer needs the norms of src for both dir(src) and mag(src): one QR, not two."""
     import dipm_lang
-    from dipm_lang.backend import kernels
+    from dipm_lang.backend import context
 
     g = torch.Generator().manual_seed(5)
     module = "model.layers.0.self_attn.q_proj"
     src = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
     tgt = {module: LowRank(torch.randn(12, 3, generator=g), torch.randn(3, 10, generator=g))}
     calls = []
-    real = kernels.L.unit_norms
-    monkeypatch.setattr(kernels.L, "unit_norms", lambda x, by="out": calls.append(by) or real(x, by))
+    real = context.L.unit_norms
+    monkeypatch.setattr(context.L, "unit_norms", lambda x, by="out": calls.append(by) or real(x, by))
     shared = dipm_lang.evaluate("transfer(S, T, t=0.3)", S=src, T=tgt).modules[module]
     assert len(calls) == 2  # src and tgt, once each
-    monkeypatch.setattr(kernels.L, "unit_norms", real)
+    monkeypatch.setattr(context.L, "unit_norms", real)
     d, e = lr.dir(src[module]), lr.dir(tgt[module])
     alone = lr.recombine(lr.shift(d, e, 0.3), lr.mag(src[module]))
     assert torch.allclose(shared.dense(), alone.dense(), rtol=1e-5, atol=1e-6)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from dipm_lang.compiler import compile_text, lower_text
+from dipm_lang.compiler import ScriptText, compile, lower
 from dipm_lang.errors import DipmSyntaxError, Span
 from dipm_lang.frontend.ast import (Attr, BinOp, Binding, Call, Def, ExprStmt, Import, Keyword, ListExpr, Name, Neg,
                                     Number, Param, Script, String)
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.frontend.printer import format_number, format_string, print_expr, print_script
 from dipm_lang.ir.graph import print_program
-from dipm_lang.ir.verify import verify
+from dipm_lang.compiler import verify
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -323,10 +323,10 @@ def test_golden(script):
     text = path.read_text(encoding="utf-8")
     # relative paths in the script resolve against its folder; relative_to prints them back relative
     check_golden(f"{script}.printed.txt", print_script(parse_script(text, str(path))))
-    lowered = lower_text(text, str(path))
+    lowered = lower(ScriptText(text, str(path)))
     verify(lowered, after="lowering")
     check_golden(f"{script}.lowered.txt", print_program(lowered, relative_to=GOLDEN))
-    optimized, _ = compile_text(text, str(path), verify=True)
+    optimized, _ = compile(ScriptText(text, str(path)), verify=True)
     check_golden(f"{script}.optimized.txt", print_program(optimized, relative_to=GOLDEN))
     roundtrip(text)
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dipm_lang.compiler import lower_text
+from dipm_lang.compiler import PASSES, ScriptText, lower, verify
 from dipm_lang.errors import DipmError
 from dipm_lang.frontend.ast import (Attr, BinOp, Binding, Call, Def, ExprStmt, Keyword, ListExpr, Name, Neg, Number,
                                     Param, Script, String)
@@ -23,8 +23,6 @@ from dipm_lang.frontend.parser import parse_script
 from dipm_lang.frontend.printer import print_script
 from dipm_lang.ir.graph import print_program
 from dipm_lang.ir.node import Program
-from dipm_lang.ir.verify import verify
-from dipm_lang.passes.pipeline import PASSES
 
 settings.register_profile("dipm-ci", deadline=None, derandomize=True, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -216,7 +214,7 @@ def test_print_parse_round_trip(script):
 @CI
 @given(scripts())
 def test_passes_on_random_programs(script):
-    program = lower_text(print_script(script), FILE)  # lowering succeeds: the program is well typed
+    program = lower(ScriptText(print_script(script), FILE))  # lowering succeeds: the program is well typed
     verify(program, after="lowering")
     paths = {root.attr("path") for root in program.roots}
     assert len(paths) == len(program.roots) == sum(isinstance(s, ExprStmt) for s in script.statements)
@@ -248,7 +246,7 @@ def fuzz_file(tmp_path_factory) -> str:
 def front_end(text: str, file: str) -> None:
     """Lower `text`; any outcome but success or a DipmError fails the test."""
     try:
-        lower_text(text, file)
+        lower(ScriptText(text, file))
     except DipmError as e:
         assert e.message  # and it says something
         assert e.exit_code in (1, 2)

@@ -14,8 +14,7 @@ import pytest
 
 from adapters import huge_adapter
 from clitools import cli_env, command
-from dipm_lang.compiler import compile_text, lower_text
-from dipm_lang.frontend.recipes import lower_config
+from dipm_lang.compiler import RecipeFile, ScriptText, compile, lower
 from dipm_lang.errors import DipmError, ResourceLimitError
 from dipm_lang.frontend.lower import MAX_EXPR_DEPTH, MAX_NODES
 from dipm_lang.frontend.parser import MAX_PARSE_DEPTH, MAX_SOURCE_CHARS
@@ -26,7 +25,7 @@ H = 'h = load("/nowhere/H")\n'  # nothing is read while compiling
 def refused(text: str, *, within: float = 30.0) -> ResourceLimitError:
     start = time.perf_counter()
     with pytest.raises(ResourceLimitError) as info:
-        lower_text(text, "s.dipm")
+        lower(ScriptText(text, "s.dipm"))
     assert time.perf_counter() - start < within
     assert info.value.exit_code == 2 and info.value.span is not None
     return info.value
@@ -53,7 +52,7 @@ def test_inlining_blowup_is_refused_quickly_at_the_call() -> None:
 
 
 def test_programs_under_the_limit_still_compile() -> None:
-    program, _ = compile_text(doubling(12), "s.dipm")  # 2^12 copies: fine, and CSE folds them back
+    program, _ = compile(ScriptText(doubling(12), "s.dipm"))  # 2^12 copies: fine, and CSE folds them back
     assert len(program.roots) == 1
 
 
@@ -81,12 +80,12 @@ def test_deep_nesting_is_refused_with_its_position(text: str, where: tuple) -> N
 
 def test_depth_limits_leave_room_for_real_programs() -> None:
     ok = H + "save(" + "reverse(" * (MAX_EXPR_DEPTH // 2) + "dir(h)" + ")" * (MAX_EXPR_DEPTH // 2) + ', "o")\n'
-    deep_stack(600, lambda: lower_text(ok, "s.dipm"))
+    deep_stack(600, lambda: lower(ScriptText(ok, "s.dipm")))
     assert MAX_PARSE_DEPTH >= 2 * MAX_EXPR_DEPTH  # a call nests two parse levels: the parser is not the limit
 
 
 def test_brackets_alone_cost_nothing() -> None:
-    lower_text("x = " + "(" * 50_000 + "1" + ")" * 50_000 + "\n", "s.dipm")
+    lower(ScriptText("x = " + "(" * 50_000 + "1" + ")" * 50_000 + "\n", "s.dipm"))
 
 
 # ---- program and config size -------------------------------------------------------------------
@@ -101,7 +100,7 @@ def _config_refused(tmp_path: Path, name: str, text: str) -> DipmError:
     path.write_text(text)
     start = time.perf_counter()
     with pytest.raises(DipmError) as info:
-        lower_config(path)
+        lower(RecipeFile(path))
     assert time.perf_counter() - start < 10
     assert info.value.exit_code == 2
     return info.value

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from adapters import folder_digest, huge_adapter, make_peft_adapter
 from dipm_lang.backend import dense as D
 from dipm_lang.cli.main import main
-from dipm_lang.compiler import compile_text
+from dipm_lang.compiler import ScriptText, compile
 from dipm_lang.run.runtime import RunOptions, execute, plan
 
 PROFILE = settings(deadline=None, derandomize=True, max_examples=40,
@@ -53,7 +53,7 @@ def values(text: str, inputs: dict[str, Path], *, level: int = 2, dense: bool = 
            dtype: str = "float64") -> dict[str, dict[str, torch.Tensor]]:
     """save path -> module -> dense ΔW, without writing anything."""
     used = {k: str(v) for k, v in inputs.items() if re.search(rf"\b{k}\b", text)}
-    program, _ = compile_text(text, "<test>", used, level=level, verify=True)
+    program, _ = compile(ScriptText(text, "<test>"), used, level=level, verify=True)
     options = RunOptions(device="cpu", dtype=dtype, dense=dense)
     result = execute(plan(program, options, check_outputs=False), options)
     out = {}
@@ -312,7 +312,7 @@ def test_huge_module_stays_factored(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(trio):
     text = 'save(detox(H, T, t=0.3), "a")\nsave(multitask([H, T, C]), "b")\n'
-    program, _ = compile_text(text, "<t>", {k: str(v) for k, v in trio.items()})
+    program, _ = compile(ScriptText(text, "<t>"), {k: str(v) for k, v in trio.items()})
     assert_same(device_values(program, "cuda"), device_values(program, "cpu"), rtol=1e-9)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from dipm_lang.compiler import compile_text
-from dipm_lang.passes.simplify import SIMPLIFY_RULES
+from dipm_lang.compiler import ScriptText, compile
+from dipm_lang.ops import OPERATORS
+
+SIMPLIFY_RULES = OPERATORS.simplify_rules()
 from test_run import assert_same, trio, values  # noqa: F401 - `trio` is a fixture
 
 # rule name -> a program in which it fires
@@ -16,6 +18,9 @@ PROGRAMS = {
     "shift-0": 'save(recombine(shift(dir(H), dir(T), 0), mag(H)), "o")',
     "shift-1": 'save(recombine(shift(dir(H), dir(T), 1), mag(H)), "o")',
     "shift-same": 'save(recombine(shift(dir(C), dir(C), 0.7), mag(H)), "o")',
+    "lerp-0": 'save(recombine(lerp(dir(H), dir(T), 0), mag(H)), "o")',
+    "lerp-1": 'save(recombine(lerp(dir(H, by="in"), dir(T, by="in"), 1), mag(C, by="in")), "o")',
+    "lerp-same": 'save(recombine(lerp(dir(C), dir(C), 1.7), mag(H)), "o")',
     "dir-of-dir": 'save(recombine(dir(dir(H, by="matrix"), by="matrix"), mag(T, by="matrix")), "o")',
     "neg-neg": 'save(--H, "o")',
     "one-times": 'save(1 * T, "o")',
@@ -37,7 +42,7 @@ def test_every_rule_has_a_program():
 @pytest.mark.parametrize("rule", sorted(PROGRAMS))
 def test_rule_fires_and_is_sound(trio, rule):  # noqa: F811
     text = PROGRAMS[rule]
-    program, _ = compile_text(text, "<t>", {k: str(v) for k, v in trio.items() if k in text})
+    program, _ = compile(ScriptText(text, "<t>"), {k: str(v) for k, v in trio.items() if k in text})
     assert any(rule in note for note in program.notes), program.notes
     reference = values(text, trio, level=0, dense=True)
     assert_same(values(text, trio, level=2), reference)

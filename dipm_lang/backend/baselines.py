@@ -1,6 +1,7 @@
 """The merge baselines on the factored backend, with PEFT 0.21's numbers (`add_weighted_adapter`).
 
-`merge_kernel` runs one `merge` node (ir/merge.py) for a group of same-shape modules:
+`merge_kernel` runs one baseline node (declared in ops/baselines.py, whose `MergeMethod` row says
+what to do) for a group of same-shape modules; its operand is the list of items:
 
 - *factor* methods (`linear`, `ties`, `dare_*`, `magnitude_prune`) work on the small factors,
   batched over the group: per source `i` with weight `wᵢ` and LoRA scale `sᵢ`, PEFT's weights
@@ -30,11 +31,11 @@ from torch import Tensor
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import ExecutionError
-from dipm_lang.ir.merge import METHODS, MergeMethod
 from dipm_lang.ir.node import Node
 
 if TYPE_CHECKING:
-    from dipm_lang.backend.kernels import GroupContext
+    from dipm_lang.backend.context import GroupContext
+    from dipm_lang.ops.baselines import MergeMethod
 
 # ---- PEFT's merge_utils, batched: tensors are stacked [S, ..., a, b] over the S sources ------
 
@@ -126,12 +127,17 @@ def _adapter(ctx: GroupContext, load: Node, fn: str) -> Any:
     return ctx.adapter(load)
 
 
+def items(node: Node) -> tuple[Node, ...]:
+    """A baseline node's items: the operands of its `xs` list."""
+    return node.args[0].args
+
+
 def merge_rank(node: Node, ctx: GroupContext) -> int:
     """The `rank` attribute, or PEFT's default: the largest rank among the source adapters."""
     rank = node.attr("rank")
     if rank is not None:
         return rank
-    return max(source_rank(_adapter(ctx, arg, node.attr("method"))) for arg in node.args)
+    return max(source_rank(_adapter(ctx, arg, node.op)) for arg in items(node))
 
 
 def module_scales(ctx: GroupContext, load: Node, fn: str) -> list[float]:
@@ -161,27 +167,6 @@ def check_ranks(fn: str, ranks: dict[int, int]) -> None:
         raise ExecutionError(message)  # the executor adds the node's position and the module
 
 
-def check_program(program: Any, infos: Any) -> None:
-    """Before any tensor is read: every factor merge's sources have equal ranks in every module.
-
-    `infos` maps a load path to its AdapterInfo (runtime.Plan.inputs).
-    """
-    from dipm_lang.io.reader import natural_key
-    from dipm_lang.ir.node import walk
-
-    for node in walk(program.all_roots()):
-        if node.op != "merge" or METHODS[node.attr("method")].space != "factors":
-            continue
-        sources = [infos.get(arg.attr("path")) if arg.op == "load" else None for arg in node.args]
-        if any(info is None for info in sources):
-            continue  # reported by the kernel
-        for name in sorted({n for info in sources for n in info.modules}, key=natural_key):
-            ranks = {i: info.modules[name].rank for i, info in enumerate(sources) if name in info.modules}
-            message = rank_error(node.attr("method"), ranks)
-            if message:
-                raise ExecutionError(f"{message} (module {name})", program.spans.get(node))
-
-
 def truncate_dense(w: Tensor, rank: int) -> LowRank:
     """Best rank-`rank` factors of one dense m×n matrix: B = U_k·diag(S_k), A = Vh_k (PEFT's split).
 
@@ -199,8 +184,7 @@ def truncate_dense(w: Tensor, rank: int) -> LowRank:
 
 # ---- the factored kernel -----------------------------------------------------------------
 
-def merge_kernel(node: Node, args: list, ctx: GroupContext) -> LowRank:
-    method = METHODS[node.attr("method")]
+def merge_kernel(method: MergeMethod, ctx: GroupContext, node: Node, args: list) -> LowRank:
     weights = list(node.attr("weights"))
     if method.space == "factors":
         return _factor_merge(method, node, args, weights, ctx)
@@ -219,7 +203,7 @@ def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights:
     check_ranks(method.name, {i: args[i].rank for i in present})
     a_parts, b_parts, wa, wb = [], [], [], []
     for i in present:
-        scales = torch.tensor(module_scales(ctx, node.args[i], method.name), dtype=torch.float64)
+        scales = torch.tensor(module_scales(ctx, items(node)[i], method.name), dtype=torch.float64)
         w_a, w_b = sqrt_weights(weights[i], scales)
         a_parts.append(args[i].A)
         b_parts.append(unscale_b(args[i].B, scales.to(args[i].device)))

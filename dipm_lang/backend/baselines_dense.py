@@ -16,13 +16,13 @@ import torch
 from torch import Tensor
 
 from dipm_lang.backend import dense as D
-from dipm_lang.backend.baselines import check_ranks, dare_keep, merge_rank, module_scales, needs_masks
+from dipm_lang.backend.baselines import check_ranks, dare_keep, items, merge_rank, module_scales, needs_masks
 from dipm_lang.errors import ExecutionError
-from dipm_lang.ir.merge import METHODS, MergeMethod
 from dipm_lang.ir.node import Node
 
 if TYPE_CHECKING:
-    from dipm_lang.backend.kernels import GroupContext
+    from dipm_lang.backend.context import GroupContext
+    from dipm_lang.ops.baselines import MergeMethod
 
 
 def _prune_topk(t: Tensor, density: float) -> Tensor:
@@ -52,8 +52,7 @@ def peft_merge(method: MergeMethod, tensors: list[Tensor], weights: list[float],
     return weighted.sum(0)
 
 
-def merge_dense_kernel(node: Node, args: list, ctx: GroupContext) -> Tensor:
-    method = METHODS[node.attr("method")]
+def merge_dense_kernel(method: MergeMethod, ctx: GroupContext, node: Node, args: list) -> Tensor:
     weights = list(node.attr("weights"))
     density, sign = node.attr("density"), node.attr("majority_sign_method")
     (name,) = ctx.names
@@ -66,7 +65,7 @@ def merge_dense_kernel(node: Node, args: list, ctx: GroupContext) -> Tensor:
     if ctx.factors is None:
         raise ExecutionError(f"{method.name}: the dense reference needs the inputs' factors")
     a_list, b_list, wa, wb, ranks, index = [], [], [], [], {}, []
-    for i, (load, w) in enumerate(zip(node.args, weights)):
+    for i, (load, w) in enumerate(zip(items(node), weights)):
         factors = ctx.factors(load)
         if factors.rank == 0:
             continue  # PEFT skips an adapter that lacks the module

@@ -18,10 +18,12 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from dipm_lang.backend import lowrank as L
-from dipm_lang.backend.kernels import DENSE, FACTORED, GroupContext, Kernel, module_matches
+from dipm_lang.backend.context import GroupContext
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import DipmError, ExecutionError
+from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.ir.operator import OperatorTable
 
 _GLOBAL_KINDS = ("Num", "Str")
 
@@ -52,9 +54,10 @@ def _is_global(node: Node) -> bool:
 
 
 class Executor:
-    """Interprets a Program with a kernel registry (factored by default, dense for tests)."""
+    """Interprets a Program with the operators' kernels (factored by default, dense for tests)."""
 
-    def __init__(self, program: Program, *, loader: Callable[[Node, list[str]], Any], eps: float = L.EPS,
+    def __init__(self, program: Program, operators: OperatorTable, *, loader: Callable[[Node, list[str]], Any],
+                 eps: float = L.EPS,
                  dense: bool = False, on_group: Callable[[int], None] | None = None,
                  adapter: Callable[[Node], Any] | None = None,
                  factors: Callable[[Node, list[str]], Any] | None = None):
@@ -63,7 +66,7 @@ class Executor:
         self.adapter = adapter  # load node -> its AdapterInfo (for GroupContext.adapter)
         self.factors = factors  # (load node, names) -> LowRank, in both backends (GroupContext.factors)
         self.eps = eps
-        self.kernels: dict[str, Kernel] = DENSE if dense else FACTORED
+        self.operators = operators
         self.dense = dense
         self.on_group = on_group
         self.order = list(walk(program.all_roots()))
@@ -124,11 +127,11 @@ class Executor:
             results[key].update(self._unbatch(values[id(node)], names))
 
     def _apply(self, node: Node, args: list, ctx: GroupContext) -> Any:
-        kernel = self.kernels.get(node.op)
+        kernel = self.operators.kernel(node.op, self.dense)
         if kernel is None:
             raise ExecutionError(f"no kernel for {node.op}", self.program.spans.get(node))
         try:
-            return kernel(node, args, ctx)
+            return kernel(ctx, node, *args)
         except DipmError as e:
             if e.span is None and not getattr(e, "path", None):
                 e.span = self.program.spans.get(node)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
-from dipm_lang.frontend.recipes import compile_any
+from dipm_lang.compiler import compile, source_of
 
 
 def register(sub, commands) -> None:
@@ -16,8 +16,8 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, _ = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True,
-                              sandbox=sandbox_from(args))
+    program, _ = compile(source_of(args.file), parse_sets(args.sets), level=args.level, verify=True,
+                         sandbox=sandbox_from(args))
     saves = len(program.roots)
     inputs = len({(n.attr("name"), n.attr("path")) for n in program.nodes() if n.op == "load"})
     print(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "

@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dipm_lang.compiler import lower_expression
-    from dipm_lang.passes.pipeline import optimize
+    from dipm_lang.compiler import Expression, lower, optimize
 
     if args.rank is not None and args.rank < 1:
         raise UsageError(f"--rank {args.rank}: the rank must be at least 1")
@@ -50,19 +49,18 @@ def _run(args: argparse.Namespace) -> int:
     if not args.output:
         return _print_summary(args, sets)
     out = str(Path(os.path.expanduser(args.output)).resolve())  # command-line paths: the working directory
-    program = lower_expression(args.expr, FILE, sets, save_to=out, rank=args.rank, sandbox=sandbox_from(args))
+    program = lower(Expression(args.expr, FILE, save_to=out, rank=args.rank), sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     program, _ = optimize(program, level=args.level)
     return execute_program(program, args)
 
 
 def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
-    from dipm_lang.compiler import RESULT, lower_expression
-    from dipm_lang.passes.pipeline import optimize
+    from dipm_lang.compiler import RESULT, Expression, lower, optimize
     from dipm_lang.run.runtime import execute, plan
     from dipm_lang.report.summary import summarize
 
-    program = lower_expression(args.expr, FILE, sets, sandbox=sandbox_from(args))
+    program = lower(Expression(args.expr, FILE), sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     type_ = program.results[RESULT].type
     program, _ = optimize(program, level=args.level)

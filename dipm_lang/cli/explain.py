@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
-from dipm_lang.compiler import explain_text
-from dipm_lang.frontend.recipes import compile_any
+from dipm_lang.compiler import compile, explain_text, source_of
 from dipm_lang.errors import RuntimeDipmError
 from dipm_lang.ir.graph import to_dot
 
@@ -24,8 +23,8 @@ def register(sub, commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, verify=True,
-                                 sandbox=sandbox_from(args))
+    program, report = compile(source_of(args.file), parse_sets(args.sets), level=args.level, verify=True,
+                              sandbox=sandbox_from(args))
     base = Path(args.file).resolve().parent
     if args.dot:
         _write(args.dot, to_dot(program, relative_to=base))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
-from dipm_lang.frontend.recipes import compile_any
+from dipm_lang.compiler import compile, source_of
 from dipm_lang.run.options import DTYPE_NAMES
 from dipm_lang.errors import DipmError
 from dipm_lang.io import digest
@@ -58,7 +58,7 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    program, report = compile_any(args.file, parse_sets(args.sets), level=args.level, sandbox=sandbox_from(args))
+    program, _ = compile(source_of(args.file), parse_sets(args.sets), level=args.level, sandbox=sandbox_from(args))
     return execute_program(program, args)
 
 

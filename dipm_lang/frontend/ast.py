@@ -121,3 +121,14 @@ Statement = Union[Binding, Def, Import, ExprStmt]
 class Script:
     statements: tuple[Statement, ...]
     file: str = field(default="<input>", compare=False)
+
+
+def save_call(expr: Expr, path: str, rank: int | None = None, span: Span | None = None) -> ExprStmt:
+    """The statement `save(expr, "path", rank=N)`, built as a tree so the path needs no quoting
+    (recipe configs, `dipm eval -o`)."""
+    span = span or expr.span
+    kwargs: tuple[Keyword, ...] = ()
+    if rank is not None:
+        kwargs = (Keyword("rank", Number(float(rank), str(rank), span=span), span=span),)
+    call = Call("save", (expr, String(path, span=span)), kwargs, span=span)
+    return ExprStmt(call, span=span)

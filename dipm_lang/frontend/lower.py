@@ -1,8 +1,14 @@
 """AST → typed IR: name resolution, the standard-library prelude, inlining of `def`s,
 imports, and type checking. Nothing here reads a tensor.
 
-Lowering emits *un-interned* nodes (one per operation as written) and records each node's
-source span, so `dipm explain` can show what CSE and the other passes remove.
+Every call of a built-in operator is checked by that operator's own declaration (`dipm_lang/ops/`):
+its parameters, the kinds of value they take, its typing rule. Lowering emits *un-interned* nodes
+(one per operation as written) and records each node's source span, so `dipm explain` can show
+what CSE and the other passes remove.
+
+`Lowerer` is used through its public methods: `script` (a whole file), `expression` (one
+expression: `dipm eval`, the Python API), `module`/`statement` (recipe configs and the REPL,
+statement by statement), `begin_input` (the REPL, once per input) and `program`.
 """
 
 from __future__ import annotations
@@ -10,20 +16,22 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from dipm_lang.errors import (DipmError, DipmSyntaxError, DipmTypeError, NameResolutionError, ResourceLimitError,
-                              Span, UsageError)
+                              Span, UsageError, did_you_mean)
 from dipm_lang.frontend import ast
-from dipm_lang.frontend.arith import OP_NAMES, binary_result, negate_result
-from dipm_lang.frontend.builtins import BUILTINS, REQUIRED, Arg, Builtin, Call
 from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
-from dipm_lang.frontend.suggest import did_you_mean
-from dipm_lang.ir.node import Node, Program, walk
-from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, factor_t, list_t
 from dipm_lang.frontend.resources import stdlib_dir
+from dipm_lang.ir.node import Node, Program
+from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
+from dipm_lang.ir.operator import Builder, Operator, OperatorTable
+from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
+from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
+from dipm_lang.ops import OPERATORS
 
 if TYPE_CHECKING:
     from dipm_lang.safety.sandbox import Sandbox
@@ -32,7 +40,7 @@ MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up 
 MAX_INLINE_DEPTH = 50        # nested calls of defs
 MAX_EXPR_DEPTH = 200         # nesting of one expression
 FRAMES_PER_LEVEL = 8         # Python frames one level of lowering may take (calls, inlining, list mapping)
-LIST_MAPPED = {"dir", "normalize", "mag", "reverse"}  # builtins applied item by item to a list
+OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}  # infix operators -> IR operators
 
 
 @dataclass
@@ -78,30 +86,85 @@ def _is_stdlib(file: str) -> bool:
 class Lowerer:
     """Lowers scripts, statements and expressions into one Program's worth of IR."""
 
-    def __init__(self, external: Mapping[str, Any] | None = None, *, prelude: Module | None = None,
-                 sandbox: "Sandbox | None" = None):
+    def __init__(self, external: Mapping[str, Any] | None = None, *, sandbox: "Sandbox | None" = None,
+                 operators: OperatorTable = OPERATORS):
         # external: NAME -> value given from outside (--set, config inputs): an absolute adapter
         # path for a load, a string or a number for a binding of that type.
         self.external = dict(external or {})
         self.sandbox = sandbox  # --sandbox: load/save/import paths must resolve inside it
-        self.used_external: set[str] = set()
-        self.sources: dict[str, str] = {}
+        self.operators = operators
+        self.functions = operators.callables()  # the operators a script may call by name
+        self.prelude = load_prelude()
+        self.sources: dict[str, str] = dict(prelude_sources())  # file -> text, for diagnostics
         self.spans: dict[Node, Span] = {}
-        self.inputs: dict[str, Node] = {}
-        self.roots: list[Node] = []
-        self.node_count = 0
+        self.inputs: dict[str, Node] = {}       # input name -> its load node
+        self.used_external: set[str] = set()
+        self._roots: list[Node] = []            # the saves lowered so far, in statement order
+        self._node_count = 0
         self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
         self._inline_stack: list[str] = []
         self._call_sites: list[Span | None] = []  # where each def on _inline_stack was called
         self._import_stack: list[str] = []
         self._depth = 0
-        self.prelude = prelude or load_prelude(self)
 
-    # ---- node factory ----------------------------------------------------------------
+    # ---- the public entry points -----------------------------------------------------
+
+    def script(self, script: ast.Script, text: str) -> Program:
+        """A whole script: every statement, then the check that each `--set` name was used."""
+        module = self.module(script.file, text)
+        # the script itself is on the import stack, so a cycle back to it is caught where it closes
+        main = [] if script.file.startswith("<") else [str(Path(script.file).resolve())]
+        self._import_stack.extend(main)
+        try:
+            for statement in script.statements:
+                self.statement(statement, module)
+        finally:
+            del self._import_stack[len(self._import_stack) - len(main):]
+        self.check_external_used()
+        return self.program(text, module)
+
+    def expression(self, expr: ast.Expr, text: str, file: str, *, require_used: bool = False) -> tuple[Node, Program]:
+        """One expression (`dipm eval`, the Python API): its node and a program holding it as
+        `results["value"]`. With `require_used`, an external name it never reads is an error."""
+        module = self.module(file, text)
+        node = self.expr(expr, module)
+        unused = self.unused_external()
+        if require_used and unused:
+            raise UsageError(f"input '{unused[0]}' is not used by the expression")
+        return node, self.program(text, results={"value": node})
+
+    def module(self, file: str, text: str) -> "Module":
+        """A new module (the names one file defines, over the prelude); registers its text for errors."""
+        self.sources[file] = text
+        return Module(file, parent=self.prelude)
+
+    def begin_input(self, file: str, text: str) -> None:
+        """The REPL: a new input starts — its text joins the sources, the node budget is per input,
+        and saves lowered by the previous input are forgotten."""
+        self.sources[file] = text
+        self._node_count = 0
+        self._roots.clear()
+
+    def expr(self, expr: ast.Expr, module: "Module", scope: Mapping[str, Node] | None = None) -> Node:
+        """Lower one expression in `module` (and a def's parameter `scope`)."""
+        return self.lower_expr(expr, scope or {}, module)
+
+    def unused_external(self) -> list[str]:
+        """Names given from outside that nothing has read yet."""
+        return sorted(set(self.external) - self.used_external)
+
+    def program(self, text: str = "", module: "Module | None" = None, *, roots: list[Node] | None = None,
+                results: Mapping[str, Node] | None = None) -> Program:
+        """The program lowered so far: its saves (or `roots`), named results, and side tables."""
+        bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
+        return Program(roots=list(self._roots if roots is None else roots), results=dict(results or {}),
+                       spans=dict(self.spans), sources=dict(self.sources), inputs=dict(self.inputs),
+                       script_text=text, bindings=bindings)
 
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
-        self.node_count += 1
-        if self.node_count > MAX_NODES:
+        """A new un-interned node (the node factory of everything lowered; counts the node budget)."""
+        self._node_count += 1
+        if self._node_count > MAX_NODES:
             raise self._too_large(span)
         node = Node.make(op, args, attrs, type_, unique=True)
         if span is not None:
@@ -109,6 +172,23 @@ class Lowerer:
         if type_ == NUM:
             self._numbers[node] = self._number_value(node, span)
         return node
+
+    def emit(self, op_name: str, args: tuple[Node, ...] | list[Node], attrs: Mapping[str, Any], span: Span | None,
+             *, label: str | None = None) -> Node:
+        """A node of operator `op_name`, typed by that operator's own rule (errors at `span`)."""
+        op = self.operators[op_name]
+        return self._typed(op, self._typing(op, args, attrs, span, label=label), list(args), span)
+
+    def _typing(self, op: Operator, args, attrs: Mapping[str, Any], span: Span | None, *,
+                label: str | None = None) -> Typing:
+        def fail(param: str | None, message: str, hint: str | None = None):
+            raise DipmTypeError(message, span, hint=hint)
+
+        return Typing(op, op.bind_operands(args), attrs, fail, label=label)
+
+    def _typed(self, op: Operator, typing: Typing, args: list[Node], span: Span | None) -> Node:
+        type_ = op.infer(typing)
+        return self.make(op.name, args, typing.attrs, type_, span)
 
     def _too_large(self, span: Span | None) -> ResourceLimitError:
         """The node budget is spent: point at the outermost call being inlined, if any (a blow-up such
@@ -135,49 +215,33 @@ class Lowerer:
             raise DipmTypeError("this number is too large (the arithmetic overflows)", span)
         return value
 
-    # ---- scripts and statements ------------------------------------------------------
-
-    def lower_script(self, script: ast.Script, text: str) -> Program:
-        module = Module(script.file, parent=self.prelude)
-        self.sources[script.file] = text
-        # the script itself is on the import stack, so a cycle back to it is caught where it closes
-        main = [] if script.file.startswith("<") else [str(Path(script.file).resolve())]
-        self._import_stack.extend(main)
-        try:
-            for statement in script.statements:
-                self.lower_statement(statement, module)
-        finally:
-            del self._import_stack[len(self._import_stack) - len(main):]
-        self.check_external_used()
-        return self.program(text, module)
-
-    def program(self, text: str = "", module: Module | None = None) -> Program:
-        bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
-        return Program(roots=list(self.roots), spans=dict(self.spans), sources=dict(self.sources),
-                       inputs=dict(self.inputs), script_text=text, bindings=bindings)
+    # ---- statements ------------------------------------------------------------------
 
     def check_external_used(self) -> None:
-        unused = sorted(set(self.external) - self.used_external)
+        unused = self.unused_external()
         if unused:
             name = unused[0]
             guess = did_you_mean(name, self.used_external | set(self.inputs))
             raise UsageError(f"--set {name}=…: the script has no input or binding named '{name}'",
                              hint=f"did you mean '{guess}'?" if guess else None)
 
-    def lower_statement(self, statement: ast.Statement, module: Module, *, allow_effects: bool = True,
-                        allow_values: bool = False) -> Node | None:
+    def statement(self, statement: ast.Statement, module: "Module", *, allow_effects: bool = True,
+                  allow_values: bool = False) -> Node | None:
+        """Lower one statement into `module`: a def or binding adds a name, an import adds a file's
+        names, a `save(...)` becomes a root of the program. `allow_effects=False`: an imported file
+        or a config's `defs` (no saves); `allow_values`: the REPL (a bare expression is shown)."""
         if isinstance(statement, ast.Import):
             self._import(statement, module)
             return None
         if isinstance(statement, ast.Def):
-            if statement.name in BUILTINS:
+            if statement.name in self.functions:
                 raise NameResolutionError(f"'{statement.name}' is a built-in operator and cannot be redefined",
                                           statement.span)
             module.functions[statement.name] = Function(statement, module)
             module.values.pop(statement.name, None)
             return None
         if isinstance(statement, ast.Binding):
-            if statement.name in BUILTINS:
+            if statement.name in self.functions:
                 raise NameResolutionError(f"'{statement.name}' is a built-in operator and cannot be rebound",
                                           statement.span)
             node = self._binding_value(statement, module)
@@ -196,14 +260,22 @@ class Lowerer:
                                 hint="save it with save(x, \"folder\") or bind it to a name")
         return node
 
+    def bind_input(self, name: str, path: str, module: "Module", span: Span | None = None) -> Node:
+        """`name = load(path)` without source text (the REPL's `:load NAME PATH`)."""
+        node = self.make("load", (), {"path": path, "name": name}, DELTA, span)
+        self.inputs[name] = node
+        module.values[name] = node
+        module.functions.pop(name, None)
+        return node
+
     def _add_root(self, node: Node, span: Span | None) -> None:
         path = node.attr("path")
-        for other in self.roots:
+        for other in self._roots:
             if other.attr("path") == path:
                 raise DipmTypeError(f"two saves write to the same folder {path!r}", span)
-        self.roots.append(node)
+        self._roots.append(node)
 
-    def _binding_value(self, statement: ast.Binding, module: Module) -> Node:
+    def _binding_value(self, statement: ast.Binding, module: "Module") -> Node:
         name = statement.name
         node = self.lower_expr(statement.value, {}, module)
         if node.op == "load" and node.attr("name") is None:  # `g = h` aliases the input h, no new input
@@ -246,7 +318,7 @@ class Lowerer:
         raise UsageError(f"--set {name}=…: '{name}' is bound to a {node.type} expression, which cannot be set "
                          "from outside (only load(...), strings and numbers can)")
 
-    def _import(self, statement: ast.Import, module: Module) -> None:
+    def _import(self, statement: ast.Import, module: "Module") -> None:
         base = _base_dir(module.file)
         path = (base / statement.path).resolve()
         if self.sandbox is not None:
@@ -263,10 +335,9 @@ class Lowerer:
         self._import_stack.append(key)
         try:
             script = parse_script(text, _display_path(path))
-            self.sources[script.file] = text
-            imported = Module(script.file, parent=self.prelude)
+            imported = self.module(script.file, text)
             for st in script.statements:
-                self.lower_statement(st, imported, allow_effects=False)
+                self.statement(st, imported, allow_effects=False)
         finally:
             self._import_stack.pop()
         module.functions.update(imported.functions)
@@ -274,13 +345,13 @@ class Lowerer:
 
     # ---- expressions -----------------------------------------------------------------
 
-    def lower_expr(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+    def lower_expr(self, expr: ast.Expr, scope: Mapping[str, Node], module: "Module") -> Node:
         if self._depth == 0:  # the outermost expression: room for MAX_EXPR_DEPTH levels of recursion
             with stack_room(FRAMES_PER_LEVEL * MAX_EXPR_DEPTH):
                 return self._lower_nested(expr, scope, module)
         return self._lower_nested(expr, scope, module)
 
-    def _lower_nested(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+    def _lower_nested(self, expr: ast.Expr, scope: Mapping[str, Node], module: "Module") -> Node:
         self._depth += 1
         try:
             if self._depth > MAX_EXPR_DEPTH:
@@ -290,7 +361,7 @@ class Lowerer:
         finally:
             self._depth -= 1
 
-    def _lower(self, expr: ast.Expr, scope: Mapping[str, Node], module: Module) -> Node:
+    def _lower(self, expr: ast.Expr, scope: Mapping[str, Node], module: "Module") -> Node:
         if isinstance(expr, ast.Number):
             if not math.isfinite(expr.value):
                 raise DipmTypeError(f"number {expr.text} is too large", expr.span)
@@ -307,29 +378,29 @@ class Lowerer:
                     raise DipmTypeError("lists cannot be nested", item.span)
                 if item_type is not None and node.type.kind != item_type.kind:
                     raise DipmTypeError(f"a list holds values of one kind: {item_type} and {node.type}", item.span)
-            return self.make("list", items, {}, list_t(item_type), expr.span)
+            return self.emit("list", items, {}, expr.span)
         if isinstance(expr, ast.BinOp):
             left = self.lower_expr(expr.left, scope, module)
             right = self.lower_expr(expr.right, scope, module)
-            result = binary_result(expr.op, left.type, right.type, expr.span)
+            op = self.operators[OP_NAMES[expr.op]]
+            typing = self._typing(op, (left, right), {}, expr.span)
+            type_ = op.infer(typing)
             if expr.op == "/" and right.type == NUM and self._numbers.get(right) == 0.0:
                 raise DipmTypeError("division by zero", expr.right.span)
-            return self.make(OP_NAMES[expr.op], (left, right), {}, result, expr.span)
+            return self.make(op.name, (left, right), typing.attrs, type_, expr.span)
         if isinstance(expr, ast.Neg):
             operand = self.lower_expr(expr.operand, scope, module)
-            return self.make("neg", (operand,), {}, negate_result(operand.type, expr.span), expr.span)
+            return self.emit("neg", (operand,), {}, expr.span)
         if isinstance(expr, ast.Attr):
             value = self.lower_expr(expr.value, scope, module)
             if expr.name not in ("A", "B"):
                 raise DipmTypeError(f"unknown attribute '.{expr.name}'; an update has .A and .B", expr.span)
-            if not value.type.is_update:
-                raise DipmTypeError(f"'.{expr.name}' needs a Delta, got {value.type}", expr.span)
-            return self.make("factor", (value,), {"which": expr.name}, factor_t(expr.name), expr.span)
+            return self.emit("factor", (value,), {"which": expr.name}, expr.span)
         if isinstance(expr, ast.Call):
             return self._call(expr, scope, module)
         raise TypeError(f"unknown AST node {expr!r}")  # pragma: no cover
 
-    def _name(self, expr: ast.Name, scope: Mapping[str, Node], module: Module) -> Node:
+    def _name(self, expr: ast.Name, scope: Mapping[str, Node], module: "Module") -> Node:
         if expr.id in scope:
             return scope[expr.id]
         node = module.value(expr.id)
@@ -346,7 +417,7 @@ class Lowerer:
                 self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
-        if module.function(expr.id) is not None or expr.id in BUILTINS:
+        if module.function(expr.id) is not None or expr.id in self.functions:
             raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
         if expr.id in STATEMENT_KEYWORDS:
             raise DipmSyntaxError(f"'{expr.id}' starts a statement of its own and cannot be used as a value",
@@ -356,65 +427,91 @@ class Lowerer:
         raise NameResolutionError(f"unknown name '{expr.id}'", expr.span,
                                   hint=f"did you mean '{guess}'?" if guess else None)
 
-    def _call(self, expr: ast.Call, scope: Mapping[str, Node], module: Module) -> Node:
-        builtin = BUILTINS.get(expr.func)
-        function = None if builtin else module.function(expr.func)
-        if builtin is None and function is None:
-            candidates = set(BUILTINS) | {n for n in module.visible_names() if module.function(n)}
+    def _call(self, expr: ast.Call, scope: Mapping[str, Node], module: "Module") -> Node:
+        op = self.functions.get(expr.func)
+        function = None if op else module.function(expr.func)
+        if op is None and function is None:
+            candidates = set(self.functions) | {n for n in module.visible_names() if module.function(n)}
             guess = did_you_mean(expr.func, candidates)
             raise NameResolutionError(f"unknown function '{expr.func}'", expr.span,
                                       hint=f"did you mean '{guess}'?" if guess else None)
-        if builtin is not None:
-            params = [(p.name, p.default) for p in builtin.params]
+        if op is not None:
+            params = [(p.name, p.default) for p in op.call_params]
         else:
             params = [(p.name, REQUIRED if p.default is None else p.default) for p in function.definition.params]
         bound = _bind_arguments(expr, params)
-        if builtin is not None:
-            return self._call_builtin(builtin, expr, bound, scope, module)
+        if op is not None:
+            return self._apply(op, expr, bound, scope, module)
         return self._inline(function, expr, bound, scope, module)
 
-    def _call_builtin(self, builtin: Builtin, expr: ast.Call, bound: dict[str, ast.Expr | Any],
-                      scope: Mapping[str, Node], module: Module) -> Node:
-        args: dict[str, Arg] = {}
-        for param in builtin.params:
+    def _apply(self, op: Operator, expr: ast.Call, bound: dict[str, Any], scope: Mapping[str, Node],
+               module: "Module") -> Node:
+        """A call of a built-in operator: lower its arguments, evaluate its static ones, then type it
+        with the operator's own rule (`ir/operator.py`)."""
+        operands: dict[str, Node] = {}
+        values: dict[str, Any] = {}
+        spans: dict[str, Span | None] = {}
+        for param in op.call_params:
             given = bound[param.name]
-            if isinstance(given, _Given):
-                node = self.lower_expr(given.expr, scope, module)
-                arg = Arg(node, given.expr.span)
+            if not isinstance(given, _Given):  # a default
                 if param.static:
-                    arg.value = self._constant(node, param.name, builtin.name, given.expr.span)
-            else:
-                arg = Arg(None, None, given)
-            args[param.name] = arg
-        if builtin.name in ("load", "save") and isinstance(args["path"].value, str):
-            # relative to the file the string literal is written in (the cwd for --set values)
-            origin = self.spans.get(args["path"].node) or expr.span
-            written = args["path"].value
-            args["path"].value = _resolve_path(written, origin)
-            if self.sandbox is not None:
-                self.sandbox.check(args["path"].value, builtin.name, origin, written=written)
+                    values[param.name] = given
+                else:
+                    operands[param.name] = self._default_node(given, expr.span)
+                continue
+            node = self.lower_expr(given.expr, scope, module)
+            spans[param.name] = given.expr.span
+            if not param.static:
+                operands[param.name] = node
+                continue
+            value = self._constant(node, param.name, op.name, given.expr.span)
+            if isinstance(param.kind, PathKind) and isinstance(value, str):
+                # relative to the file the string literal is written in (the cwd for --set values)
+                origin = self.spans.get(node) or expr.span
+                written, value = value, _resolve_path(value, origin)
+                if self.sandbox is not None:
+                    self.sandbox.check(value, op.name, origin, written=written)
+            values[param.name] = value
 
-        def make(op, node_args, attrs, type_):
-            return self.make(op, node_args, attrs, type_, expr.span)
+        def fail(param: str | None, message: str, hint: str | None = None):
+            raise DipmTypeError(message, (spans.get(param) if param else None) or expr.span, hint=hint)
 
-        first = args[builtin.params[0].name] if builtin.params else None
-        if builtin.name in LIST_MAPPED and first is not None and first.node is not None \
-                and first.node.op == "list":
+        target = self.operators[op.alias_of] if op.alias_of else op
+        first = op.call_params[0].name if op.call_params else None
+        if op.maps_over_lists and first in operands and operands[first].op == "list":
             # dir([a, b]) is [dir(a), dir(b)]: lets recipes like multitask take any number of inputs
-            items = [builtin.build(Call(builtin.name, {**args, builtin.params[0].name: Arg(item, first.span)},
-                                        expr.span, make)) for item in first.node.args]
+            items = [self._typed(target, Typing(target, {**operands, first: item}, values, fail, label=op.name),
+                                 [item if p.name == first else operands[p.name] for p in target.operand_params],
+                                 expr.span)
+                     for item in operands[first].args]
             return self.make("list", items, {}, list_t(items[0].type if items else None), expr.span)
-        return builtin.build(Call(builtin.name, args, expr.span, make))
+        typing = Typing(target, operands, values, fail, label=op.name)
+        if op.expand is not None:
+            op.infer(typing)
+            return op.expand(Builder(typing, emit=lambda name, *args, **attrs: self.emit(name, args, attrs, expr.span),
+                                     const=lambda value: self._const(value, expr.span)))
+        return self._typed(target, typing, [operands[p.name] for p in target.operand_params], expr.span)
+
+    def _const(self, value: Any, span: Span | None) -> Node:
+        return self.make("const", (), {"value": float(value) if not isinstance(value, str) else value},
+                         STR if isinstance(value, str) else NUM, span)
+
+    def _default_node(self, value: Any, span: Span | None) -> Node:
+        """The node of a default value of an operand parameter (a number, string or list)."""
+        if isinstance(value, (list, tuple)):
+            items = [self._default_node(v, span) for v in value]
+            return self.make("list", items, {}, list_t(items[0].type if items else None), span)
+        return self._const(value, span)
 
     def _constant(self, node: Node, param: str, func: str, span: Span | None) -> Any:
         try:
             return const_eval(node)
-        except _NotConstant:
+        except NotConstant:
             raise DipmTypeError(f"{func}: '{param}' must be a constant (a number, string or list of them), "
                                 f"got a {node.type}", span) from None
 
-    def _inline(self, function: Function, expr: ast.Call, bound: dict[str, Any], scope: Mapping[str, Node],
-                module: Module) -> Node:
+    def _inline(self, function: "Function", expr: ast.Call, bound: dict[str, Any], scope: Mapping[str, Node],
+                module: "Module") -> Node:
         name = function.definition.name
         if name in self._inline_stack:
             chain = " -> ".join(self._inline_stack[self._inline_stack.index(name):] + [name])
@@ -440,47 +537,6 @@ class Lowerer:
         finally:
             self._inline_stack.pop()
             self._call_sites.pop()
-
-
-class _NotConstant(Exception):
-    pass
-
-
-def const_eval(node: Node) -> Any:
-    """The value of a constant expression (numbers, strings, lists and arithmetic on numbers)."""
-    values: dict[int, Any] = {}  # each shared operand once, without recursion: bindings can chain deep
-    for n in walk([node]):
-        if n.op == "const":
-            values[id(n)] = n.value
-        elif n.op == "list":
-            values[id(n)] = [values[id(a)] for a in n.args]
-        elif n.type == NUM and n.op in ("add", "sub", "mul", "div", "neg", "max", "min", "abs"):
-            values[id(n)] = numeric(n.op, [values[id(a)] for a in n.args])
-        else:
-            raise _NotConstant()
-    return values[id(node)]
-
-
-def numeric(op: str, values: list[float]) -> float:
-    """Arithmetic on plain numbers, as the language defines it."""
-    if op == "neg":
-        return -values[0]
-    if op == "abs":
-        return abs(values[0])
-    a, b = values
-    if op == "max":
-        return max(a, b)
-    if op == "min":
-        return min(a, b)
-    if op == "add":
-        return a + b
-    if op == "sub":
-        return a - b
-    if op == "mul":
-        return a * b
-    if b == 0.0:
-        raise DipmTypeError("division by zero")
-    return a / b
 
 
 class _Given:
@@ -570,23 +626,19 @@ def read_source(path: Path) -> str:
     return _read_source(path)
 
 
-_PRELUDE: Module | None = None
+@lru_cache(maxsize=1)
+def prelude_sources() -> dict[str, str]:
+    """The standard library's files (stdlib/*.dipm) by their display name, read once."""
+    return {f"<stdlib>/{path.name}": path.read_text(encoding="utf-8") for path in sorted(stdlib_dir().glob("*.dipm"))}
 
 
-def load_prelude(lowerer: Lowerer | None = None) -> Module:
-    """The standard library (stdlib/*.dipm): its defs are in scope in every script."""
-    global _PRELUDE
-    if _PRELUDE is None:
-        prelude = Module("<stdlib>")
-        for path in sorted(stdlib_dir().glob("*.dipm")):
-            file = f"<stdlib>/{path.name}"
-            script = parse_script(path.read_text(encoding="utf-8"), file)
-            for st in script.statements:
-                if not isinstance(st, ast.Def):
-                    raise DipmError(f"{file}: the standard library may only hold definitions")
-                prelude.functions[st.name] = Function(st, prelude)
-        _PRELUDE = prelude
-    if lowerer is not None:
-        for path in sorted(stdlib_dir().glob("*.dipm")):
-            lowerer.sources[f"<stdlib>/{path.name}"] = path.read_text(encoding="utf-8")
-    return _PRELUDE
+@lru_cache(maxsize=1)
+def load_prelude() -> Module:
+    """The standard library: its defs are in scope in every script (parsed once per process)."""
+    prelude = Module("<stdlib>")
+    for file, text in prelude_sources().items():
+        for st in parse_script(text, file).statements:
+            if not isinstance(st, ast.Def):
+                raise DipmError(f"{file}: the standard library may only hold definitions")
+            prelude.functions[st.name] = Function(st, prelude)
+    return prelude

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from dipm_lang.frontend import ast
+from dipm_lang.ir.numbers import format_number, format_string
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _UNARY = 3
-
-
-def format_number(value: float) -> str:
-    if not math.isfinite(value):  # "1e999" parses back to inf; nan never comes from the parser
-        return "nan" if math.isnan(value) else ("1e999" if value > 0 else "-1e999")
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(ch: str) -> str:
-    if ch in _ESCAPES:
-        return _ESCAPES[ch]
-    if ch < " " or ch == "\x7f":  # other control characters (a raw NUL or CR would not parse back)
-        return f"\\x{ord(ch):02x}"
-    if "\ud800" <= ch <= "\udfff":  # lone surrogates cannot be written as UTF-8
-        return f"\\u{ord(ch):04x}"
-    return ch
-
-
-def format_string(value: str) -> str:
-    return '"' + "".join(_escape(ch) for ch in value) + '"'
 
 
 def print_expr(expr: ast.Expr, context: int = 0) -> str:

@@ -16,7 +16,7 @@ import re
 import struct
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from dipm_lang.io.digest import FileDigest, Stamp, file_digest, stamp_of
 from dipm_lang.io.finite import all_finite, first_non_finite
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
+from dipm_lang.ir.modules import natural_key
 
 KEY_PREFIX = "base_model.model."
 
@@ -590,12 +591,3 @@ def _describe(module: ModuleInfo) -> str:
     kind = "" if module.kind == "linear" else f"{module.kind} "
     return f"{kind}{module.out_features}x{module.in_features}"
 
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key putting `layers.2` before `layers.10`."""
-    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name) if tok)
-
-
-def module_names(infos: Iterable[AdapterInfo]) -> list[str]:
-    """All module names across adapters, in natural order."""
-    return sorted({name for info in infos for name in info.modules}, key=natural_key)

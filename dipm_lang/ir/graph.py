@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dipm_lang.frontend.printer import format_number, format_string
+from dipm_lang.ir.numbers import format_number, format_string
 from dipm_lang.ir.node import Node, Program, walk
 
 if TYPE_CHECKING:  # networkx costs ~60 ms of start-up; only `explain` and tests need it

@@ -11,6 +11,7 @@ equal subterms. Source spans live in a side table (`Program.spans`), never in th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import weakref
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ class Node:
         args = tuple(args)
         attr_items = tuple(sorted((attrs or {}).items()))
         uid = next(_uids) if unique else None
-        key = (op, tuple(id(a) for a in args), _freeze(attr_items), uid)
+        # The type is part of the key (tinygrad keys UOps on dtype too): asking for `dir(a)` typed
+        # Delta must not return the cached `Dir[out]` node.
+        key = (op, tuple(id(a) for a in args), _freeze(attr_items), type_, uid)
         node = _interned.get(key)
         if node is not None:
             return node
@@ -140,6 +143,15 @@ class Program:
 
     def nodes(self) -> list[Node]:
         return list(walk(self.all_roots()))
+
+    def replace(self, **changes: Any) -> "Program":
+        """A copy with some fields replaced (`dataclasses.replace`); side tables are copied, not shared."""
+        copy = dataclasses.replace(self, **changes)
+        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes"):
+            if name not in changes:
+                value = getattr(copy, name)
+                setattr(copy, name, type(value)(value))
+        return copy
 
     def rebuild(self, rewrite: Callable[[Node, tuple[Node, ...]], Node]) -> "Program":
         """Rebuild every node bottom-up through `rewrite(node, new_args)`; spans follow."""

@@ -1,13 +1,12 @@
-"""The IR verifier: every node well-typed by the op table, roots are saves, no cycles.
-
-Runs after every pass in tests (and with `--verify` in the CLI), so a pass that breaks the
-program's meaning at the type level is caught where it happens.
+"""The IR verifier: every node well-typed by its operator's typing rule, roots are saves, no save
+shared by two roots. It runs after every pass in tests (`compile(..., verify=True)`), so a pass
+that breaks the program's meaning at the type level is caught, and named, where it happens.
 """
 
 from __future__ import annotations
 
 from dipm_lang.ir.node import Program, walk
-from dipm_lang.ir.ops import IRTypeError, infer_type
+from dipm_lang.ir.operator import IRTypeError, OperatorTable
 from dipm_lang.ir.types import UNIT
 
 
@@ -15,15 +14,21 @@ class VerifyError(Exception):
     """The IR is malformed: a compiler bug, never a user error."""
 
 
-def verify(program: Program, *, after: str = "") -> None:
+def verify(program: Program, operators: OperatorTable, *, after: str = "") -> None:
     where = f" after {after}" if after else ""
     for node in walk(program.all_roots()):
+        op = operators.get(node.op)
+        if op is None:
+            raise VerifyError(f"unknown operator {node.op!r}{where}")
+        attrs = dict(node.attrs)
         try:
-            expected = infer_type(node.op, [a.type for a in node.args], dict(node.attrs))
+            expected, normalised = op.type_of_node(node.args, attrs)
         except IRTypeError as e:
             raise VerifyError(f"ill-formed node {node.op}{where}: {e}") from None
         if expected != node.type:
             raise VerifyError(f"node {node.op}{where} has type {node.type}, but its operands give {expected}")
+        if normalised != attrs:
+            raise VerifyError(f"node {node.op}{where} has attributes {attrs}, but its typing rule makes {normalised}")
         if node.op == "save" and node not in program.roots:
             raise VerifyError(f"a save node{where} is not a root")
     for root in program.roots:

@@ -12,7 +12,7 @@ from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String, Text,
                             Whitespace)
 
-from dipm_lang.frontend.builtins import BUILTINS
+from dipm_lang.ops import OPERATORS
 from dipm_lang.frontend.resources import stdlib_dir
 
 
@@ -51,7 +51,7 @@ class DipmLexer(RegexLexer):
             (r"(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", Number),
             (r"^([A-Za-z_]\w*)(\s*)(=)(?!=)", bygroups(Name.Variable, Whitespace, Operator)),  # a binding
             (r"([A-Za-z_]\w*)(\s*)(=)(?!=)", bygroups(Name.Attribute, Whitespace, Operator)),  # a keyword argument
-            (words(sorted(BUILTINS), prefix=r"\b", suffix=r"\b"), Name.Builtin),
+            (words(sorted(OPERATORS.callables()), prefix=r"\b", suffix=r"\b"), Name.Builtin),
             *([(words(_STDLIB, prefix=r"\b", suffix=r"\b"), Name.Function)] if _STDLIB else []),
             (r"(\.)([AB])\b", bygroups(Punctuation, Name.Attribute)),  # x.A, x.B
             (r"[A-Za-z_]\w*", Name),

@@ -7,8 +7,13 @@ front end (prompt_toolkit, or a plain line reader when stdin is not a terminal) 
 
 Every input is lowered by one long-lived `Lowerer` into one `Module`, so `h = load(...)` and
 `def`s stay in scope. An expression computes only what it needs: it becomes the single named
-result of a fresh `Program` (`Program.results`), which is optimized and executed over the
-modules of the adapters it reads, and is shown as a summary, never as tensors.
+result of a fresh `Program` (`Program.results`), which goes through the compiler's front door
+(`compiler.Lowered`) and is executed over the modules of the adapters it reads, and is shown as
+a summary, never as tensors.
+
+The session keeps a transcript of the statements that succeeded, each with the names it defines
+and the statements it depends on; an adapter saved from the REPL records, as its recipe, exactly
+the statements that produced it (as a script would).
 """
 
 from __future__ import annotations
@@ -23,16 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from dipm_lang.errors import DipmError, DipmTypeError, NameResolutionError, UsageError, render
+from dipm_lang.errors import DipmError, DipmTypeError, NameResolutionError, UsageError, did_you_mean, render
 from dipm_lang.frontend import ast
-from dipm_lang.frontend.builtins import BUILTINS
-from dipm_lang.frontend.lower import Lowerer, Module, _NotConstant, const_eval
+from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
-from dipm_lang.frontend.printer import format_string, print_expr
-from dipm_lang.frontend.suggest import did_you_mean
+from dipm_lang.frontend.printer import format_string, print_expr, print_statement
+from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program
-from dipm_lang.ir.types import DELTA, UNIT
+from dipm_lang.ir.numbers import NotConstant, const_eval
+from dipm_lang.ir.types import UNIT
+from dipm_lang.ops import OPERATORS
+from dipm_lang.repl.transcript import Transcript, free_names
 from dipm_lang.run.runtime import RunOptions
+
+FUNCTIONS = OPERATORS.callables()
 
 _PLAIN_KINDS = ("Num", "Str")
 
@@ -63,7 +72,8 @@ class Session:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.lowerer = Lowerer(sandbox=self.options.sandbox)  # --sandbox: load, save, import stay inside
-        self.module = Module("<repl>", parent=self.lowerer.prelude)
+        self.module = self.lowerer.module("<repl>", "")
+        self.transcript = Transcript()
         self.inputs_seen = 0
         self.errors = 0
         self.last_exit_code = 0
@@ -77,8 +87,7 @@ class Session:
             return True
         self.inputs_seen += 1
         file = f"<input-{self.inputs_seen}>"
-        self.lowerer.sources[file] = text
-        self.lowerer.node_count = 0  # the size guard is per input, not per session
+        self.lowerer.begin_input(file, text)
         values, functions = dict(self.module.values), dict(self.module.functions)
         try:
             stripped = text.lstrip()
@@ -96,8 +105,6 @@ class Session:
             self.errors += 1
             self.last_exit_code = 1
             print(f"internal error: {type(e).__name__}: {e}", file=self.err)
-        finally:
-            self.lowerer.roots.clear()
         return True
 
     def _error(self, error: DipmError) -> None:
@@ -114,27 +121,31 @@ class Session:
         script = parse_script(text, file)
         for statement in script.statements:
             if isinstance(statement, ast.Binding):
-                node = self.lowerer.lower_statement(statement, self.module)
+                node = self.lowerer.statement(statement, self.module)
                 self.say(self._describe_binding(statement.name, node))
+                self.transcript.add(print_statement(statement), {statement.name}, free_names(statement.value))
             elif isinstance(statement, ast.Def):
-                self.lowerer.lower_statement(statement, self.module)
+                self.lowerer.statement(statement, self.module)
                 self.say(f"defined {_signature(self.module.function(statement.name).definition)}")
+                self.transcript.add(print_statement(statement), {statement.name}, free_names(statement))
             elif isinstance(statement, ast.Import):
                 before = set(self.module.functions) | set(self.module.values)
-                self.lowerer.lower_statement(statement, self.module)
+                self.lowerer.statement(statement, self.module)
                 new = sorted((set(self.module.functions) | set(self.module.values)) - before)
                 self.say(f"imported {', '.join(new) if new else 'nothing new'}")
+                self.transcript.add(print_statement(statement), set(new), set())
             else:
-                node = self.lowerer.lower_statement(statement, self.module, allow_values=True)
+                node = self.lowerer.statement(statement, self.module, allow_values=True)
                 if node.type == UNIT:
-                    self._save(node)
+                    self._save(node, self.transcript.script(print_statement(statement), free_names(statement.expr)))
                 else:
                     self.show(node)
 
-    def _describe_binding(self, name: str, node: Node) -> str:
-        if node.op != "load":
+    def _describe_binding(self, name: str, node: Node | None, *, path: str | None = None) -> str:
+        """`name: Type`, or for an adapter what it holds (the adapter is opened and validated)."""
+        if node is not None and node.op != "load":
             return f"{name}: {node.type}"
-        path = node.attr("path")
+        path = node.attr("path") if node is not None else path
         if path is None:
             raise UsageError(f"'{name} = load()' has no path here; write load(\"folder\") or :load {name} PATH",
                              self.lowerer.spans.get(node))
@@ -151,10 +162,11 @@ class Session:
         self.say(summarize(node.type, self.evaluate(node)))
         self.module.values["_"] = node
 
-    def _save(self, save: Node) -> None:
+    def _save(self, save: Node, script: str) -> None:
+        """Run one save; `script` (the statements that produced it) is its recorded recipe."""
         from dipm_lang.run.runtime import run_program
 
-        program = self._program(roots=[save])
+        program = self._program(roots=[save], text=script)
         summary = run_program(program, self.options, quiet=True)
         self.say(summary.text())
 
@@ -166,7 +178,7 @@ class Session:
         if kind in _PLAIN_KINDS or (kind == "List" and (item is None or item.kind in _PLAIN_KINDS)):
             try:
                 return {"*": const_eval(node)}
-            except _NotConstant:
+            except NotConstant:
                 pass
         if kind == "List" and node.op == "list":
             keys = [f"_{i}" for i in range(len(node.args))]
@@ -176,15 +188,21 @@ class Session:
         return self._execute({"_": node})["_"]
 
     def _execute(self, results: dict[str, Node]) -> dict[str, dict[str, Any]]:
-        from dipm_lang.passes.pipeline import optimize
         from dipm_lang.run.runtime import execute
 
-        program, _ = optimize(self._program(results=results))
+        program, _ = self.compile(results=results)
         return execute(self._plan(program), self.options).results
 
-    def _program(self, *, roots: list[Node] | None = None, results: dict[str, Node] | None = None) -> Program:
-        return Program(roots=list(roots or []), results=dict(results or {}), spans=dict(self.lowerer.spans),
-                       sources=dict(self.lowerer.sources), inputs={})
+    def compile(self, *, roots: list[Node] | None = None, results: dict[str, Node] | None = None,
+                text: str = "", verify: bool = False):
+        """Through the compiler's front door: this session's program for `roots` / `results`."""
+        from dipm_lang.compiler import Lowered, compile
+
+        return compile(Lowered(self._program(roots=roots, results=results, text=text)), verify=verify)
+
+    def _program(self, *, roots: list[Node] | None = None, results: dict[str, Node] | None = None,
+                 text: str = "") -> Program:
+        return self.lowerer.program(text, roots=list(roots or []), results=results).replace(inputs={})
 
     def _plan(self, program: Program):
         """runtime.plan, with adapters opened once per session (re-opened when their files change)."""
@@ -240,9 +258,9 @@ class Session:
     def names(self) -> dict[str, str]:
         """Completion candidates: name → a short description."""
         out: dict[str, str] = {}
-        for name, builtin in BUILTINS.items():
-            out[name] = builtin.signature
-        module: Module | None = self.module
+        for name, op in FUNCTIONS.items():
+            out[name] = op.signature
+        module = self.module
         while module is not None:
             for name, function in module.functions.items():
                 out.setdefault(name, _signature(function.definition))
@@ -281,8 +299,8 @@ class Session:
 def _cmd_type(session: Session, args: str, raw: str, offset: int) -> None:
     name = args.strip()
     if name.isidentifier() and session.module.value(name) is None:
-        if name in BUILTINS:
-            session.say(BUILTINS[name].signature)
+        if name in FUNCTIONS:
+            session.say(FUNCTIONS[name].signature)
             return
         function = session.module.function(name)
         if function is not None:
@@ -293,10 +311,9 @@ def _cmd_type(session: Session, args: str, raw: str, offset: int) -> None:
 
 def _cmd_explain(session: Session, args: str, raw: str, offset: int) -> None:
     from dipm_lang.ir.graph import print_program
-    from dipm_lang.passes.pipeline import optimize
 
     node = session._lower_arg(raw, offset, ":explain")
-    program, report = optimize(session._program(results={"_": node}), verify=True)
+    program, report = session.compile(results={"_": node}, verify=True)
     steps = "".join(f" → {p['nodes']} after {p['name']}" for p in report.passes)
     session.say(f"{node.type}; nodes: {report.nodes_before} as written{steps}")
     for note in program.notes:
@@ -308,8 +325,8 @@ def _cmd_doc(session: Session, args: str, raw: str, offset: int) -> None:
     name = args.strip()
     if not name:
         session.say("built-in operators:")
-        for builtin in BUILTINS.values():
-            session.say(f"  {builtin.signature}\n      {builtin.doc}")
+        for op in FUNCTIONS.values():
+            session.say(f"  {op.signature}\n      {op.doc}")
         session.say("standard library:")
         for fname, function in sorted(session.lowerer.prelude.functions.items()):
             session.say(f"  {_signature(function.definition)}\n      {_first_sentence(function.doc)}")
@@ -318,9 +335,9 @@ def _cmd_doc(session: Session, args: str, raw: str, offset: int) -> None:
     if name in OPERATOR_DOCS:
         session.say(OPERATOR_DOCS[name])
         return
-    if name in BUILTINS:
-        builtin = BUILTINS[name]
-        session.say(f"{builtin.signature}\n  {builtin.doc}")
+    if name in FUNCTIONS:
+        op = FUNCTIONS[name]
+        session.say(f"{op.signature}\n  {op.doc}")
         return
     function = session.module.function(name)
     value = session.module.value(name)
@@ -386,12 +403,13 @@ def _cmd_save(session: Session, args: str, raw: str, offset: int) -> None:
     if not node.type.is_update:
         raise DipmTypeError(f":save needs an update (Delta or Dir), got {node.type}", session.lowerer.spans.get(node))
     target = str(Path(path).expanduser().resolve())
-    save = session.lowerer.make("save", (node,), {"path": target, "rank": rank}, UNIT,
-                                session.lowerer.spans.get(node))
+    save = session.lowerer.emit("save", (node,), {"path": target, "rank": rank}, session.lowerer.spans.get(node))
+    expr = parse_expression(re.sub(r"[^\n]", " ", text[:offset]) + text[offset:m.start()], "<save>")
+    statement = ast.save_call(expr, target, rank)
     options = session.options
     previous, options.force = options.force, force or options.force
     try:
-        session._save(save)
+        session._save(save, session.transcript.script(print_statement(statement), free_names(expr)))
     finally:
         options.force = previous
 
@@ -401,14 +419,12 @@ def _cmd_load(session: Session, args: str, raw: str, offset: int) -> None:
     if m is None:
         raise UsageError(":load NAME PATH: bind NAME to the adapter folder PATH")
     name, path = m.group(1), m.group(2).strip().strip("\"'")
-    if name in BUILTINS:
+    if name in FUNCTIONS:
         raise NameResolutionError(f"'{name}' is a built-in operator and cannot be rebound")
     target = str(Path(path).expanduser().resolve())
-    node = session.lowerer.make("load", (), {"path": target, "name": name}, DELTA)
-    session.say(session._describe_binding(name, node))  # opens and validates the adapter first
-    session.module.values[name] = node
-    session.module.functions.pop(name, None)
-    session.lowerer.inputs[name] = node
+    session.say(session._describe_binding(name, None, path=target))  # opens and validates the adapter first
+    session.lowerer.bind_input(name, target, session.module)
+    session.transcript.add(f"{name} = load({format_string(target)})", {name}, set())
 
 
 def _cmd_names(session: Session, args: str, raw: str, offset: int) -> None:
@@ -484,8 +500,6 @@ def _stamp(path: str) -> tuple:
 
 
 def _natural(name: str):
-    from dipm_lang.io.reader import natural_key
-
     return natural_key(name)
 
 

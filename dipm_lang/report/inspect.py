@@ -21,8 +21,9 @@ import torch
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
-from dipm_lang.io.reader import natural_key, open_adapter, read_module
-from dipm_lang.report.summary import fmt, layer_table, ordered_kinds, split_module
+from dipm_lang.io.reader import open_adapter, read_module
+from dipm_lang.ir.modules import layer_order, natural_key, split_module
+from dipm_lang.report.summary import fmt, layer_table, ordered_kinds
 
 WORK_DTYPE = torch.float64  # inspection is cheap; report numbers at full precision
 
@@ -78,7 +79,7 @@ class AdapterStats:
         for (layer, kind), value in self.cells().items():
             by_layer.setdefault(layer, {})[kind] = value
         return [{"layer": layer, "norm": math.sqrt(sum(v * v for v in cells.values())), "modules": cells}
-                for layer, cells in sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0]))]
+                for layer, cells in sorted(by_layer.items(), key=lambda kv: layer_order(kv[0]))]
 
     def as_json(self) -> dict[str, Any]:
         return {"label": self.label, "path": self.path, **self.meta, "norm": self.norm,
@@ -143,7 +144,7 @@ class PairStats:
             groups.setdefault(split_module(m.name)[0], []).append(m)
         return [{"layer": layer, **self.aggregate(ms),
                  "modules": {split_module(m.name)[1]: m.row_cosine for m in ms}}
-                for layer, ms in sorted(groups.items(), key=lambda kv: _layer_key(kv[0]))]
+                for layer, ms in sorted(groups.items(), key=lambda kv: layer_order(kv[0]))]
 
     def as_json(self, adapters: Sequence[AdapterStats]) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "a_label": adapters[self.a].label, "b_label": adapters[self.b].label,
@@ -163,10 +164,6 @@ class Report:
 
     def text(self) -> str:
         return format_text(self)
-
-
-def _layer_key(layer: int | None) -> tuple[int, int]:
-    return (1, 0) if layer is None else (0, layer)
 
 
 def _cosine(dot: float, sq_a: float, sq_b: float) -> float:
@@ -371,7 +368,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     FigureCanvasAgg(figure)  # Agg, without touching pyplot's global backend
     for index, (title, cells, signed) in enumerate(panels):
         ax = figure.add_subplot(rows, cols, index + 1)
-        layers = sorted({k[0] for k in cells}, key=_layer_key)
+        layers = sorted({k[0] for k in cells}, key=layer_order)
         kinds = _kinds(cells)
         grid = np.full((len(layers), len(kinds)), np.nan)
         for (layer, kind), value in cells.items():

@@ -10,7 +10,6 @@ matrices), never from an m×n matrix.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,20 +17,8 @@ import torch
 
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.ir.modules import layer_order, split_module
 from dipm_lang.ir.types import Type
-
-_LAYER = re.compile(r"\.(\d+)\.")
-
-
-def split_module(name: str) -> tuple[int | None, str]:
-    """`(layer, module type)` of a module name: `model.layers.3.self_attn.q_proj` → `(3, "q_proj")`.
-
-    The layer is the first dotted integer (as `select(..., layers=…)` reads it); modules
-    outside the layer stack (`embed_tokens`, `lm_head`) have layer None.
-    """
-    match = _LAYER.search(f".{name}.")
-    return (int(match.group(1)) if match else None), name.rsplit(".", 1)[-1]
-
 
 def fmt(value: float, digits: int = 4) -> str:
     """A number in at most `digits` significant digits (`-` for NaN)."""
@@ -43,7 +30,7 @@ def fmt(value: float, digits: int = 4) -> str:
 def layer_table(cells: Mapping[tuple[int | None, str], float], *, signed: bool = False,
                 indent: str = "    ", extra: Mapping[int | None, Mapping[str, float]] | None = None) -> list[str]:
     """Rows = layers, columns = module types; `extra` adds per-layer columns on the right."""
-    layers = sorted({layer for layer, _ in cells}, key=_layer_key)
+    layers = sorted({layer for layer, _ in cells}, key=layer_order)
     kinds = ordered_kinds(kind for _, kind in cells)
     extra_columns = list(next(iter(extra.values()))) if extra else []
 
@@ -60,10 +47,6 @@ def layer_table(cells: Mapping[tuple[int | None, str], float], *, signed: bool =
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return [indent + "  ".join(v.rjust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-
-
-def _layer_key(layer: int | None) -> tuple[int, int]:
-    return (1, 0) if layer is None else (0, layer)
 
 
 def ordered_kinds(kinds: Iterable[str]) -> list[str]:
@@ -103,11 +86,11 @@ def _plain(label: str, values: Mapping[str, Any]) -> str:
 
 def _format_plain(value: Any) -> str:
     if isinstance(value, str):
-        from dipm_lang.frontend.printer import format_string
+        from dipm_lang.ir.numbers import format_string
 
         return format_string(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        from dipm_lang.frontend.printer import format_number
+        from dipm_lang.ir.numbers import format_number
 
         return format_number(float(value))
     if isinstance(value, (list, tuple)):

@@ -23,18 +23,20 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from dipm_lang.backend.baselines import check_program as check_merge_ranks
 from dipm_lang.backend.executor import ExecutionResult, Executor
 from dipm_lang.backend.parallel import run_batches
 from dipm_lang.backend.lowrank import EPS, LowRank
 from dipm_lang.run.options import DTYPE_NAMES
-from dipm_lang.errors import UsageError
+from dipm_lang.errors import ExecutionError, UsageError
 from dipm_lang.io.digest import FileDigest, start_all
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import AdapterInfo, check_compatible, open_adapter, read_modules
 from dipm_lang.io.writer import (AdapterStage, StagedOutput, commit_staged, discard_staged, prepare_output,
                                  recover_stale, remove_own_staging)
+from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.ops import OPERATORS
+from dipm_lang.ops.baselines import METHODS
 from dipm_lang.io.memory import MemoryAdapter
 from dipm_lang.run.progress import Progress
 from dipm_lang.safety.sandbox import Sandbox
@@ -148,7 +150,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
                 options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
             infos[path] = memory[path] if path in memory else opener(path)
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
-    check_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
@@ -190,7 +192,7 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
     def loader(node: Node, names: list[str]) -> Any:
         return read(node, names)[0].dense() if options.dense else read(node, names)
 
-    executor = Executor(the_plan.program, loader=loader, eps=options.eps, dense=options.dense,
+    executor = Executor(the_plan.program, OPERATORS, loader=loader, eps=options.eps, dense=options.dense,
                         on_group=progress.update if progress else None,
                         adapter=lambda node: infos[node.attr("path")], factors=read)
     groups = split_batches(executor.group_modules(list(the_plan.modules), the_plan.group_key), the_plan)
@@ -278,6 +280,25 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
     summary.seconds = time.perf_counter() - start
     summary.peak_memory_mb = peak_memory_mb(the_plan.device)
     return summary
+
+
+def check_factor_merge_ranks(program: Program, infos: Mapping[str, AdapterInfo]) -> None:
+    """Before any tensor is read: every factor merge's sources have equal ranks in every module."""
+    from dipm_lang.backend.baselines import rank_error
+
+    for node in walk(program.all_roots()):
+        method = METHODS.get(node.op)
+        if method is None or method.space != "factors":
+            continue
+        items = node.args[0].args
+        sources = [infos.get(item.attr("path")) if item.op == "load" else None for item in items]
+        if any(info is None for info in sources):
+            continue  # reported by the kernel
+        for name in sorted({n for info in sources for n in info.modules}, key=natural_key):
+            ranks = {i: info.modules[name].rank for i, info in enumerate(sources) if name in info.modules}
+            message = rank_error(node.op, ranks)
+            if message:
+                raise ExecutionError(f"{message} (module {name})", program.spans.get(node))
 
 
 def file_inputs(infos: Iterable[AdapterInfo]) -> list[Path]:

@@ -1,0 +1,69 @@
+"""`+ - * /`, unary minus and the elementwise magnitude operators, on the values of either backend.
+
+Values are numbers (Python floats), magnitudes and factors (tensors), and updates — `LowRank` in
+the factored backend (sums concatenate factors, exactly) or dense m×n tensors in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import ExecutionError
+
+_PLAIN = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+          "div": lambda a, b: a / b}
+
+
+def plain(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
+    """`a op b` on numbers, tensors and dense updates (`factors`: the operands are LoRA factors)."""
+    if op == "div" and isinstance(b, float) and b == 0.0:
+        raise ExecutionError("division by zero")
+    if factors and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
+        raise ExecutionError(f"factor shapes differ: {tuple(a.shape)} and {tuple(b.shape)} "
+                             "(factors of adapters with different ranks)")
+    return _PLAIN[op](a, b)
+
+
+def factored(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
+    """`a op b` where updates are `LowRank`: exact, by concatenating factors (ranks add)."""
+    if not (isinstance(a, LowRank) or isinstance(b, LowRank)):
+        return plain(op, a, b, factors=factors)
+    if op == "add":
+        return L.linear_combination([a, b], [1.0, 1.0])
+    if op == "sub":
+        return L.linear_combination([a, b], [1.0, -1.0])
+    if op == "mul":
+        k, x = (a, b) if isinstance(b, LowRank) else (b, a)
+        return L.linear_combination([x], [float(k)])
+    if float(b) == 0.0:
+        raise ExecutionError("division by zero")
+    return L.linear_combination([a], [1.0 / float(b)])
+
+
+def negate(x: Any) -> Any:
+    return L.reverse(x) if isinstance(x, LowRank) else -x
+
+
+def extremum(which: str, a: Any, b: Any) -> Any:
+    """Elementwise max/min of magnitudes and numbers (numbers with numbers stay numbers)."""
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return max(a, b) if which == "max" else min(a, b)
+    a, b = _tensors([a, b])
+    return torch.maximum(a, b) if which == "max" else torch.minimum(a, b)
+
+
+def weighted_mean(values: Sequence[Any], weights: Sequence[float]) -> Any:
+    """Σ wᵢ·mᵢ / Σ wᵢ (SPEC §3 `mean`)."""
+    total = sum(weights)
+    if total == 0.0:
+        raise ExecutionError("mean: the weights sum to zero")
+    return sum(w * m for w, m in zip(weights, values)) / total
+
+
+def _tensors(args: list) -> list[torch.Tensor]:
+    like = next(a for a in args if isinstance(a, torch.Tensor))
+    return [a if isinstance(a, torch.Tensor) else torch.full_like(like, float(a)) for a in args]

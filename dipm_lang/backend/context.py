@@ -1,0 +1,47 @@
+"""What kernels know about the modules they run on: `GroupContext`, one per batch of modules."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.ir.modules import module_matches
+from dipm_lang.ir.node import Node
+
+
+@dataclass
+class GroupContext:
+    """A batch of same-shape modules processed together (names in batch order), and how to read
+    its inputs."""
+
+    names: list[str]
+    eps: float
+    load: Callable[[Node], Any]  # reads the group's value of one `load` node (LowRank, or dense in the reference)
+    # For the merge baselines, which work on stored LoRA factors as PEFT does (backend/baselines.py):
+    adapter: Callable[[Node], Any] | None = None  # the source a `load` reads (scales, ranks; no I/O)
+    factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
+    _norms: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def unit_norms(self, x: LowRank, by: str, operand: Node) -> torch.Tensor:
+        """The unit norms of `x` (the value of `operand`) in x's dtype, computed once per value:
+        `dir(x)` and `mag(x)` (as in every DiPM recipe) share one QR. Entries hold `x` weakly,
+        so no value outlives its last use.
+
+        A computed value may cancel to exact zero units, whose rounding noise must not pass for
+        a unit (`L.exact_unit_norms`); a loaded adapter cannot, so its norms need no float64."""
+        key = (id(x), by)
+        hit = self._norms.get(key)
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        norms = L.unit_norms(x, by) if operand.op == "load" else L.exact_unit_norms(x, by)
+        self._norms[key] = (weakref.ref(x), norms)
+        return norms
+
+    def selected(self, node: Node) -> bool:
+        """Whether this group's modules match a select/replace node (uniform per group)."""
+        return module_matches(self.names[0], node.attr("pattern"), node.attr("layers"))

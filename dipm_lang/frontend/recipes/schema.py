@@ -1,0 +1,150 @@
+"""A recipe config's structure: read the YAML/TOML file, check its keys and values, resolve its paths.
+
+Nothing here parses a dipm expression; every problem is a `ConfigError` pointing into the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dipm_lang.errors import ConfigError, Span, did_you_mean
+from dipm_lang.frontend.recipes.positions import KeyPath, MAX_CONFIG_BYTES, Where, load_toml, load_yaml
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
+TOP_KEYS = ("inputs", "outputs", "import", "defs")
+OUTPUT_KEYS = ("expr", "rank")
+
+
+def is_config(path: str | Path) -> bool:
+    """Whether `path` names a YAML or TOML recipe (by its suffix)."""
+    return Path(path).suffix.lower() in CONFIG_SUFFIXES
+
+
+# ---- the recipe, checked -------------------------------------------------------------------
+
+
+@dataclass
+class Text:
+    """A string from the config and the file offset of each of its characters (plus its end)."""
+
+    value: str
+    offsets: list[int]
+
+
+@dataclass
+class Output:
+    path: Path
+    expr: Text
+    rank: int | None
+    span: Span | None  # the output's key
+
+
+@dataclass
+class Recipe:
+    file: str                 # as given (shown in messages)
+    text: str
+    inputs: dict[str, Path]   # NAME -> absolute folder
+    outputs: list[Output]
+    imports: list[tuple[str, Span | None]]
+    defs: Text | None
+    input_spans: dict[str, Span | None] = field(default_factory=dict)  # NAME -> its key in the config
+    input_texts: dict[str, str] = field(default_factory=dict)          # NAME -> the folder as written
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """Parse a YAML or TOML recipe and check its structure (no expression is parsed yet)."""
+    file = str(path)
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the config is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})", file=file)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the config: {e.strerror or e}", file=file) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the config is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+                          file=file) from None
+    if Path(path).suffix.lower() == ".toml":
+        tree, where = load_toml(text, file)
+    else:
+        tree, where = load_yaml(text, file)
+    return _check(tree, where, file, text, Path(path).resolve().parent)
+
+
+def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recipe:
+    def fail(message: str, key: KeyPath = (), hint: str | None = None):
+        raise ConfigError(message, where.span(key), file=file, hint=hint)
+
+    if not isinstance(tree, dict):
+        fail(f"the config must be a mapping with 'inputs' and 'outputs', got {_kind(tree)}")
+    for key in tree:
+        if key not in TOP_KEYS:
+            guess = did_you_mean(str(key), TOP_KEYS)
+            fail(f"unknown key '{key}'", (key,), hint=f"did you mean '{guess}'?" if guess
+                 else f"the keys are: {', '.join(TOP_KEYS)}")
+    if "outputs" not in tree:
+        fail("the config has no 'outputs': give at least one `folder: expression`")
+
+    inputs_tree = tree.get("inputs") or {}
+    if not isinstance(inputs_tree, dict):
+        fail(f"'inputs' must map names to adapter folders, got {_kind(inputs_tree)}", ("inputs",))
+    inputs: dict[str, Path] = {}
+    for name, value in inputs_tree.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            fail(f"input name {name!r} is not a valid name (letters, digits, '_')", ("inputs", name))
+        if not isinstance(value, str) or not value:
+            fail(f"input '{name}' must be an adapter folder (a string), got {_kind(value)}", ("inputs", name))
+        inputs[name] = (base / Path(value).expanduser()).resolve()
+
+    outputs_tree = tree["outputs"]
+    if not isinstance(outputs_tree, dict) or not outputs_tree:
+        fail("'outputs' must map output folders to expressions", ("outputs",))
+    outputs: list[Output] = []
+    for key, value in outputs_tree.items():
+        at: KeyPath = ("outputs", key)
+        if not isinstance(key, str) or not key:
+            fail(f"an output folder must be a string, got {_kind(key)}", at)
+        rank = None
+        if isinstance(value, dict):
+            for sub in value:
+                if sub not in OUTPUT_KEYS:
+                    fail(f"unknown key '{sub}' in output '{key}'", at + (sub,), hint="an output has 'expr' and 'rank'")
+            if "expr" not in value:
+                fail(f"output '{key}' has no 'expr'", at)
+            rank = value.get("rank")
+            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+                fail(f"'rank' of output '{key}' must be a positive whole number, got {rank!r}", at + ("rank",))
+            value, at = value["expr"], at + ("expr",)
+        if not isinstance(value, str):
+            fail(f"output '{key}' must be an expression (a string), got {_kind(value)}", at,
+                 hint="quote the expression if it starts with '[' or '{'")
+        if not value.strip():
+            fail(f"output '{key}' has an empty expression", at)
+        outputs.append(Output((base / Path(key).expanduser()).resolve(), Text(value, where.offsets(at, value)),
+                              rank, where.span(("outputs", key))))
+
+    imports_tree = tree.get("import") or []
+    if isinstance(imports_tree, str):
+        imports_tree = [imports_tree]
+    if not isinstance(imports_tree, list) or not all(isinstance(i, str) for i in imports_tree):
+        fail("'import' must be a file name or a list of file names", ("import",))
+    imports = [(item, where.span(("import",))) for item in imports_tree]
+
+    defs = tree.get("defs")
+    if defs is not None and not isinstance(defs, str):
+        fail(f"'defs' must be dipm definitions (a string), got {_kind(defs)}", ("defs",))
+    return Recipe(file, text, inputs, outputs, imports, Text(defs, where.offsets(("defs",), defs)) if defs else None,
+                  {name: where.span(("inputs", name)) for name in inputs}, dict(inputs_tree))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+

@@ -1,0 +1,65 @@
+"""Modulators on directions (SPEC §3, §7.1): `reverse`, `shift`, `lerp`, `mix`, `orth`.
+
+Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix.
+"""
+
+from __future__ import annotations
+
+from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.patterns import P, Rule, Var
+from dipm_lang.ops.core import is_number
+from dipm_lang.ir.signature import DirOf, ListOf, Number, Param, Weights
+from dipm_lang.ops.backend import D, L
+
+D_, E_, T_ = Var("d"), Var("e"), Var("t")
+TWO_DIRECTIONS = (Param("d", DirOf("by")), Param("e", DirOf("by")))
+
+
+def _constant(value: float) -> P:
+    return P("const", where=lambda n: is_number(n, value))
+
+
+def _weights(weights: list[float], count: int) -> list[float]:
+    return [float(w) for w in weights] if weights else [1.0] * count  # [] means equal weights
+
+
+OPERATORS = [
+    Operator("reverse", (Param("d", DirOf("by")),), DirOf("by"), "The opposite direction, -d.",
+             factored=lambda ctx, node, d: L.reverse(d), dense=lambda ctx, node, d: D.reverse(d),
+             simplify=(
+                 # reverse(reverse(d)) -> d
+                 Rule("reverse-reverse", P("reverse", P("reverse", D_)), lambda d: d),
+             ),
+             maps_over_lists=True),
+    Operator("shift", (*TWO_DIRECTIONS, Param("t", Number())), DirOf("by"),
+             "Move d toward e along the great circle by the fraction t (per-unit slerp).",
+             factored=lambda ctx, node, d, e, t: L.shift(d, e, float(t), node.type.by, ctx.eps),
+             dense=lambda ctx, node, d, e, t: D.shift(d, e, float(t), node.type.by, ctx.eps),
+             simplify=(
+                 # shift(d, e, 0) -> d
+                 Rule("shift-0", P("shift", D_, E_, _constant(0.0)), lambda d: d),
+                 # shift(d, e, 1) -> e
+                 Rule("shift-1", P("shift", D_, E_, _constant(1.0)), lambda e: e),
+                 # shift(d, d, t) -> d
+                 Rule("shift-same", P("shift", D_, D_, T_), lambda d: d),
+             )),
+    Operator("lerp", (*TWO_DIRECTIONS, Param("t", Number())), DirOf("by"),
+             "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
+             factored=lambda ctx, node, d, e, t: L.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),
+             dense=lambda ctx, node, d, e, t: D.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),
+             simplify=(
+                 # lerp(d, e, 0) -> d   (d is a direction: normalize(d) = d)
+                 Rule("lerp-0", P("lerp", D_, E_, _constant(0.0)), lambda d: d),
+                 # lerp(d, e, 1) -> e
+                 Rule("lerp-1", P("lerp", D_, E_, _constant(1.0)), lambda e: e),
+                 # lerp(d, d, t) -> d   ((1-t)·d + t·d = d)
+                 Rule("lerp-same", P("lerp", D_, D_, T_), lambda d: d),
+             )),
+    Operator("mix", (Param("dirs", ListOf(DirOf("by"), "directions")), Param("weights", Weights("dirs"), [])),
+             DirOf("by"), "normalize(sum of w_i * d_i); [] or omitted weights: all equal.",
+             factored=lambda ctx, node, dirs, w: L.mix(dirs, _weights(w, len(dirs)), node.type.by, ctx.eps),
+             dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(w, len(dirs)), node.type.by, ctx.eps)),
+    Operator("orth", TWO_DIRECTIONS, DirOf("by"), "Remove from d its component along e, then normalize.",
+             factored=lambda ctx, node, d, e: L.orth(d, e, node.type.by, ctx.eps),
+             dense=lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps)),
+]

@@ -1,0 +1,22 @@
+"""Reading and writing adapters (SPEC §3 "I/O", §4): `load` and `save`.
+
+Both take paths, which the lowering resolves against the folder of the file they are written in
+and confines to `--sandbox`. `load()` without a path is an input given from outside; the lowering
+sets `name` when the load is bound to a name (`H = load(...)`), which makes it a named input.
+"""
+
+from __future__ import annotations
+
+from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.signature import Int, Param, Path, Text, Update
+from dipm_lang.ir.types import DELTA, UNIT
+
+OPERATORS = [
+    Operator("load", (Param("path", Path(optional=True), None), Param("name", Text(optional=True), None,
+                                                                         internal=True)), DELTA,
+             "Read a PEFT LoRA adapter folder. load() without a path is an input given from outside "
+             "(--set NAME=PATH).",
+             factored=lambda ctx, node: ctx.load(node)),
+    Operator("save", (Param("x", Update()), Param("path", Path()), Param("rank", Int(minimum=1, optional=True), None)),
+             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation."),
+]

@@ -1,0 +1,66 @@
+"""Module selection (SPEC §3): keep or replace only the modules whose name matches a pattern and/or
+whose layer lies in a range. Which modules match is known from the names alone, so the executor
+groups modules by it and a kernel sees one outcome per batch."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.signature import Param, Static, Typing, Update, _listed, _string
+from dipm_lang.ir.types import DELTA
+from dipm_lang.ops.backend import L
+from dipm_lang.safety.regex import compile_pattern
+
+
+class Pattern(Static):
+    """A regular expression over module names (`re.search`), refused when it could take exponential
+    time; none means every module."""
+
+    label = "Str"
+
+    def convert(self, t: Typing, param: str, value: Any) -> str:
+        if value is None:
+            return ".*"
+        pattern = _string(t, param, value)
+        try:
+            compile_pattern(pattern)
+        except re.error as e:
+            t.fail(param, f"invalid regular expression {pattern!r:.200}: {e}")
+        return pattern
+
+
+class Layers(Static):
+    """`[first, last]`: an inclusive range of layer indices, or none."""
+
+    label = "[Int, Int]"
+
+    def convert(self, t: Typing, param: str, value: Any) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) for v in value)
+                or value[0] > value[1]):
+            t.fail(param, f"'{param}' must be [first, last] (inclusive layer numbers), got {_listed(value)}")
+        return (int(value[0]), int(value[1]))
+
+
+WHERE = (Param("pattern", Pattern(), None), Param("layers", Layers(), None))
+
+
+def _zero(x: Any) -> Any:
+    if isinstance(x, L.LowRank):
+        return L.LowRank.zeros(x.m, x.n, x.batch_shape, x.dtype, x.device)
+    return x * 0.0
+
+
+OPERATORS = [
+    Operator("select", (Param("x", Update()), *WHERE), DELTA,
+             "Keep only the modules whose name matches the regex (re.search) and/or lies in the layer range; "
+             "others become zero.",
+             factored=lambda ctx, node, x: x if ctx.selected(node) else _zero(x)),
+    Operator("replace", (Param("x", Update()), Param("y", Update()), *WHERE), DELTA,
+             "x, with the matching modules taken from y instead.",
+             factored=lambda ctx, node, x, y: y if ctx.selected(node) else x),
+]
