@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` mus
     from dipm_lang.ir.node import Program
     from dipm_lang.io.memory import MemoryAdapter
     from dipm_lang.compiler import PassReport
-    from dipm_lang.run.runtime import OutputSummary, RunSummary
+    from dipm_lang.run import OutputSummary, RunSummary
 
 InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], float, Any]
 """A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel`, `(PeftModel, name)`, or
@@ -71,7 +71,7 @@ class CompiledProgram:
         outputs. Returns the run's summary (`.text()`, `.outputs`).
         """
         from dipm_lang.compiler import bind_inputs
-        from dipm_lang.run.runtime import run_program
+        from dipm_lang.run import run_program
 
         unknown = sorted(set(inputs or {}) - set(self.inputs))
         if unknown:
@@ -149,7 +149,9 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     shows the expression with a caret under the column.
     """
     from dipm_lang.compiler import RESULT, Expression, bind_inputs, lower, optimize
-    from dipm_lang.run.runtime import execute, file_inputs, output_template, plan, provenance
+    from dipm_lang.io.sources import file_inputs
+    from dipm_lang.run import execute, plan
+    from dipm_lang.run.outputs import output_template, provenance
 
     if level not in (0, 1, 2):
         raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
@@ -237,7 +239,7 @@ class AdapterValue(Mapping[str, Any]):
 
         from dipm_lang.backend import lowrank as L
         from dipm_lang.io.writer import write_adapter
-        from dipm_lang.run.runtime import OutputSummary, _to_output
+        from dipm_lang.run.outputs import OutputSummary, to_output
 
         self._need_update("save")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -250,7 +252,7 @@ class AdapterValue(Mapping[str, Any]):
                 value, err = L.lowrank(value, rank)
                 dropped += (float(err) * norm) ** 2
                 total += norm ** 2
-            modules[name] = _to_output(value)
+            modules[name] = to_output(value)
         written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
                                 recipe=self.recipe, force=force, inputs=self._input_paths)
         ranks = [v.rank for v in modules.values() if v.rank > 0]
@@ -439,7 +441,7 @@ def _detach(value: Any) -> Any:
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:
-    from dipm_lang.run.runtime import DTYPES
+    from dipm_lang.run.planning import DTYPES
 
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -456,7 +458,7 @@ def _dtype_name(dtype: Any) -> str:
 
 def _options(device: str, dtype: Any, out_dtype: Any, **kwargs: Any):
     from dipm_lang.backend.lowrank import EPS
-    from dipm_lang.run.runtime import RunOptions
+    from dipm_lang.run import RunOptions
 
     if kwargs.get("eps") is None:
         kwargs["eps"] = EPS

@@ -21,7 +21,7 @@ from adapters import make_peft_adapter, tiny_llama
 from dipm_lang.cli.main import main
 from dipm_lang.compiler import ScriptText, compile
 from dipm_lang.errors import DipmTypeError, ExecutionError
-from dipm_lang.run.runtime import RunOptions, execute, plan
+from dipm_lang.run import RunOptions, execute, plan
 from test_run import assert_same, device_values, values
 
 PREFIX = "base_model.model."

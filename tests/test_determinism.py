@@ -102,7 +102,7 @@ def test_threads_option_is_checked(work: Path) -> None:
 def test_in_process_runs_agree_and_restore_torch_threads(work: Path) -> None:
     """The Python path (plan + execute) gives the CLI's numbers, and leaves torch's setting as it was."""
     from dipm_lang.compiler import ScriptFile, compile
-    from dipm_lang.run.runtime import RunOptions, execute, plan
+    from dipm_lang.run import RunOptions, execute, plan
 
     program, _ = compile(ScriptFile(work / "s.dipm"))
     before = torch.get_num_threads()

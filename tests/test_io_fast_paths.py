@@ -213,7 +213,8 @@ def test_a_header_longer_than_reserved_relocates_the_data(tmp_path: Path) -> Non
 
 def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -> None:
     """`dipm run` writes each batch as it is done and keeps none of the output in memory."""
-    from dipm_lang.run import runtime
+    from dipm_lang.run import pipeline
+    from dipm_lang.run.options import RunOptions
     from dipm_lang.compiler import ScriptText, compile
     from dipm_lang.io import writer
 
@@ -222,11 +223,11 @@ def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -
     real_add = writer.AdapterStage.add
     monkeypatch.setattr(writer.AdapterStage, "add", lambda self, modules: calls.append(len(modules))
                         or real_add(self, modules))
-    real_execute = runtime.execute
+    real_execute = pipeline.execute
     held = []
-    monkeypatch.setattr(runtime, "execute", lambda *a, **k: held.append(real_execute(*a, **k)) or held[-1])
+    monkeypatch.setattr(pipeline, "execute", lambda *a, **k: held.append(real_execute(*a, **k)) or held[-1])
     program, _ = compile(ScriptText(f'x = load("{folder}")\nsave(dir(x) + x, "{tmp_path / "out"}")\n'))
-    runtime.run_program(program, runtime.RunOptions(threads=2))
+    pipeline.run_program(program, RunOptions(threads=2))
     assert len(calls) >= 2 and sum(calls) == 3 * LAYERS  # one call per batch (two module shapes at least)
     assert all(not save.modules for save in held[0].saves)  # written and dropped
     assert set(load_file(str(tmp_path / "out" / "adapter_model.safetensors"))) == {

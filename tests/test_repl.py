@@ -15,7 +15,7 @@ import torch
 
 from adapters import peft_deltas
 from dipm_lang.repl.session import Session, open_brackets
-from dipm_lang.run.runtime import RunOptions
+from dipm_lang.run import RunOptions
 from dipm_lang.report.summary import fmt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from adapters import folder_digest, huge_adapter, make_peft_adapter
 from dipm_lang.backend import dense as D
 from dipm_lang.cli.main import main
 from dipm_lang.compiler import ScriptText, compile
-from dipm_lang.run.runtime import RunOptions, execute, plan
+from dipm_lang.run import RunOptions, execute, plan
 
 PROFILE = settings(deadline=None, derandomize=True, max_examples=40,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -190,7 +190,7 @@ def test_repl_keeps_every_file_access_inside(box: Path, tmp_path: Path) -> None:
     import io
 
     from dipm_lang.repl.session import Session
-    from dipm_lang.run.runtime import RunOptions
+    from dipm_lang.run import RunOptions
 
     session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(box)), out=io.StringIO(), err=io.StringIO())
     session.handle('h = load("box/H")')

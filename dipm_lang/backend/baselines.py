@@ -35,7 +35,7 @@ from dipm_lang.ir.node import Node
 
 if TYPE_CHECKING:
     from dipm_lang.backend.context import GroupContext
-    from dipm_lang.ops.baselines import MergeMethod
+    from dipm_lang.backend.merge_method import MergeMethod
 
 # ---- PEFT's merge_utils, batched: tensors are stacked [S, ..., a, b] over the S sources ------
 

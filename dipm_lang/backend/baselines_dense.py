@@ -22,7 +22,7 @@ from dipm_lang.ir.node import Node
 
 if TYPE_CHECKING:
     from dipm_lang.backend.context import GroupContext
-    from dipm_lang.ops.baselines import MergeMethod
+    from dipm_lang.backend.merge_method import MergeMethod
 
 
 def _prune_topk(t: Tensor, density: float) -> Tensor:

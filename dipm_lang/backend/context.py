@@ -10,7 +10,6 @@ import torch
 
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
-from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.node import Node
 
 
@@ -41,7 +40,3 @@ class GroupContext:
         norms = L.unit_norms(x, by) if operand.op == "load" else L.exact_unit_norms(x, by)
         self._norms[key] = (weakref.ref(x), norms)
         return norms
-
-    def selected(self, node: Node) -> bool:
-        """Whether this group's modules match a select/replace node (uniform per group)."""
-        return module_matches(self.names[0], node.attr("pattern"), node.attr("layers"))

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-EPS = 1e-12
-SIN_EPS = 1e-6
+from dipm_lang.ir.constants import EPS, SIN_EPS
+
 
 __all__ = [
     "unit_norms",

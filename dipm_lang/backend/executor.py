@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -21,7 +21,6 @@ from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.context import GroupContext
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import DipmError, ExecutionError
-from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.operator import OperatorTable
 
@@ -75,19 +74,6 @@ class Executor:
             for arg in node.args:
                 self.uses[id(arg)] = self.uses.get(id(arg), 0) + 1
         self.globals: dict[int, Any] = {}
-        self.selectors = [n for n in self.order if n.op in ("select", "replace")]
-
-    # ---- grouping ---------------------------------------------------------------------
-
-    def group_modules(self, modules: Sequence[str], key: Callable[[str], tuple]) -> list[list[str]]:
-        """Partition modules into batches with identical shapes/ranks/selection outcomes."""
-        if self.dense:
-            return [[m] for m in modules]
-        groups: dict[tuple, list[str]] = {}
-        for name in modules:
-            selection = tuple(module_matches(name, n.attr("pattern"), n.attr("layers")) for n in self.selectors)
-            groups.setdefault(key(name) + selection, []).append(name)
-        return list(groups.values())
 
     # ---- running ----------------------------------------------------------------------
 

@@ -23,11 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-EPS = 1e-12
-"""Default zero-unit threshold: a unit with norm ≤ eps is a zero unit (SPEC §3)."""
+from dipm_lang.ir.constants import EPS, SIN_EPS
 
-SIN_EPS = 1e-6
-"""`shift` falls back to the linear path where sin θ is below this (SPEC §3)."""
 
 BYS = ("out", "in", "matrix")
 

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
     from dipm_lang.compiler import RESULT, Expression, lower, optimize
-    from dipm_lang.run.runtime import execute, plan
+    from dipm_lang.run import execute, plan
     from dipm_lang.report.summary import summarize
 
     program = lower(Expression(args.expr, FILE), sets, sandbox=sandbox_from(args))

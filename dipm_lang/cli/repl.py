@@ -40,7 +40,7 @@ def register(sub, commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dipm_lang.repl.session import Session
-    from dipm_lang.run.runtime import RunOptions, resolve_device
+    from dipm_lang.run import RunOptions, resolve_device
 
     from dipm_lang.cli.options import sandbox_from
 
@@ -99,7 +99,7 @@ def _interactive(session: Session, history: Path) -> int:
     from prompt_toolkit.key_binding import KeyBindings
     from prompt_toolkit.lexers import PygmentsLexer
 
-    from dipm_lang import __version__
+    from dipm_lang.version import __version__
     from dipm_lang.repl.highlight import DipmLexer
 
     class _Completer(Completer):

@@ -50,7 +50,7 @@ def _positive_int(text: str) -> int:
 
 
 def options_from(args: argparse.Namespace):
-    from dipm_lang.run.runtime import RunOptions
+    from dipm_lang.run import RunOptions
 
     return RunOptions(device=args.device, dtype=args.dtype, out_dtype=args.out_dtype, eps=args.eps,
                       force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def execute_program(program, args: argparse.Namespace) -> int:
     if not args.dry_run:
         digest.prefetch(_input_folders(program, args))
-    from dipm_lang.run.runtime import plan, run_program
+    from dipm_lang.run import plan, run_program
 
     options = options_from(args)
     if args.dry_run:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,19 +24,9 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError, UsageError
 from dipm_lang.io.finite import all_finite
-from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo, ModuleInfo, natural_key
-
-MEMORY_PREFIX = "<memory:"
-
-
-def memory_key(label: str) -> str:
-    """The load-node path that names an in-memory input (never a real folder)."""
-    return f"{MEMORY_PREFIX}{label}>"
-
-
-def is_memory_key(path: Any) -> bool:
-    return isinstance(path, str) and path.startswith(MEMORY_PREFIX) and path.endswith(">")
-
+from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo, ModuleInfo
+from dipm_lang.io.sources import memory_key
+from dipm_lang.ir.modules import natural_key
 
 @dataclass(frozen=True, eq=False)
 class MemoryAdapter(AdapterInfo):
@@ -44,9 +34,19 @@ class MemoryAdapter(AdapterInfo):
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
-    def read(self, name: str, *, dtype: torch.dtype = torch.float32,
+    @property
+    def on_disk(self) -> bool:
+        return False
+
+    def read(self, names: Sequence[str], *, dtype: torch.dtype = torch.float32,
              device: str | torch.device = "cpu") -> LowRank:
-        """One module's update with its scale folded into `B` (as `read_module` does for files)."""
+        """Same-shape modules stacked, scales folded into `B` (as `read_modules` does for files)."""
+        parts = [self.read_one(name, dtype=dtype, device=device) for name in names]
+        return LowRank(torch.stack([p.B for p in parts]), torch.stack([p.A for p in parts]))
+
+    def read_one(self, name: str, *, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> LowRank:
+        """One module's update with its scale folded into `B`."""
         module = self.modules[name]
         b, a = self.factors[name]
         work = torch.float64 if dtype == torch.float64 else torch.float32

@@ -116,6 +116,15 @@ class AdapterInfo:
         """Hex SHA-256 of the weights file (waits for a hash started with `digest.start()`)."""
         return self.digest if isinstance(self.digest, str) else self.digest.value()
 
+    @property
+    def on_disk(self) -> bool:
+        return True
+
+    def read(self, names: Sequence[str], *, dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "cpu") -> LowRank:
+        """Same-shape modules stacked, scales folded into B (`io.sources.AdapterSource`)."""
+        return read_modules(self, names, dtype=dtype, device=device)
+
 
 # --------------------------------------------------------------------------- opening
 

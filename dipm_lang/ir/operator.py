@@ -51,6 +51,7 @@ class Operator:
     alias_of: str | None = None          # the same operator under another name (normalize = dir)
     returns_label: str | None = None     # the result as signatures show it, when `returns` is a function
     error_label: str | None = None       # prefix of its type errors; default "name" for callable operators
+    batch_key: Callable[["Node", str], Any] | None = None  # (node, module) -> what a batch's modules share
 
     @property
     def label(self) -> str:

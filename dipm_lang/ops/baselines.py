@@ -14,8 +14,7 @@ parameterised into many methods).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dipm_lang.backend.merge_method import MergeMethod
 from dipm_lang.ir.node import Node
 from dipm_lang.ir.operator import Builder, Operator
 from dipm_lang.ir.signature import (REQUIRED, Choice, Int, Numbers, Param, Real, Typing, UpdateList,
@@ -24,26 +23,6 @@ from dipm_lang.ir.types import DELTA
 from dipm_lang.ops.backend import merges, merges_dense
 
 SIGN_METHODS = ("total", "frequency")
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    name: str        # the language's function name (PEFT's combination_type)
-    base: str        # task_arithmetic | linear | ties | dare_linear | dare_ties | magnitude_prune
-    space: str       # "factors" (A and B separately) or "delta" (ΔW, then truncated SVD)
-    density: bool = False  # which parameters it takes
-    sign: bool = False     # majority_sign_method
-    seed: bool = False     # DARE: random pruning, seeded, density > 0 (it rescales by 1/density)
-    doc: str = ""
-
-    @property
-    def rank(self) -> bool:
-        """Takes `rank` (the delta methods end with a truncated SVD)."""
-        return self.space == "delta"
-
-    @property
-    def random(self) -> bool:
-        return self.seed
 
 
 _SQRT = ("PEFT's square-root weights: A' = Σ sign(wᵢsᵢ)√|wᵢsᵢ|·Aᵢ, B' = Σ √|wᵢsᵢ|·Bᵢ "

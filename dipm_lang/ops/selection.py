@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.signature import Param, Static, Typing, Update, _listed, _string
 from dipm_lang.ir.types import DELTA
@@ -49,6 +50,11 @@ class Layers(Static):
 WHERE = (Param("pattern", Pattern(), None), Param("layers", Layers(), None))
 
 
+def _matches(node, name: str) -> bool:
+    """Whether `name` is selected: a kernel sees one outcome per batch (the schedule groups by it)."""
+    return module_matches(name, node.attr("pattern"), node.attr("layers"))
+
+
 def _zero(x: Any) -> Any:
     if isinstance(x, L.LowRank):
         return L.LowRank.zeros(x.m, x.n, x.batch_shape, x.dtype, x.device)
@@ -59,8 +65,8 @@ OPERATORS = [
     Operator("select", (Param("x", Update()), *WHERE), DELTA,
              "Keep only the modules whose name matches the regex (re.search) and/or lies in the layer range; "
              "others become zero.",
-             factored=lambda ctx, node, x: x if ctx.selected(node) else _zero(x)),
+             factored=lambda ctx, node, x: x if _matches(node, ctx.names[0]) else _zero(x), batch_key=_matches),
     Operator("replace", (Param("x", Update()), Param("y", Update()), *WHERE), DELTA,
              "x, with the matching modules taken from y instead.",
-             factored=lambda ctx, node, x, y: y if ctx.selected(node) else x),
+             factored=lambda ctx, node, x, y: y if _matches(node, ctx.names[0]) else x, batch_key=_matches),
 ]

@@ -39,7 +39,7 @@ from dipm_lang.ir.numbers import NotConstant, const_eval
 from dipm_lang.ir.types import UNIT
 from dipm_lang.ops import OPERATORS
 from dipm_lang.repl.transcript import Transcript, free_names
-from dipm_lang.run.runtime import RunOptions
+from dipm_lang.run import RunOptions
 
 FUNCTIONS = OPERATORS.callables()
 
@@ -164,7 +164,7 @@ class Session:
 
     def _save(self, save: Node, script: str) -> None:
         """Run one save; `script` (the statements that produced it) is its recorded recipe."""
-        from dipm_lang.run.runtime import run_program
+        from dipm_lang.run import run_program
 
         program = self._program(roots=[save], text=script)
         summary = run_program(program, self.options, quiet=True)
@@ -188,7 +188,7 @@ class Session:
         return self._execute({"_": node})["_"]
 
     def _execute(self, results: dict[str, Node]) -> dict[str, dict[str, Any]]:
-        from dipm_lang.run.runtime import execute
+        from dipm_lang.run import execute
 
         program, _ = self.compile(results=results)
         return execute(self._plan(program), self.options).results
@@ -206,7 +206,7 @@ class Session:
 
     def _plan(self, program: Program):
         """runtime.plan, with adapters opened once per session (re-opened when their files change)."""
-        from dipm_lang.run.runtime import plan
+        from dipm_lang.run import plan
 
         return plan(program, self.options, check_outputs=False, opener=self.adapter)
 

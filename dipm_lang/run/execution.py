@@ -1,0 +1,53 @@
+"""Step `execute`: run the optimized program over every batch of modules, on the factors.
+
+On the CPU, batches run side by side on worker threads with single-threaded kernels, so outputs are
+byte-identical for any thread count (backend/parallel.py); a GPU parallelises inside its kernels,
+so there batches run one after another.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from dipm_lang.backend.executor import ExecutionResult, Executor
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.backend.parallel import run_batches
+from dipm_lang.ir.node import Node
+from dipm_lang.ops import OPERATORS
+from dipm_lang.run.options import RunOptions
+from dipm_lang.run.planning import Plan
+from dipm_lang.run.progress import Progress
+from dipm_lang.run.scheduling import schedule
+
+
+def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = None,
+            on_part: Callable[[ExecutionResult], None] | None = None) -> ExecutionResult:
+    """Run the program over all modules; returns per-save (and per-result) module values.
+
+    `on_part` sees each batch's result, in batch order, as soon as it is ready (`run_program`
+    writes and drops the saves' modules there, so the merged result then holds none).
+    """
+    infos = the_plan.inputs
+
+    def read(node: Node, names: list[str]) -> LowRank:
+        # A group's modules are all present in an input or all absent (Plan.group_key).
+        info = infos[node.attr("path")]
+        if names[0] not in info.modules:  # absent from this adapter: a zero update (SPEC §2)
+            m, n = the_plan.modules[names[0]]
+            return LowRank.zeros(m, n, (len(names),), dtype=the_plan.dtype, device=the_plan.device)
+        return info.read(names, dtype=the_plan.dtype, device=the_plan.device)
+
+    def loader(node: Node, names: list[str]) -> Any:
+        return read(node, names)[0].dense() if options.dense else read(node, names)
+
+    executor = Executor(the_plan.program, OPERATORS, loader=loader, eps=options.eps, dense=options.dense,
+                        on_group=progress.update if progress else None,
+                        adapter=lambda node: infos[node.attr("path")], factors=read)
+    groups = schedule(the_plan, dense=options.dense)
+    if progress:
+        progress.start(len(groups), sum(len(g) for g in groups))
+    result = run_batches(executor, groups, threads=options.threads if the_plan.device.type == "cpu" else 1,
+                         on_batch=progress.update if progress else None, on_part=on_part)
+    if progress:
+        progress.finish()
+    return result

@@ -1,0 +1,97 @@
+"""Step `write`: outputs staged before work, filled batch by batch, renamed into place together.
+
+Also what every output records (`provenance`) and what a run reports (`RunSummary`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.io.sources import AdapterSource
+from dipm_lang.ir.node import Program
+from dipm_lang.run.planning import Plan, load_nodes
+from dipm_lang.version import __version__
+
+@dataclass
+class OutputSummary:
+    path: Path
+    modules: int
+    ranks: list[int]
+    dtype: str
+    relative_error: float | None
+
+    def line(self) -> str:
+        lo, hi = (min(self.ranks), max(self.ranks)) if self.ranks else (0, 0)
+        rank = f"rank {hi}" if lo == hi else f"ranks {lo}–{hi}"
+        err = f", dropped {self.relative_error:.2e} relative error" if self.relative_error is not None else ""
+        return f"{self.path}  ({self.modules} modules, {rank}, {self.dtype}{err})"
+
+
+@dataclass
+class RunSummary:
+    outputs: list[OutputSummary] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    device: str = "cpu"
+    modules: int = 0
+    groups: int = 0
+
+    def text(self) -> str:
+        lines = [f"wrote {len(self.outputs)} adapter{'s' if len(self.outputs) != 1 else ''} in "
+                 f"{self.seconds:.2f} s on {self.device} ({self.modules} modules in {self.groups} batches, "
+                 f"peak memory {self.peak_memory_mb:.0f} MB)"]
+        lines += [f"  {o.line()}" for o in self.outputs]
+        return "\n".join(lines)
+
+
+def output_template(infos: list[AdapterSource]) -> AdapterSource | None:
+    """The writer's template: the first input's config, with every input's module kinds and shapes
+    (so an embedding module that only a later input has is still written as an embedding)."""
+    if not infos:
+        return None
+    modules = {}
+    for info in reversed(infos):
+        modules.update(info.modules)
+    return dataclasses.replace(infos[0], modules=modules)
+
+
+def to_output(value: Any) -> LowRank:
+    if isinstance(value, LowRank):
+        if not bool(value.B.any()) or not bool(value.A.any()):  # exactly zero: leave the module out
+            return LowRank.zeros(value.m, value.n, dtype=value.dtype)
+        return LowRank(value.B.detach().cpu().contiguous(), value.A.detach().cpu().contiguous())
+    # dense reference values: exact factors W = I·W (only used by tests)
+    W = value.detach().cpu()
+    return LowRank(W.clone(), torch.eye(W.shape[1], dtype=W.dtype)) if W.shape[0] > W.shape[1] \
+        else LowRank(torch.eye(W.shape[0], dtype=W.dtype), W.clone())
+
+
+def provenance(program: Program, the_plan: Plan,
+               digest: Callable[[AdapterSource], str] = lambda info: info.sha256) -> dict[str, str]:
+    """Safetensors metadata: the recipe's hash and each input's content hash (`digest`)."""
+    inputs = {}
+    for node in load_nodes(program):
+        info = the_plan.inputs[node.attr("path")]
+        inputs[node.attr("name") or os.path.basename(str(info.path))] = {"path": str(info.path),
+                                                                          "sha256": digest(info)}
+    return {
+        "dipm_lang_version": __version__,
+        "dipm_script_sha256": hashlib.sha256(program.script_text.encode("utf-8")).hexdigest(),
+        "dipm_inputs": json.dumps(inputs, sort_keys=True),
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -1,0 +1,73 @@
+"""The back half of the pipeline for a compiled program: plan → execute → write, all outputs or none."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from dipm_lang.io.digest import FileDigest, start_all
+from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.writer import AdapterStage, StagedOutput, commit_staged, discard_staged, remove_own_staging
+from dipm_lang.ir.node import Program
+from dipm_lang.backend.executor import ExecutionResult
+from dipm_lang.run.execution import execute
+from dipm_lang.run.options import RunOptions
+from dipm_lang.run.planning import file_inputs, plan
+from dipm_lang.run.progress import Progress
+from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_template, peak_memory_mb, provenance,
+                                 to_output)
+
+
+def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
+                memory: Mapping[str, AdapterSource] | None = None) -> RunSummary:
+    """Validate, execute and write every `save` of `program`; all outputs or none."""
+    start = time.perf_counter()
+    the_plan = plan(program, options, memory=memory, recover=True)
+    # Provenance hashes, in the background while the program runs (the CLI started them already).
+    start_all([info.digest for info in the_plan.inputs.values() if isinstance(info.digest, FileDigest)])
+    if the_plan.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(the_plan.device)
+    show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
+    progress = Progress("modules", enabled=show)
+    template = output_template(list(the_plan.inputs.values()))
+    stages: dict[int, AdapterStage] = {}
+    staged: list[StagedOutput] = []
+    try:
+        # Every output is staged before any work, and filled batch by batch as the batches finish.
+        for save in program.roots:
+            stages[id(save)] = AdapterStage(
+                save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
+                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64), force=options.force,
+                inputs=file_inputs(the_plan.inputs.values()))
+
+        def write_part(part: ExecutionResult) -> None:
+            for save in part.saves:
+                stages[id(save.node)].add({name: to_output(value) for name, value in save.modules.items()})
+                save.modules.clear()  # written: the run holds no output
+
+        result = execute(the_plan, options, progress=progress, on_part=write_part)
+        metadata = provenance(program, the_plan)
+        summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
+                             groups=progress.total_steps)
+        for save in result.saves:
+            stage = stages[id(save.node)]
+            staged.append(stage.finish(metadata=metadata, recipe=program.script_text))
+            ranks = [rank for rank, _ in stage.ranks.values()]
+            summary.outputs.append(OutputSummary(
+                Path(save.node.attr("path")), len(ranks), ranks, str(the_plan.out_dtype).removeprefix("torch."),
+                save.relative_error if save.node.attr("rank") is not None else None))
+        commit_staged(staged)
+    except BaseException:
+        discard_staged(staged)
+        for stage in stages.values():
+            stage.discard()
+        for save in program.roots:  # one staged but not yet in `stages` when an interrupt came
+            remove_own_staging(save.attr("path"))
+        raise
+    summary.seconds = time.perf_counter() - start
+    summary.peak_memory_mb = peak_memory_mb(the_plan.device)
+    return summary

@@ -1,0 +1,124 @@
+"""Step `plan` of the pipeline: open and validate every input and output before any tensor is read.
+
+Every input's config and safetensors header is opened, shapes and base models are checked across
+inputs, factor merges are checked for equal ranks, and every output path is checked — so a bad
+second input fails the run before the first output, and nothing is half-done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from dipm_lang.errors import ExecutionError, UsageError
+from dipm_lang.io.layout import ADAPTER_FILES
+from dipm_lang.io.reader import check_compatible
+from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
+from dipm_lang.io.writer import prepare_output, recover_stale
+from dipm_lang.ir.modules import natural_key
+from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.ops.baselines import METHODS
+from dipm_lang.run.options import DTYPE_NAMES, RunOptions
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+@dataclass
+class Plan:
+    """Everything checked before work: inputs opened, module union, outputs writable."""
+
+    program: Program
+    inputs: dict[str, AdapterSource]          # load path -> its source
+    modules: dict[str, tuple[int, int]]       # module -> (m, n), natural order
+    device: torch.device
+    dtype: torch.dtype
+    out_dtype: torch.dtype
+
+    def group_key(self, name: str) -> tuple:
+        """Modules with equal keys can run as one batch: same shape, same rank in every input."""
+        return self.modules[name] + tuple(info.modules[name].rank if name in info.modules else 0
+                                          for info in self.inputs.values())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here")
+    return device
+
+
+def torch_dtype(name: str, flag: str = "dtype") -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"{flag} {name}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_nodes(program: Program) -> list[Node]:
+    return [n for n in walk(program.all_roots()) if n.op == "load"]
+
+
+def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
+         memory: Mapping[str, AdapterSource] | None = None,
+         opener: Callable[[str], AdapterSource] | None = None, recover: bool = False) -> Plan:
+    """Open and validate every input and output; read no tensor data.
+
+    `memory` holds in-memory inputs by their `<memory:NAME>` load paths (the Python API);
+    `opener` opens a load path (default `io.sources.open_source`; the REPL passes one that caches);
+    `recover` first cleans up what killed runs left next to each output (`writer.recover_stale`).
+    """
+    infos: dict[str, AdapterSource] = {}
+    open_ = opener or (lambda path: open_source(path, memory))
+    for node in load_nodes(program):
+        path = node.attr("path")
+        if path is None:
+            name = node.attr("name") or "input"
+            raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
+                             program.spans.get(node))
+        if path not in infos:
+            if options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
+                options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
+            infos[path] = open_(path)
+    modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
+    check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    if check_outputs:
+        for save in program.roots:
+            if options.sandbox is not None:
+                options.sandbox.check(save.attr("path"), "save", program.spans.get(save))
+            if recover:
+                recover_stale(save.attr("path"))
+            prepare_output(save.attr("path"), inputs=file_inputs(infos.values()), force=options.force)
+    compute = torch_dtype(options.dtype, "--dtype")
+    if options.dense:
+        compute = torch.float64
+    if options.out_dtype:
+        out = torch_dtype(options.out_dtype, "--out-dtype")
+    else:
+        stored = {info.dtype for info in infos.values()}
+        out = stored.pop() if len(stored) == 1 else torch.float32
+    return Plan(program, infos, modules, resolve_device(options.device), compute, out)
+
+
+def check_factor_merge_ranks(program: Program, infos: Mapping[str, AdapterSource]) -> None:
+    """Before any tensor is read: every factor merge's sources have equal ranks in every module."""
+    from dipm_lang.backend.baselines import rank_error
+
+    for node in walk(program.all_roots()):
+        method = METHODS.get(node.op)
+        if method is None or method.space != "factors":
+            continue
+        items = node.args[0].args
+        sources = [infos.get(item.attr("path")) if item.op == "load" else None for item in items]
+        if any(info is None for info in sources):
+            continue  # reported by the kernel
+        for name in sorted({n for info in sources for n in info.modules}, key=natural_key):
+            ranks = {i: info.modules[name].rank for i, info in enumerate(sources) if name in info.modules}
+            message = rank_error(node.op, ranks)
+            if message:
+                raise ExecutionError(f"{message} (module {name})", program.spans.get(node))
