@@ -247,11 +247,8 @@ class AdapterValue(Mapping[str, Any]):
         out_dtype = _torch_dtype(dtype) if dtype is not None else (self._out_dtype or _torch_dtype("float32"))
         modules, dropped, total = {}, 0.0, 0.0
         for name, value in self.modules.items():
-            if rank is not None:
-                norm = float(L.unit_norms(value, "matrix")) if value.rank else 0.0
-                value, err = L.lowrank(value, rank)
-                dropped += (float(err) * norm) ** 2
-                total += norm ** 2
+            value, dropped_sq, total_sq = L.truncate(value, rank)
+            dropped, total = dropped + dropped_sq, total + total_sq
             modules[name] = to_output(value)
         written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
                                 recipe=self.recipe, force=force, inputs=self._input_paths)

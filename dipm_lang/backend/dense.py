@@ -32,6 +32,7 @@ __all__ = [
     "mix",
     "orth",
     "lowrank",
+    "truncate",
 ]
 
 
@@ -143,6 +144,14 @@ def orth(D: Tensor, E: Tensor, by: str = "out", eps: float = EPS) -> Tensor:
     d, e = _units(D, by), _units(E, by)
     residual = d - (d * e).sum(dim=1, keepdim=True) * e
     return dir(_from_units(residual, by, D.shape), by, eps)
+
+
+def truncate(W: Tensor, rank: int | None) -> tuple[Tensor, float, float]:
+    """`save(x, rank=N)` on a dense matrix: (W_N, ‖W − W_N‖², ‖W‖²), or W itself for no rank."""
+    if rank is None:
+        return W, 0.0, 0.0
+    approx, _ = lowrank(W, rank)
+    return approx, float(torch.linalg.matrix_norm(W - approx)) ** 2, float(torch.linalg.matrix_norm(W)) ** 2
 
 
 def lowrank(W: Tensor, r: int) -> tuple[Tensor, Tensor]:

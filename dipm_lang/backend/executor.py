@@ -100,7 +100,10 @@ class Executor:
                 continue
             if node.op == "save":
                 save = next(s for s in saves if s.node is node)
-                self._save(save, values[id(node.args[0])], names)
+                value, dropped_sq, total_sq = self._apply(node, [values[id(node.args[0])]], ctx)
+                save.dropped_sq += dropped_sq
+                save.total_sq += total_sq
+                save.modules.update(self._unbatch(value, names))
             else:
                 values[id(node)] = self._apply(node, [values[id(a)] for a in node.args], ctx)
                 if _is_global(node):
@@ -126,25 +129,6 @@ class Executor:
         except (RuntimeError, ValueError, IndexError) as e:
             raise ExecutionError(f"{node.op} failed on module {ctx.names[0]}: {e}",
                                  self.program.spans.get(node)) from e
-
-    def _save(self, save: SaveResult, value: Any, names: list[str]) -> None:
-        rank = save.node.attr("rank")
-        if self.dense:
-            if rank is not None:
-                from dipm_lang.backend import dense as D
-
-                approx, _ = D.lowrank(value, rank)
-                save.dropped_sq += float(torch.linalg.matrix_norm(value - approx)) ** 2
-                save.total_sq += float(torch.linalg.matrix_norm(value)) ** 2
-                value = approx
-            save.modules.update(self._unbatch(value, names))
-            return
-        if rank is not None:
-            total = L.unit_norms(value, "matrix")
-            value, err = L.lowrank(value, rank)
-            save.dropped_sq += float(((err * total) ** 2).sum())
-            save.total_sq += float((total ** 2).sum())
-        save.modules.update(self._unbatch(value, names))
 
     def _unbatch(self, value: Any, names: list[str]) -> dict[str, Any]:
         if self.dense:

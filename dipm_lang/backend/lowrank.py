@@ -47,6 +47,7 @@ __all__ = [
     "mix",
     "orth",
     "lowrank",
+    "truncate",
     "compact",
 ]
 
@@ -441,6 +442,16 @@ def lowrank(x: LowRank, r: int) -> tuple[LowRank, Tensor]:
     if r >= x.rank:
         return x, torch.zeros(x.batch_shape, dtype=x.dtype, device=x.device)
     return _truncate(*_svd(x), r)
+
+
+def truncate(x: LowRank, rank: int | None) -> tuple[LowRank, float, float]:
+    """`save(x, rank=N)`: the best rank-N approximation (x itself for no rank) and, summed over the
+    batch, the squared Frobenius norms (dropped, total) from which a report's relative error comes."""
+    if rank is None:
+        return x, 0.0, 0.0
+    total = unit_norms(x, "matrix")
+    approx, err = lowrank(x, rank)
+    return approx, float(((err * total) ** 2).sum()), float((total ** 2).sum())
 
 
 def _truncate(left: Tensor, s: Tensor, right: Tensor, r: int) -> tuple[LowRank, Tensor]:

@@ -30,6 +30,7 @@ from dipm_lang.io.digest import FileDigest, Stamp, file_digest, stamp_of
 from dipm_lang.io.finite import all_finite, first_non_finite
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
+from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 from dipm_lang.ir.modules import natural_key
 
 KEY_PREFIX = "base_model.model."
@@ -214,7 +215,6 @@ def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
     return config
 
 
-MAX_CONFIG_BYTES = 16 * 2**20  # real configs are a few KB; this bounds what a hostile one can make us parse
 _TEXT_FIELDS = ("base_model_name_or_path", "task_type", "revision")
 
 

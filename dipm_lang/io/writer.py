@@ -40,14 +40,9 @@ from dipm_lang.errors import AdapterError
 from dipm_lang.io.finite import all_finite
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
-from dipm_lang.io.reader import (
-    CONFIG_NAME,
-    FACTOR_SUFFIXES,
-    KEY_PREFIX,
-    SAFETENSORS_NAME,
-    AdapterInfo,
-    natural_key,
-)
+from dipm_lang.io.layout import CONFIG_NAME, SAFETENSORS_NAME
+from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo
+from dipm_lang.ir.modules import natural_key
 
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

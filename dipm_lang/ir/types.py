@@ -51,14 +51,3 @@ def factor_t(which: str) -> Type:
 
 def list_t(item: Type | None) -> Type:
     return Type("List", None, item)
-
-
-def assignable(actual: Type, expected: Type) -> bool:
-    """Whether a value of `actual` type may stand where `expected` is required."""
-    if actual == expected:
-        return True
-    if expected == DELTA and actual.kind == "Dir":
-        return True
-    if expected.kind == "List" and actual.kind == "List":
-        return actual.item is None or expected.item is None or assignable(actual.item, expected.item)
-    return False

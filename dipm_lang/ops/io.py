@@ -10,6 +10,7 @@ from __future__ import annotations
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.signature import Int, Param, Path, Text, Update
 from dipm_lang.ir.types import DELTA, UNIT
+from dipm_lang.ops.backend import D, L
 
 OPERATORS = [
     Operator("load", (Param("path", Path(optional=True), None), Param("name", Text(optional=True), None,
@@ -18,5 +19,8 @@ OPERATORS = [
              "(--set NAME=PATH).",
              factored=lambda ctx, node: ctx.load(node)),
     Operator("save", (Param("x", Update()), Param("path", Path()), Param("rank", Int(minimum=1, optional=True), None)),
-             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation."),
+             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation.",
+             # the value written, and the squared error dropped / total (for the run's report)
+             factored=lambda ctx, node, x: L.truncate(x, node.attr("rank")),
+             dense=lambda ctx, node, x: D.truncate(x, node.attr("rank"))),
 ]

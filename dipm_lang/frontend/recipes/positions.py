@@ -151,7 +151,6 @@ def load_yaml(text: str, file: str) -> tuple[Any, Where]:
     return tree, YamlWhere(text, file, root)
 
 
-MAX_CONFIG_BYTES = 4 * 2**20   # a recipe is a few hundred bytes; this bounds what a hostile one costs
 MAX_CONFIG_VALUES = 100_000    # values in the config once YAML aliases are expanded
 MAX_CONFIG_DEPTH = 64          # nesting, aliases expanded (a recipe needs 3 levels)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import ConfigError, Span, did_you_mean
-from dipm_lang.frontend.recipes.positions import KeyPath, MAX_CONFIG_BYTES, Where, load_toml, load_yaml
+from dipm_lang.frontend.recipes.positions import KeyPath, Where, load_toml, load_yaml
+from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("inputs", "outputs", "import", "defs")
