@@ -228,3 +228,25 @@ def test_lexer_tokens():
     assert (Number, "0.25") in tokens and (Comment.Single, "# x") in tokens
     assert (Name.Attribute, "t") in tokens and (Keyword.Declaration, "def") in tokens
     assert not any(t in String for t, _ in tokens)
+
+
+def test_a_repl_save_records_the_statements_that_produced_it(tmp_path, session, peft_adapters):
+    """The card and the safetensors metadata of an adapter saved from the REPL hold its recipe: the
+    statements it depends on (in order, as the session saw them), not an empty script."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    basic, wide = peft_adapters["basic"], peft_adapters["wide"]
+    out, err = run(session, f'h = load("{basic}")', f'unused = load("{wide}")', "def twice(y) = 2 * y",
+                   "x = 0.5 * h", "def twice(y) = 3 * y",  # redefined after x was bound: x keeps nothing of it
+                   f'save(twice(x), "{tmp_path / "a"}")', f":save x - h {tmp_path / 'b'}")
+    assert err == "" and out.count("wrote 1 adapter") == 2
+    want_a = f'h = load("{basic}")\nx = 0.5 * h\ndef twice(y) = 3 * y\nsave(twice(x), "{tmp_path / "a"}")\n'
+    want_b = f'h = load("{basic}")\nx = 0.5 * h\nsave(x - h, "{tmp_path / "b"}")\n'
+    for folder, want in (("a", want_a), ("b", want_b)):
+        card = (tmp_path / folder / "README.md").read_text()
+        assert want.rstrip("\n") in card and "unused" not in card
+        with safe_open(str(tmp_path / folder / "adapter_model.safetensors"), "pt") as f:
+            recorded = f.metadata()["dipm_script_sha256"]
+        assert recorded == hashlib.sha256(want.encode()).hexdigest()
