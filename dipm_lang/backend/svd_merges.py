@@ -26,17 +26,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dipm_lang.backend.factored_svd import F64, compact_svd, polar, svd_from_core
+from dipm_lang.backend.factored_svd import F64, RTOL, compact_svd, polar, svd_from_core
 from dipm_lang.backend.lowrank import LowRank
 
-__all__ = ["iso", "knots", "tsv", "align", "KNOTS_METHODS", "TILE_COLUMNS"]
+__all__ = ["iso", "knots", "tsv", "align", "KNOTS_METHODS", "TILE_ENTRIES", "tile_columns"]
 
 KNOTS_METHODS = ("ties", "linear")
 
-TILE_COLUMNS = 512
-"""KnOTS-TIES computes the entries of Zᵢ in tiles of this many columns, always the same tiles, so
-every entry has the same bits whether the merge runs chunked or not (a pruning cut compares entries
-with one of them: an entry one ulp off could fall to the other side)."""
+TILE_ENTRIES = 1 << 20
+"""KnOTS-TIES computes Zᵢ in tiles of about this many entries (whole multiples of 512 columns, the
+width depending only on the module's own rank k), always the same tiles, so every entry has the
+same bits whether the merge runs chunked or not: a pruning cut compares entries with one of them,
+and an entry one ulp off could fall to the other side."""
+
+
+def tile_columns(k: int) -> int:
+    """Columns per tile of a k-row Zᵢ: ≥ 512, a multiple of 512, about TILE_ENTRIES entries."""
+    return 512 * max(1, -(-TILE_ENTRIES // (512 * max(k, 1))))
+
 
 Weight = float | Tensor
 
@@ -114,20 +121,22 @@ def iso(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None) -> LowRa
 
 
 def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method: str = "ties",
-          density: Weight | None = None, chunk_columns: int | None = 2048) -> LowRank:
+          density: Weight | None = None, chunk_columns: int | None = 1024) -> LowRank:
     """KnOTS: merge the inputs in the shared basis U of the compact SVD [X1 … Xn] = U Σ Vᵀ (SPEC §7.9).
 
     Zᵢ = (Σ Vᵀ)'s i-th column block = Uᵀ Xᵢ (k×n). `linear`: merged = Σ wᵢ Zᵢ. `ties` (`density`
     required, a number or one per module, 0 ≤ density ≤ 1): each Zᵢ keeps its int(density·k·n)
-    largest-|·| entries (ties at the cut all kept, as `baselines.prune_magnitude`), each entry's sign
+    largest-|·| entries (ties at the cut all kept, as `baselines.prune_magnitude`; entries ≤ 1e-10·σ₁
+    are rounding noise and count as exact zeros, see `_ties_module`), each entry's sign
     is elected from the sum of the unweighted pruned blocks (a zero sum elects +, as
     `baselines.majority_sign_mask`), and merged = Σ wᵢ·(agreeing entries of Zᵢ) / max(#agreeing, 1).
     KnOTS' own code (gstoica27/KnOTS, `task_merger.apply_svd`) likewise scales V by Σ before merging.
 
-    Returns B = U [..., m, k] and A = merged [..., k, n] (k ≤ Σ ranks). TIES processes Zᵢ in column
-    chunks of `chunk_columns` (rounded up to whole tiles of TILE_COLUMNS; None: all at once): peak
-    memory about n·k·8 bytes (one block, for its pruning threshold) plus len(xs)·k·chunk·8·3 bytes,
-    and the result has the same bits for every chunk size.
+    Returns B = U [..., m, k] and A = merged [..., k, n] (k ≤ Σ ranks). TIES runs module by module
+    and processes Zᵢ in column chunks of `chunk_columns` (rounded up to whole tiles, see
+    `tile_columns`; None: all columns at once). Peak memory: about 2·k·n·8 bytes (one block at a
+    time, for its pruning threshold) plus about 3·len(xs)·k·chunk·8 bytes; for 50 adapters, k = 800
+    and chunks of 1536 columns, about 1.5 GB. The result has the same bits for every chunk size.
     """
     if method not in KNOTS_METHODS:
         raise ValueError(f"knots: method must be one of {KNOTS_METHODS}, got {method!r}")
@@ -143,7 +152,7 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
     if chunk_columns is not None and chunk_columns < 1:
         raise ValueError(f"knots: chunk_columns must be ≥ 1 or None, got {chunk_columns}")
 
-    U, keep, coefficients = _knots_basis(xs)  # U [..., m, k]; coefficients[i] = Uᵀ Bᵢ [..., k, rᵢ]
+    U, S, keep, coefficients = _knots_basis(xs)  # U [..., m, k]; coefficients[i] = Uᵀ Bᵢ [..., k, rᵢ]
     dtype = _out_dtype(xs)
     A64 = [x.A.to(F64) for x in xs]
     if method == "linear":
@@ -160,16 +169,17 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
     flat_w = torch.stack([wi.reshape(count) for wi in w], dim=-1)  # [count, N]
     flat_d = density_t.reshape(count)
     ranks = keep.reshape(count, k).sum(-1)  # each module's own kept rank
+    floors = RTOL * S.reshape(count, k)[:, :1]  # entries of Z at or below this are rounding noise
     for g in range(count):
         kg = int(ranks[g])
         if kg == 0:
             continue
         merged[g, :kg] = _ties_module([c[g, :kg] for c in flat_c], [a[g] for a in flat_a], flat_w[g],
-                                      float(flat_d[g]), chunk_columns)
+                                      float(flat_d[g]), floors[g, 0], chunk_columns)
     return LowRank(U.to(dtype), merged.reshape(*batch, k, n).to(dtype))
 
 
-def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, list[Tensor]]:
+def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """U of the compact SVD of [X1 … Xn] = [B1 … Bn]·blockdiag(A1 … An), and Uᵀ Bᵢ for each input.
 
     With [B1 … Bn] = Q_B R_B and Aᵢᵀ = Qᵢ Rᵢ: [X1 … Xn] = Q_B [R_B,ᵢ Rᵢᵀ]ᵢ blockdiag(Qᵢᵀ), and
@@ -184,41 +194,50 @@ def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, list[Tensor]]:
         ra = torch.linalg.qr(x.A.to(F64).mT, mode="r").R  # [..., pᵢ, rᵢ]
         blocks.append(rb[..., :, start:start + r] @ ra.mT)
         start += r
-    U, _, _, keep = svd_from_core(qb, torch.cat(blocks, dim=-1))
+    U, S, _, keep = svd_from_core(qb, torch.cat(blocks, dim=-1))
     # Uᵀ Bᵢ (= uᵀ R_B,ᵢ): the dropped directions, zero columns of U, give zero rows.
-    return U, keep, [U.mT @ b for b in Bs]
+    return U, S, keep, [U.mT @ b for b in Bs]
 
 
-def _ties_module(coefficients: list[Tensor], As: list[Tensor], w: Tensor, density: float,
+def _ties_module(coefficients: list[Tensor], As: list[Tensor], w: Tensor, density: float, floor: Tensor,
                  chunk_columns: int | None) -> Tensor:
-    """KnOTS-TIES for one module: Zᵢ = coefficients[i] @ As[i] (k×n), pruned, elected, merged."""
+    """KnOTS-TIES for one module: Zᵢ = coefficients[i] @ As[i] (k×n), pruned, elected, merged.
+
+    Entries |z| ≤ floor (= 1e-10·σ₁, SPEC §7's zero rule applied to Z) are exact zeros: Zᵢ is
+    exactly zero where Xᵢ has no component (a zero input; inputs on disjoint subspaces), but
+    computed it carries ~1e-16·σ₁ of rounding, and TIES counts every nonzero agreeing entry in
+    its denominator — noise would halve real entries.
+    """
     k, n = coefficients[0].shape[0], As[0].shape[-1]
-    thresholds = [_prune_threshold(c, a, density) for c, a in zip(coefficients, As)]
+    tile = tile_columns(k)
+    thresholds = torch.stack([_prune_threshold(c, a, density, floor, tile) for c, a in zip(coefficients, As)])
     columns = n if chunk_columns is None else chunk_columns
-    chunk = max(1, -(-columns // TILE_COLUMNS)) * TILE_COLUMNS  # whole tiles
+    chunk = max(1, -(-columns // tile)) * tile  # whole tiles
     out = torch.empty(k, n, dtype=F64, device=As[0].device)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        pruned = torch.stack([_z_columns(c, a, start, stop) for c, a in zip(coefficients, As)])  # [N, k, c]
-        keep = pruned.abs() >= torch.stack(thresholds)[:, None, None]
-        pruned = pruned * keep
+        pruned = torch.stack([_z_columns(c, a, start, stop, floor, tile) for c, a in zip(coefficients, As)])
+        pruned.masked_fill_(pruned.abs() < thresholds[:, None, None], 0.0)  # [N, k, c]
         elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(F64)  # a zero sum elects +
         agree = pruned.sign() == elected
-        weighted = (pruned * w[:, None, None] * agree).sum(0)
-        out[:, start:stop] = weighted / agree.sum(0).clamp(min=1).to(F64)
-        del pruned, keep, agree
+        count = agree.sum(0).clamp(min=1).to(F64)
+        weighted = pruned.mul_(w[:, None, None]).mul_(agree).sum(0)
+        out[:, start:stop] = weighted / count
+        del pruned, agree
     return out
 
 
-def _z_columns(coefficient: Tensor, A: Tensor, start: int, stop: int) -> Tensor:
-    """Columns start:stop of Z = coefficient @ A, always computed tile by tile (see TILE_COLUMNS)."""
-    if stop - start <= TILE_COLUMNS:
-        return coefficient @ A[:, start:stop]
-    return torch.cat([coefficient @ A[:, s:min(stop, s + TILE_COLUMNS)]
-                      for s in range(start, stop, TILE_COLUMNS)], dim=-1)
+def _z_columns(coefficient: Tensor, A: Tensor, start: int, stop: int, floor: Tensor, tile: int) -> Tensor:
+    """Columns start:stop (tile-aligned) of Z = coefficient @ A, always computed tile by tile (see
+    TILE_ENTRIES), entries |z| ≤ floor set to zero."""
+    if stop - start <= tile:
+        z = coefficient @ A[:, start:stop]
+    else:
+        z = torch.cat([coefficient @ A[:, s:min(stop, s + tile)] for s in range(start, stop, tile)], dim=-1)
+    return z.masked_fill_(z.abs() <= floor, 0.0)
 
 
-def _prune_threshold(coefficient: Tensor, A: Tensor, density: float) -> Tensor:
+def _prune_threshold(coefficient: Tensor, A: Tensor, density: float, floor: Tensor, tile: int) -> Tensor:
     """The |value| an entry of Z = coefficient @ A needs to survive pruning (a 0-dim tensor).
 
     Keep the int(density·N) largest entries of the whole k×n block (N = k·n); entries equal to
@@ -231,9 +250,9 @@ def _prune_threshold(coefficient: Tensor, A: Tensor, density: float) -> Tensor:
         return torch.zeros((), dtype=F64, device=A.device)
     if count == 0:
         return torch.full((), torch.inf, dtype=F64, device=A.device)
-    # Tile boundaries fixed at multiples of TILE_COLUMNS from column 0, as in the merge pass.
-    magnitudes = torch.cat([_z_columns(coefficient, A, s, min(n, s + TILE_COLUMNS)).abs().reshape(-1)
-                            for s in range(0, n, TILE_COLUMNS)])
+    # The same tiles as the merge pass (multiples of `tile` from column 0).
+    magnitudes = torch.cat([_z_columns(coefficient, A, s, min(n, s + tile), floor, tile).abs().reshape(-1)
+                            for s in range(0, n, tile)])
     return magnitudes.kthvalue(size - count + 1).values
 
 
