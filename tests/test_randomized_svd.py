@@ -23,7 +23,8 @@ F32 = torch.float32
 def matrix(m: int, n: int, spectrum: list[float], seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     r = len(spectrum)
-    return ((orthonormal(m, r, generator) * torch.tensor(spectrum, dtype=F64)) @ orthonormal(n, r, generator).T).to(dtype)
+    left, right = orthonormal(m, r, generator), orthonormal(n, r, generator)
+    return ((left * torch.tensor(spectrum, dtype=F64)) @ right.T).to(dtype)
 
 
 def optimal_error(W: torch.Tensor, k: int) -> float:

@@ -13,7 +13,8 @@ M, N = 30, 20
 
 
 def ref_rank(W: torch.Tensor, energy: float | None, max_rank: int | None) -> int:
-    """SPEC §7.6 on the dense matrix: smallest k ≥ 1 with Σ_{i≤k}σᵢ² ≥ e·Σσᵢ² (e = 1: numerical rank)."""
+    """SPEC §7.6 on the dense matrix: the smallest k ≥ 1 with Σ_{i≤k}σᵢ² ≥ e·Σσᵢ² (e = 1: the
+    numerical rank), capped by max_rank."""
     _, S, _ = dense_compact_svd(W)
     if energy is None or energy == 1:
         k = S.numel()
@@ -130,3 +131,10 @@ def test_huge_module_ranks_on_the_factors() -> None:
     expected = torch.zeros(12, 12, dtype=F64)
     expected[0, 0], expected[1, 1] = 4.0, 2.0
     assert relative(core(pieces[0]), expected) < 1e-12 and outside(pieces[0]) < 1e-12
+
+
+def test_truncate_to_ranks_rejects_bad_ranks() -> None:
+    x = update(M, N, [1.0], seed=0)
+    for bad in (0, 1.5, torch.tensor([1, 0])):
+        with pytest.raises(ValueError, match="ranks must be whole numbers ≥ 1"):
+            truncate_to_ranks(x, bad)

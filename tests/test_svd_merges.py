@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dipm_lang.backend import svd_merges as sm
 from dipm_lang.backend.factored_svd import compact_svd, polar
-from dipm_lang.backend.lowrank import LowRank, linear_combination, unit_norms
+from dipm_lang.backend.lowrank import LowRank, unit_norms
 from svd_reference import (BIG, F64, big_bases, big_update, core, dense_compact_svd, orthonormal, outside, relative,
                            stack, update)
 
@@ -160,7 +160,8 @@ def test_polar_of_orthonormal_columns_is_itself() -> None:
 
 MERGES = {
     "iso": (lambda xs, w: sm.iso(xs, w), lambda Ws, w, flips: ref_iso(Ws, w, flips)),
-    "knots-linear": (lambda xs, w: sm.knots(xs, w, "linear"), lambda Ws, w, flips: ref_knots(Ws, w, "linear", None, flips)),
+    "knots-linear": (lambda xs, w: sm.knots(xs, w, "linear"),
+                     lambda Ws, w, flips: ref_knots(Ws, w, "linear", None, flips)),
     "knots-ties": (lambda xs, w: sm.knots(xs, w, "ties", 0.4),
                    lambda Ws, w, flips: ref_knots(Ws, w, "ties", 0.4, flips)),
     "tsv": (lambda xs, w: sm.tsv(xs, w), lambda Ws, w, flips: ref_tsv(Ws, w, None, flips)),
@@ -270,7 +271,8 @@ def test_tsv_flat_spectra_when_k_keeps_whole_clusters() -> None:
 
 def test_tsv_default_k_uses_the_smallest_numerical_rank() -> None:
     # Ranks 4, 2 (one factor column is a zero direction), 5 → r = 2, n = 3 → k = max(1, 0) = 1.
-    xs = [update(M, N, s, seed=i) for i, s in enumerate([[3.0, 1.0, 0.5, 0.1], [2.0, 1.0, 0.0], [1.0, 0.6, 0.4, 0.2, 0.1]])]
+    spectra = [[3.0, 1.0, 0.5, 0.1], [2.0, 1.0, 0.0], [1.0, 0.6, 0.4, 0.2, 0.1]]
+    xs = [update(M, N, s, seed=i) for i, s in enumerate(spectra)]
     w = [1.0, 1.0, 1.0]
     assert relative(sm.tsv(xs, w).dense(), ref_tsv(dense(xs), w, 1)) < TIGHT
     assert relative(sm.tsv(xs[:1], w[:1]).dense(), xs[0].dense()) < 1e-12  # one input: k = rank, exact

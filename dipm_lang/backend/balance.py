@@ -40,7 +40,9 @@ def balanced(x: LowRank) -> LowRank:
     keep = keep & (S > NOISE_FLOOR * torch.finfo(F64).eps * scale[..., None])
     width = int(keep.sum(-1).max()) if keep.numel() else 0
     root = torch.where(keep, S, torch.zeros((), dtype=F64, device=S.device)).sqrt()[..., :width]
-    return LowRank((U[..., :width] * root[..., None, :]).to(x.dtype), (root[..., :, None] * Vh[..., :width, :]).to(x.dtype))
+    B = U[..., :width] * root[..., None, :]
+    A = root[..., :, None] * Vh[..., :width, :]
+    return LowRank(B.to(x.dtype), A.to(x.dtype))
 
 
 def cast_error(x: LowRank, dtype: torch.dtype) -> Tensor:

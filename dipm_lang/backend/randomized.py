@@ -32,6 +32,7 @@ basis and sketches are m×ℓ and n×ℓ. `exact=True` needs what `torch.linalg.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -65,7 +66,7 @@ def randomized_lowrank(W: Tensor, rank: int, *, seed: int | Sequence[int], toler
     """Rank-`rank` factors of each m×n matrix of W ([..., m, n]) and the relative error they leave.
 
     Returns (LowRank with B [..., m, k], A [..., k, n] in W's dtype, k = min(rank, m, n),
-    relative Frobenius errors ‖W − BA‖/‖W‖ per module, float64 `[...]`; 0 for a zero matrix).
+    relative Frobenius errors ‖W − BA‖/‖W‖ per module, float64 `[...]` on the CPU; 0 for a zero matrix).
     B = U_k·diag(S_k), A = V_kᵀ, signs fixed so the largest-|·| entry of each column of U is
     positive (as `baselines.truncate_dense`). `seed`: an int for one matrix, or one int per module
     (row-major over W's batch dims). `exact=True`: the full SVD (`torch.linalg.svd(W,
@@ -74,8 +75,9 @@ def randomized_lowrank(W: Tensor, rank: int, *, seed: int | Sequence[int], toler
     Raises ValueError for rank < 1, tolerance ≤ 0, a non-matrix W or seeds that do not match.
     """
     _check_matrix(W)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
         raise ValueError(f"rank must be a whole number ≥ 1, got {rank!r}")
+    rank = int(rank)
     _check_tolerance(tolerance)
     seeds = _seeds(seed, W)
     batch, (m, n) = W.shape[:-2], W.shape[-2:]
@@ -179,7 +181,7 @@ def _subspace_iteration(W: Tensor, k: int, width: int, seed: int, tolerance: flo
 
 
 def _finish(W: Tensor, Q: Tensor, Z: Tensor, k: int, total: float) -> tuple[LowRank, Tensor]:
-    """W ≈ Q·(QᵀW) truncated to its best k directions: QᵀW = Zᵀ = Ũ S Ṽᵀ → B = QŨ_k S_k, A = Ṽ_kᵀ."""
+    """W ≈ Q·(QᵀW) cut to its best k directions: QᵀW = Zᵀ = Ũ S Ṽᵀ → B = QŨ_k S_k, A = Ṽ_kᵀ."""
     U_small, S, Vh = torch.linalg.svd(Z.mT.to(F64), full_matrices=False)
     U = Q.to(F64) @ U_small
     approx = _factors(U[:, :k], S[:k], Vh[:k], W.dtype)
@@ -229,9 +231,9 @@ def _sketch_rank(s: Tensor, total: float, energy: float) -> int | None:
 def _from_svd(U: Tensor, S: Tensor, Vh: Tensor, rank: int) -> tuple[LowRank, Tensor]:
     k = min(rank, S.shape[-1])
     S64 = S.to(F64)
-    total = torch.linalg.vector_norm(S64)
-    error = torch.linalg.vector_norm(S64[k:]) / total if total > 0 else torch.zeros((), dtype=F64)
-    return _factors(U[:, :k], S[:k], Vh[:k], U.dtype), error
+    total = float(torch.linalg.vector_norm(S64))
+    error = float(torch.linalg.vector_norm(S64[k:])) / total if total > 0 else 0.0
+    return _factors(U[:, :k], S[:k], Vh[:k], U.dtype), torch.tensor(error, dtype=F64)
 
 
 def _factors(U: Tensor, S: Tensor, Vh: Tensor, dtype: torch.dtype) -> LowRank:

@@ -40,6 +40,13 @@ def check_energy_arguments(energy: Number | None, max_rank: int | Tensor | None)
             raise ValueError(f"max_rank must be a whole number ≥ 1, got {_show(max_rank)}")
 
 
+def _check_ranks(ranks: int | Tensor) -> None:
+    values = torch.as_tensor(ranks)
+    if isinstance(ranks, bool) or values.is_floating_point() or values.is_complex() or values.dtype == torch.bool \
+            or values.numel() == 0 or not bool((values >= 1).all()):
+        raise ValueError(f"ranks must be whole numbers ≥ 1, got {_show(ranks)}")
+
+
 def _show(value: object) -> str:
     if isinstance(value, Tensor):
         return str(value.tolist())
@@ -92,7 +99,7 @@ def truncate_to_ranks(x: LowRank, ranks: int | Tensor, svd: CompactSVD | None = 
     row-major order (`x.batch_shape` flattened). The error is √(Σ_{i>k}σᵢ²)/√(Σσᵢ²) per module
     (float64, shape `x.batch_shape`; 0 for a zero module). `svd`: `compact_svd(x)` if already known.
     """
-    check_energy_arguments(None, ranks)
+    _check_ranks(ranks)
     svd = compact_svd(x) if svd is None else svd
     batch = x.batch_shape
     ranks = torch.as_tensor(ranks, device=x.device).expand(batch).to(torch.int64)
