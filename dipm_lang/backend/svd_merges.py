@@ -154,29 +154,30 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
 
     U, S, keep, coefficients = _knots_basis(xs)  # U [..., m, k]; coefficients[i] = Uᵀ Bᵢ [..., k, rᵢ]
     dtype = _out_dtype(xs)
-    A64 = [x.A.to(F64) for x in xs]
-    if method == "linear":
-        merged = torch.cat([c * wi[..., None, None] for c, wi in zip(coefficients, w)], dim=-1) \
-            @ torch.cat(A64, dim=-2)
-        return LowRank(U.to(dtype), merged.to(dtype))
-
-    # TIES: module by module (each with its own kept rank, so a batch-mate never changes the cut).
+    # Module by module, each k×n result written straight into the output dtype (memory: the
+    # result's A is k×n per module already). TIES uses each module's own kept rank, so a
+    # batch-mate never changes the cut.
     count = batch.numel()
     k, n = U.shape[-1], xs[0].n
-    merged = torch.zeros(count, k, n, dtype=F64, device=device)
+    merged = torch.zeros(count, k, n, dtype=dtype, device=device)
     flat_c = [c.reshape(count, k, c.shape[-1]) for c in coefficients]
-    flat_a = [a.reshape(count, a.shape[-2], n) for a in A64]
+    flat_a = [x.A.reshape(count, x.rank, n) for x in xs]
     flat_w = torch.stack([wi.reshape(count) for wi in w], dim=-1)  # [count, N]
-    flat_d = density_t.reshape(count)
     ranks = keep.reshape(count, k).sum(-1)  # each module's own kept rank
     floors = RTOL * S.reshape(count, k)[:, :1]  # entries of Z at or below this are rounding noise
     for g in range(count):
         kg = int(ranks[g])
         if kg == 0:
             continue
-        merged[g, :kg] = _ties_module([c[g, :kg] for c in flat_c], [a[g] for a in flat_a], flat_w[g],
-                                      float(flat_d[g]), floors[g, 0], chunk_columns)
-    return LowRank(U.to(dtype), merged.reshape(*batch, k, n).to(dtype))
+        module_c = [c[g, :kg] for c in flat_c]
+        module_a = [a[g].to(F64) for a in flat_a]
+        if method == "linear":
+            result = torch.cat([c * wi for c, wi in zip(module_c, flat_w[g])], dim=-1) @ torch.cat(module_a, dim=-2)
+        else:
+            result = _ties_module(module_c, module_a, flat_w[g], float(density_t.reshape(count)[g]), floors[g, 0],
+                                  chunk_columns)
+        merged[g, :kg] = result.to(dtype)
+    return LowRank(U.to(dtype), merged.reshape(*batch, k, n))
 
 
 def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
