@@ -1,12 +1,13 @@
 """Randomized vs full SVD for one 5632×2048 float32 matrix at rank 16 (the `extract` / `*_svd` case).
 
-    python -m benchmarks.randomized_svd [--repeat 3] [--rank 16] [--m 5632] [--n 2048]
+    python -m benchmarks.randomized_svd [--repeat 5] [--rank 16] [--m 5632] [--n 2048] [--threads N]
 
 Two matrices: a Gaussian one (flat, Marchenko–Pastur spectrum) and one with a power-law spectrum
 σᵢ = i^-0.7 plus a little noise (what a fine-tuning delta looks like). For each it prints the time of
 `torch.linalg.svd(full_matrices=False)` + truncation (`exact=True`), of the randomized path, their
 ratio, and both errors with their ratio (the randomized error must be ≤ 1.01× the optimal one).
-Times are the best of `--repeat` runs, after one warm-up.
+Times are the best of `--repeat` runs, after one warm-up. On a shared machine, short multi-threaded
+runs suffer most from other load; `--threads 1` gives a steadier comparison.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=5632)
     parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.m}×{args.n} float32, rank {args.rank}")
     matrices = {

@@ -16,10 +16,13 @@ in its best k directions (s̃ the singular values of QᵀW). Then
 We stop when that predicted gap is below half of what the tolerance allows: err² ≤ (1+tol)²·err*²
 holds iff gap ≤ β/(1+β)·err_j² with β = (1+tol)² − 1 (err_j² = ‖W‖² − E_j is known exactly), or
 when the increment is below the rounding level of the dtype (nothing measurable left to gain).
-At least two power iterations run before the rule can fire (it needs a ratio). A hard cap
-(MAX_ITERATIONS) bounds the cost when convergence is very slow; in that regime the missing energy
-is spread over nearly equal σ's and the error ratio is close to 1 anyway (tests check the ratio
-against full SVDs on flat, decaying, clustered, exactly low-rank, tall and wide matrices).
+The gap rule needs two increments, so two power iterations run unless the first gain is already
+at rounding level. It is a prediction, not a certificate (that would need the spectrum we are
+avoiding): what makes it safe in practice is that slow convergence means σ_{ℓ+1} ≈ σ_k, where any
+direction missed costs almost nothing in Frobenius error, and that only half the budget is used.
+A hard cap (MAX_ITERATIONS) bounds the cost. Tests check the ratio against full SVDs on flat,
+decaying, slowly decaying, shelf-shaped, exactly low-rank, tall and wide matrices, float32 and
+float64; measured ratios stay below 1.007 for tolerance 0.01.
 
 Determinism: the test matrix Ω of each module is drawn on a CPU generator seeded from that
 module's `seed` (float64, then cast), so results do not depend on the batch a module is in or on
