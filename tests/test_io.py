@@ -379,7 +379,7 @@ def test_write_loads_in_peft(peft_adapters: dict[str, Path], tmp_path: Path) -> 
     modules["model.layers.0.self_attn.o_proj"] = LowRank(B=torch.zeros(32, 0), A=torch.zeros(0, 32))
     template = open_adapter(peft_adapters["basic"])
     out = write_adapter(tmp_path / "out", modules, template=template, dtype=torch.float32,
-                        metadata={"dipm.recipe_sha256": "abc"}, recipe="x = load(\"a\")\nsave(x, \"out\")", force=False)
+                        metadata=METADATA, recipe="x = load(\"a\")\nsave(x, \"out\")", force=False)
     reference = peft_deltas(out)
     assert set(reference) == set(MIXED_RANKS)  # the rank-0 module is left out
     for name, (delta, scaling, rank, _) in reference.items():
@@ -400,9 +400,14 @@ def test_write_loads_in_peft(peft_adapters: dict[str, Path], tmp_path: Path) -> 
     from safetensors import safe_open
 
     with safe_open(str(back.weights_file), "pt") as handle:
-        assert handle.metadata() == {"format": "pt", "dipm.recipe_sha256": "abc"}
+        assert handle.metadata() == {"format": "pt", **METADATA}
     card = (out / "README.md").read_text()
-    assert "save(x, \"out\")" in card and "dipm_lang" in card and str(template.path) in card
+    assert "save(x, \"out\")" in card and "dipm_lang" in card
+    assert "- `x`: `basic`, sha256 `ff00`" in card  # inputs by name and hash …
+    assert str(template.path.parent) not in card and str(tmp_path) not in card  # … never by local path
+
+
+METADATA = {"dipm.recipe_sha256": "abc", "dipm_inputs": json.dumps({"x": {"source": "basic", "sha256": "ff00"}})}
 
 
 def test_write_embedding_from_template(peft_adapters: dict[str, Path], tmp_path: Path) -> None:
@@ -426,10 +431,24 @@ def test_write_half_dtypes(tmp_path: Path, dtype: torch.dtype) -> None:
     torch.testing.assert_close(read_module(info, Q0, dtype=dtype).B, modules[Q0].B.to(dtype), atol=0, rtol=0)
 
 
-def test_write_all_zero_is_an_error(tmp_path: Path) -> None:
-    zero = {Q0: LowRank(B=torch.zeros(32, 0), A=torch.zeros(0, 32))}
-    with _raises(tmp_path / "zero", "zero everywhere"):
-        write_adapter(tmp_path / "zero", zero, template=None, dtype=torch.float32, metadata={}, recipe="", force=False)
+def test_an_update_zero_everywhere_is_written_as_rank_1_zeros(tmp_path: Path) -> None:
+    """A valid adapter that changes nothing (PEFT's own linear([X, X], [1, -1]), a sweep's λ = 0):
+    every module rank 1, all zeros, and PEFT loads it."""
+    zero = {Q0: LowRank(B=torch.zeros(32, 0), A=torch.zeros(0, 32)),
+            "model.layers.1.self_attn.v_proj": LowRank(B=torch.zeros(16, 0), A=torch.zeros(0, 32))}
+    out = write_adapter(tmp_path / "zero", zero, template=None, dtype=torch.float32, metadata={}, recipe="",
+                        force=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 1 and sorted(config["target_modules"]) == sorted(zero)
+    deltas = peft_deltas(out)
+    assert set(deltas) == set(zero)
+    for name, (delta, _, rank, _) in deltas.items():
+        assert rank == 1 and delta.shape == (zero[name].m, zero[name].n) and not bool(delta.any())
+
+
+def test_a_result_with_no_modules_is_an_error(tmp_path: Path) -> None:
+    with _raises(tmp_path / "none", "no modules"):
+        write_adapter(tmp_path / "none", {}, template=None, dtype=torch.float32, metadata={}, recipe="", force=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -221,8 +221,8 @@ def test_runs_stream_their_outputs_batch_by_batch(tmp_path: Path, monkeypatch) -
     folder = _modules_adapter(tmp_path / "a")
     calls = []
     real_add = writer.AdapterStage.add
-    monkeypatch.setattr(writer.AdapterStage, "add", lambda self, modules: calls.append(len(modules))
-                        or real_add(self, modules))
+    monkeypatch.setattr(writer.AdapterStage, "add", lambda self, modules, **kw: calls.append(len(modules))
+                        or real_add(self, modules, **kw))
     real_execute = pipeline.execute
     held = []
     monkeypatch.setattr(pipeline, "execute", lambda *a, **k: held.append(real_execute(*a, **k)) or held[-1])

@@ -121,6 +121,11 @@ class AdapterInfo:
     def on_disk(self) -> bool:
         return True
 
+    @property
+    def label(self) -> str:
+        """How outputs name this input: the folder's base name, never a local path (safety/privacy.py)."""
+        return self.path.name
+
     def read(self, names: Sequence[str], *, dtype: torch.dtype = torch.float32,
              device: str | torch.device = "cpu") -> LowRank:
         """Same-shape modules stacked, scales folded into B (`io.sources.AdapterSource`)."""

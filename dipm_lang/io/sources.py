@@ -37,6 +37,11 @@ class AdapterSource(Protocol):
         ...
 
     @property
+    def label(self) -> str:
+        """How provenance names the input: a folder's base name, a Hub id — never a local path."""
+        ...
+
+    @property
     def sha256(self) -> str:
         """A content hash for provenance."""
         ...

@@ -21,6 +21,7 @@ multi-output commit killed halfway can leave some outputs new and others old; ea
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -35,12 +36,13 @@ from typing import Any
 
 import torch
 
-from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.backend.balance import balanced
+from dipm_lang.backend.lowrank import LowRank, unit_norms
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.finite import all_finite
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
-from dipm_lang.io.layout import CONFIG_NAME, SAFETENSORS_NAME
+from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
 from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo
 from dipm_lang.ir.modules import natural_key
 
@@ -57,6 +59,8 @@ class StagedOutput:
     # Folders `stage_adapter` had to create for the destination's parent (removed on discard).
     created_dirs: list[Path] = field(default_factory=list)
     modules: tuple[str, ...] = ()
+    zero_modules: tuple[str, ...] = ()  # modules whose update is exactly zero (left out, or all rank-1 zeros)
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- validation
@@ -69,6 +73,10 @@ def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: boo
     destination without `force`; an existing destination that is a file, or (even with `force`)
     a non-empty folder that is not an adapter folder; a parent that cannot be created or written.
     """
+    raw = Path(path).expanduser()
+    if raw.is_symlink() and not raw.exists():
+        raise AdapterError(f"the output path is a symbolic link to {os.readlink(raw)!r}, which does not exist; "
+                           "refusing to follow it", raw)
     dest = _resolve(path)
     for item in inputs:
         source = _resolve(item)
@@ -83,9 +91,13 @@ def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: boo
             raise AdapterError("the output already exists (use --force to replace it)", dest)
         if not dest.is_dir():
             raise AdapterError("the output exists and is not a folder; refusing to replace it", dest)
-        if any(dest.iterdir()) and not (dest / CONFIG_NAME).exists():
-            # --force replaces adapter folders, never an arbitrary folder such as "." by mistake.
-            raise AdapterError("the output exists and is not an adapter folder; refusing to replace it", dest)
+        foreign = _foreign_entries(dest)
+        if foreign:
+            # --force replaces adapter folders (or an empty one), never an arbitrary folder such as "." by mistake.
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            what = "is not an adapter folder" if not (dest / CONFIG_NAME).exists() else "holds more than an adapter"
+            raise AdapterError(f"the output exists and {what} (it holds {shown}); refusing to replace it "
+                               "even with --force", dest, hint="remove it yourself, or choose another folder")
     ancestor = dest.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -95,8 +107,47 @@ def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: boo
         raise AdapterError(f"cannot create the output: {ancestor} is not writable", dest)
 
 
+OUTPUT_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, "README.md")
+"""What an adapter folder holds (what dipm and PEFT write): the only folder `--force` replaces."""
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of an existing output folder that are not an adapter folder's files (sorted)."""
+    try:
+        names = sorted(entry.name for entry in folder.iterdir())
+    except OSError as exc:
+        raise AdapterError(f"cannot read the existing output: {exc.strerror or exc}", folder) from None
+    if names and CONFIG_NAME not in names:
+        return names
+    return [name for name in names if name not in OUTPUT_FILES]
+
+
 def _resolve(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (os.umask can only
+    swap it, which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give a staged folder and its files the permissions a plain mkdir/open would have given them
+    (mkdtemp makes 0700 folders, so a service running as another user could not read the output)."""
+    mask = current_umask()
+    for entry in folder.iterdir():
+        os.chmod(entry, 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
 
 
 # --------------------------------------------------------------------------- staging
@@ -124,6 +175,8 @@ class AdapterStage:
             raise AdapterError(f"unsupported output dtype {dtype}; use float16, bfloat16 or float32", self.destination)
         self.template, self.dtype, self.force = template, dtype, force
         self.ranks: dict[str, tuple[int, str]] = {}
+        self.zeros: dict[str, tuple[int, int]] = {}  # module -> (m, n) of updates that are exactly zero
+        self.rebalanced: list[str] = []  # modules re-factored so the cast keeps the computed value
         self.created = _make_parents(self.destination.parent)
         self.temp_dir: Path | None = None
         self._writer: SafetensorsWriter | None = None
@@ -135,23 +188,28 @@ class AdapterStage:
             reserve = header_bound(names, _build_metadata(metadata_bound, self.destination))
             self._writer = SafetensorsWriter(self.temp_dir / SAFETENSORS_NAME, reserve)
 
-    def add(self, modules: Mapping[str, LowRank]) -> None:
-        """Check and write `modules` (scale folded into B); rank-0 (zero) modules are left out."""
+    def add(self, modules: Mapping[str, LowRank], *, verbatim: bool = False) -> None:
+        """Check and write `modules` (scale folded into B); zero modules are left out (and listed).
+        `verbatim`: the factors are an input's own (`save(load(x))`) and are written as they are."""
         with self._cleanup_on_failure():
             assert self._writer is not None
             for name in sorted(modules, key=natural_key):
-                self._add(name, modules[name])
+                self._add(name, modules[name], verbatim)
 
-    def _add(self, name: str, value: LowRank) -> None:
+    def _add(self, name: str, value: LowRank, verbatim: bool = False) -> None:
         b, a = value.B, value.A
         if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
             raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors",
                                self.destination)
         rank = int(a.shape[0])
-        if rank == 0:
-            return  # a zero update: PEFT cannot hold rank 0, and leaving it out means the same
-        if name in self.ranks:
+        if name in self.ranks or name in self.zeros:
             raise AdapterError(f"module {name!r} written twice", self.destination)
+        if not verbatim:
+            value = self._faithful(name, value)
+        if value.rank == 0:
+            self.zeros[name] = (int(b.shape[0]), int(a.shape[1]))  # PEFT cannot hold rank 0: left out
+            return
+        b, a, rank = value.B, value.A, value.rank
         kind = self._kind(name)
         if self.template is not None and name in self.template.modules:
             known = self.template.modules[name]
@@ -159,7 +217,34 @@ class AdapterStage:
                 raise AdapterError(
                     f"module {name!r} is {b.shape[0]}x{a.shape[1]} but {known.out_features}x{known.in_features} "
                     f"in {self.template.path}", self.destination)
+        self._write_factors(name, kind, b, a)
+        self.ranks[name] = (rank, kind)
+
+    def _faithful(self, name: str, value: LowRank) -> LowRank:
+        """The factors to store: `value`'s own, unless they are badly balanced for their product.
+
+        A result that nearly cancels (`orth`, `shift`, `transfer − src` on nearly parallel inputs)
+        has factors far larger than the update they make: ‖B‖·‖A‖/‖BA‖ in the thousands. Rounding
+        them to the output dtype — or evaluating B @ A in it, as PEFT does — then loses that ratio
+        times the dtype's precision. Such modules are re-factored exactly (`backend/balance.py`: QR of
+        both factors, SVD of the small core), whose ratio is at most √rank; numerically-zero
+        directions go, and an exact cancellation becomes a zero module.
+        """
+        x = LowRank(value.B.detach().cpu(), value.A.detach().cpu())
+        if x.rank == 0:
+            return x
+        ratio = imbalance(x)
+        if ratio <= 2.0 * math.sqrt(x.rank):
+            return x
+        candidate = balanced(x.to(torch.float64))
+        if candidate.rank == 0 or imbalance(candidate) < ratio:
+            self.rebalanced.append(name)
+            return candidate
+        return x
+
+    def _write_factors(self, name: str, kind: str, b: torch.Tensor, a: torch.Tensor) -> None:
         a_suffix, b_suffix = FACTOR_SUFFIXES[kind]
+        assert self._writer is not None
         for suffix, tensor, part in ((a_suffix, a, "A"), (b_suffix, b, "B")):
             out = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
             if not all_finite(out):
@@ -168,24 +253,34 @@ class AdapterStage:
                     + (" (too large for float16? try float32 or bfloat16)" if self.dtype == torch.float16 else ""),
                     self.destination)
             self._writer.add(f"{KEY_PREFIX}{name}{suffix}", out)
-        self.ranks[name] = (rank, kind)
 
     def finish(self, *, metadata: Mapping[str, str], recipe: str) -> StagedOutput:
         """Complete the staged folder (header, config, model card, fsync); nothing is visible yet."""
         with self._cleanup_on_failure():
             assert self._writer is not None and self.temp_dir is not None
+            warnings = []
             if not self.ranks:
-                raise AdapterError("the result is zero everywhere; there is nothing to save", self.destination)
+                if not self.zeros:
+                    raise AdapterError("the result has no modules; there is nothing to save", self.destination)
+                # A valid adapter that changes nothing (PEFT's own linear([X, X], [1, -1]); a sweep's λ = 0):
+                # rank-1 zero factors, as PEFT's freshly initialised adapters are a no-op.
+                for name, (m, n) in sorted(self.zeros.items(), key=lambda item: natural_key(item[0])):
+                    kind = self._kind(name)
+                    self._write_factors(name, kind, torch.zeros(m, 1), torch.zeros(1, n))
+                    self.ranks[name] = (1, kind)
+                warnings.append("the result is zero everywhere: written as rank-1 zero factors (an adapter that "
+                                "changes nothing)")
             ranks = {name: self.ranks[name] for name in sorted(self.ranks, key=natural_key)}
             config = build_config(ranks, self.template)
             st_metadata = _build_metadata(metadata, self.destination)
-            card = model_card(self.destination.name, recipe, self.inputs, config.get("base_model_name_or_path"),
-                              metadata)
+            card = model_card(self.destination.name, recipe, config.get("base_model_name_or_path"), metadata)
             self._writer.finish(st_metadata)
             _write_text(self.temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
             _write_text(self.temp_dir / "README.md", card)
+            apply_umask(self.temp_dir)
         return StagedOutput(destination=self.destination, temp_dir=self.temp_dir, force=self.force,
-                            created_dirs=self.created, modules=tuple(ranks))
+                            created_dirs=self.created, modules=tuple(ranks),
+                            zero_modules=tuple(sorted(self.zeros, key=natural_key)), warnings=tuple(warnings))
 
     def discard(self) -> None:
         if self._writer is not None:
@@ -209,6 +304,17 @@ class AdapterStage:
             if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
                 raise
             raise AdapterError(f"failed to write the output: {exc}", self.destination) from exc
+
+
+def imbalance(x: LowRank) -> float:
+    """‖B‖·‖A‖/‖BA‖ (Frobenius, float64; inf for factors whose product is zero): how much rounding
+    the factors (entry by entry, relative eps) can move their product, in units of eps·‖BA‖ — at
+    most (2·eps + eps²)·‖B‖·‖A‖. Balanced factors have it at most √rank; a cancelling result, far
+    more. Costs one QR of each factor (no m×n)."""
+    B, A = x.B.double(), x.A.double()
+    size = float(unit_norms(LowRank(B, A), "matrix"))
+    scale = float(torch.linalg.vector_norm(B)) * float(torch.linalg.vector_norm(A))
+    return scale / size if size > 0 else (math.inf if scale > 0 else 1.0)
 
 
 def stage_adapter(
@@ -288,10 +394,9 @@ def _build_metadata(metadata: Mapping[str, str], dest: Path) -> dict[str, str]:
     return out
 
 
-def model_card(
-    name: str, recipe: str, inputs: Sequence[str | Path], base_model: str | None, metadata: Mapping[str, str]
-) -> str:
-    """A short README.md: what made the adapter, from what, and the recipe itself."""
+def model_card(name: str, recipe: str, base_model: str | None, metadata: Mapping[str, str]) -> str:
+    """A short README.md: what made the adapter, from what (each input by name and content hash, as
+    the metadata records it — never a local path), and the recipe itself."""
     # A fence longer than any backtick run in the recipe keeps the code block intact.
     longest = run = 0
     for char in recipe:
@@ -303,7 +408,12 @@ def model_card(
         lines.append(f"base_model: {json.dumps(base_model)}")
     lines += ["---", "", f"# {name}", "", "A LoRA adapter made with dipm_lang.", "", "## Recipe", "",
               f"{fence}dipm", recipe.rstrip("\n"), fence, "", "## Inputs", ""]
-    lines += [f"- `{_resolve(p)}`" for p in inputs] or ["- (none)"]
+    try:
+        inputs = json.loads(metadata.get("dipm_inputs", "{}"))
+    except ValueError:
+        inputs = {}
+    lines += [f"- `{name}`: `{entry.get('source', name)}`, sha256 `{entry.get('sha256', '?')}`"
+              for name, entry in sorted(inputs.items())] or ["- (none)"]
     if metadata:
         lines += ["", "## Metadata", ""] + [f"- {key}: `{value}`" for key, value in sorted(metadata.items())]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +17,38 @@ import torch
 
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.writer import AdapterStage, StagedOutput
 from dipm_lang.ir.node import Program
 from dipm_lang.run.planning import Plan, load_nodes
+from dipm_lang.safety.privacy import private_text
 from dipm_lang.version import __version__
 
 @dataclass
 class OutputSummary:
     path: Path
-    modules: int
+    modules: int                       # modules written (zero ones are left out, unless all are zero)
     ranks: list[int]
     dtype: str
     relative_error: float | None
+    zero_modules: list[str] = field(default_factory=list)  # modules whose update is exactly zero
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, staged: StagedOutput, stage: AdapterStage, dtype: torch.dtype,
+           relative_error: float | None) -> "OutputSummary":
+        ranks = [rank for rank, _ in stage.ranks.values()]
+        return cls(staged.destination, len(ranks), ranks, str(dtype).removeprefix("torch."), relative_error,
+                   list(staged.zero_modules), list(staged.warnings))
 
     def line(self) -> str:
         lo, hi = (min(self.ranks), max(self.ranks)) if self.ranks else (0, 0)
         rank = f"rank {hi}" if lo == hi else f"ranks {lo}–{hi}"
         err = f", dropped {self.relative_error:.2e} relative error" if self.relative_error is not None else ""
-        return f"{self.path}  ({self.modules} modules, {rank}, {self.dtype}{err})"
+        zero = ""
+        if self.zero_modules and not self.warnings:  # all zero: the warning says it
+            shown = ", ".join(self.zero_modules[:3]) + (", …" if len(self.zero_modules) > 3 else "")
+            zero = f"; zero in {len(self.zero_modules)} module{'s' if len(self.zero_modules) != 1 else ''} ({shown})"
+        return f"{self.path}  ({self.modules} modules, {rank}, {self.dtype}{err}{zero})"
 
 
 @dataclass
@@ -50,7 +64,9 @@ class RunSummary:
         lines = [f"wrote {len(self.outputs)} adapter{'s' if len(self.outputs) != 1 else ''} in "
                  f"{self.seconds:.2f} s on {self.device} ({self.modules} modules in {self.groups} batches, "
                  f"peak memory {self.peak_memory_mb:.0f} MB)"]
-        lines += [f"  {o.line()}" for o in self.outputs]
+        for output in self.outputs:
+            lines.append(f"  {output.line()}")
+            lines += [f"  warning: {output.path}: {warning}" for warning in output.warnings]
         return "\n".join(lines)
 
 
@@ -76,17 +92,23 @@ def to_output(value: Any) -> LowRank:
         else LowRank(torch.eye(W.shape[0], dtype=W.dtype), W.clone())
 
 
+def recipe_text(program: Program) -> str:
+    """The recipe an output records: the script, with absolute paths shortened (safety/privacy.py)."""
+    return private_text(program.script_text)
+
+
 def provenance(program: Program, the_plan: Plan,
                digest: Callable[[AdapterSource], str] = lambda info: info.sha256) -> dict[str, str]:
-    """Safetensors metadata: the recipe's hash and each input's content hash (`digest`)."""
+    """Safetensors metadata: the recipe's hash and each input by name, label (a folder's base name or
+    a Hub id — never a local path) and content hash (`digest`). The same recipe and inputs give the
+    same metadata from any working folder."""
     inputs = {}
     for node in load_nodes(program):
         info = the_plan.inputs[node.attr("path")]
-        inputs[node.attr("name") or os.path.basename(str(info.path))] = {"path": str(info.path),
-                                                                          "sha256": digest(info)}
+        inputs[node.attr("name") or info.label] = {"source": info.label, "sha256": digest(info)}
     return {
         "dipm_lang_version": __version__,
-        "dipm_script_sha256": hashlib.sha256(program.script_text.encode("utf-8")).hexdigest(),
+        "dipm_script_sha256": hashlib.sha256(recipe_text(program).encode("utf-8")).hexdigest(),
         "dipm_inputs": json.dumps(inputs, sort_keys=True),
     }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -19,7 +18,7 @@ from dipm_lang.run.options import RunOptions
 from dipm_lang.run.planning import file_inputs, plan
 from dipm_lang.run.progress import Progress
 from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_template, peak_memory_mb, provenance,
-                                 to_output)
+                                   recipe_text, to_output)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -46,7 +45,10 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:
-                stages[id(save.node)].add({name: to_output(value) for name, value in save.modules.items()})
+                # save(load(x)): the factors are the input's own and are written as they are
+                verbatim = save.node.args[0].op == "load"
+                stages[id(save.node)].add({name: to_output(value) for name, value in save.modules.items()},
+                                          verbatim=verbatim)
                 save.modules.clear()  # written: the run holds no output
 
         result = execute(the_plan, options, progress=progress, on_part=write_part)
@@ -55,11 +57,9 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                              groups=progress.total_steps)
         for save in result.saves:
             stage = stages[id(save.node)]
-            staged.append(stage.finish(metadata=metadata, recipe=program.script_text))
-            ranks = [rank for rank, _ in stage.ranks.values()]
-            summary.outputs.append(OutputSummary(
-                Path(save.node.attr("path")), len(ranks), ranks, str(the_plan.out_dtype).removeprefix("torch."),
-                save.relative_error if save.node.attr("rank") is not None else None))
+            staged.append(stage.finish(metadata=metadata, recipe=recipe_text(program)))
+            summary.outputs.append(OutputSummary.of(staged[-1], stage, the_plan.out_dtype,
+                                                    save.relative_error if save.node.attr("rank") is not None else None))
         commit_staged(staged)
     except BaseException:
         discard_staged(staged)
