@@ -237,6 +237,8 @@ def test_a_repl_save_records_the_statements_that_produced_it(tmp_path, session, 
 
     from safetensors import safe_open
 
+    from dipm_lang.safety.privacy import private_text
+
     basic, wide = peft_adapters["basic"], peft_adapters["wide"]
     out, err = run(session, f'h = load("{basic}")', f'unused = load("{wide}")', "def twice(y) = 2 * y",
                    "x = 0.5 * h", "def twice(y) = 3 * y",  # redefined after x was bound: x keeps nothing of it
@@ -245,6 +247,8 @@ def test_a_repl_save_records_the_statements_that_produced_it(tmp_path, session, 
     want_a = f'h = load("{basic}")\nx = 0.5 * h\ndef twice(y) = 3 * y\nsave(twice(x), "{tmp_path / "a"}")\n'
     want_b = f'h = load("{basic}")\nx = 0.5 * h\nsave(x - h, "{tmp_path / "b"}")\n'
     for folder, want in (("a", want_a), ("b", want_b)):
+        want = private_text(want)  # recorded with absolute paths shortened to …/NAME
+        assert str(tmp_path) not in want
         card = (tmp_path / folder / "README.md").read_text()
         assert want.rstrip("\n") in card and "unused" not in card
         with safe_open(str(tmp_path / folder / "adapter_model.safetensors"), "pt") as f:

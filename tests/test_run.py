@@ -274,13 +274,17 @@ def test_metadata_records_script_and_input_hashes(trio, tmp_path):
 
     from safetensors import safe_open
 
+    from dipm_lang.safety.privacy import private_text
+
     text = f'H = load("{trio["H"]}")\nsave(reverse(dir(H)) + H, "o")\n'
     script = tmp_path / "s.dipm"
     script.write_text(text)
     assert main(["run", str(script), "-q"]) == 0
     with safe_open(str(tmp_path / "o" / "adapter_model.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta["dipm_script_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    recorded = private_text(text)  # the recipe as recorded: its absolute paths shortened to …/NAME
+    assert recorded == f'H = load("…/{trio["H"].name}")\nsave(reverse(dir(H)) + H, "o")\n'
+    assert meta["dipm_script_sha256"] == hashlib.sha256(recorded.encode()).hexdigest()
     inputs = json.loads(meta["dipm_inputs"])
     weights = (trio["H"] / "adapter_model.safetensors").read_bytes()
     assert inputs["H"]["sha256"] == hashlib.sha256(weights).hexdigest()

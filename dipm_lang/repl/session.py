@@ -405,7 +405,7 @@ def _cmd_save(session: Session, args: str, raw: str, offset: int) -> None:
     target = str(Path(path).expanduser().resolve())
     save = session.lowerer.emit("save", (node,), {"path": target, "rank": rank}, session.lowerer.spans.get(node))
     expr = parse_expression(re.sub(r"[^\n]", " ", text[:offset]) + text[offset:m.start()], "<save>")
-    statement = ast.save_call(expr, target, rank)
+    statement = ast.save_call(expr, path, rank)  # the recipe records the path as typed
     options = session.options
     previous, options.force = options.force, force or options.force
     try:
@@ -424,7 +424,7 @@ def _cmd_load(session: Session, args: str, raw: str, offset: int) -> None:
     target = str(Path(path).expanduser().resolve())
     session.say(session._describe_binding(name, None, path=target))  # opens and validates the adapter first
     session.lowerer.bind_input(name, target, session.module)
-    session.transcript.add(f"{name} = load({format_string(target)})", {name}, set())
+    session.transcript.add(f"{name} = load({format_string(path)})", {name}, set())  # the path as typed
 
 
 def _cmd_names(session: Session, args: str, raw: str, offset: int) -> None:
