@@ -26,6 +26,7 @@ from dipm_lang.passes.cse import cse
 from dipm_lang.passes.dce import dce
 from dipm_lang.passes.fuse import fuse
 from dipm_lang.passes.simplify import simplify
+from dipm_lang.safety.files import FileProblem
 from dipm_lang.safety.sandbox import Sandbox
 
 
@@ -148,8 +149,8 @@ def lower(source: Source, external: Mapping[str, Any] | None = None, *, sandbox:
         path = Path(source.path)
         try:
             text = read_source(path)
-        except OSError as e:
-            raise UsageError(f"{path}: cannot read the script: {e.strerror or e}") from None
+        except FileProblem as e:
+            raise UsageError(f"{path}: cannot read the script: {e}") from None
         source = ScriptText(text, str(path))
     lowerer = Lowerer(external, sandbox=sandbox)
     if isinstance(source, ScriptText):

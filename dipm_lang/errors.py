@@ -69,6 +69,10 @@ class ResourceLimitError(CompileError):
     """A program too large or too deeply nested to compile safely."""
 
 
+class PathError(CompileError):
+    """A path string the OS would reject (a NUL, a name too long, `~user` of no user), where it was written."""
+
+
 class SandboxError(CompileError):
     """A path outside the folder given with --sandbox (found before anything is read or written)."""
 
@@ -106,9 +110,25 @@ class ExecutionError(RuntimeDipmError):
     """A kernel failed on a node; carries the node's source span."""
 
 
+def printable(text: str) -> str:
+    """`text` safe to send to a terminal: control characters (escape sequences, carriage returns,
+    NULs …) and bidirectional-override characters become visible escapes such as `\\x1b`; newlines
+    and tabs stay. Text from inputs (module names, config fields, paths) passes through here before
+    it is printed, so a hostile file cannot move the cursor, recolour or hide text."""
+    if text.isprintable() or all(ch.isprintable() or ch in "\n\t" for ch in text):
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def render(error: DipmError, sources: dict[str, str] | None = None) -> str:
-    """Format an error like a compiler: header, source line and caret underline, hint."""
-    lines = [_clip(str(error))]
+    """Format an error like a compiler: header, source line and caret underline, hint (all of it
+    `printable`: messages quote hostile input)."""
+    lines = [_clip(printable(str(error)))]
     span = error.span
     text = (sources or {}).get(span.file) if span else None
     if span is not None and text is not None:
@@ -125,11 +145,14 @@ def render(error: DipmError, sources: dict[str, str] | None = None) -> str:
                     ("…" if start + MAX_LINE < len(line) else "")
                 column -= start - (1 if start else 0)
             width = max(1, min(width, len(line) - column + 1))
+            # escapes widen the line: keep the caret under the same characters
+            before, marked = line[:column - 1], line[column - 1:column - 1 + width]
+            line, column, width = printable(line), len(printable(before)) + 1, max(1, len(printable(marked)))
             gutter = f"{span.line:>4} | "
             lines.append(gutter + line)
             lines.append(" " * (len(gutter) + column - 1) + "^" + "~" * (width - 1))
     if error.hint:
-        lines.append(_clip(f"  hint: {error.hint}"))
+        lines.append(_clip(printable(f"  hint: {error.hint}")))
     return "\n".join(lines)
 
 

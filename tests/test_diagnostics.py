@@ -248,8 +248,8 @@ def test_non_utf8_bytes(cli):
 def test_nul_byte(cli):
     err = error_of(cli, b'h = load("x")\nsave(h,\x00 "o")\n')
     assert err == ('s.dipm:2:8: error: NUL byte in source text\n'
-                   '   2 | save(h,\x00 "o")\n'
-                   '              ^\n')
+                   '   2 | save(h,\\x00 "o")\n'   # shown escaped: nothing unprintable reaches the terminal
+                   '              ^~~~\n')
 
 
 def test_set_of_a_name_the_script_does_not_have(cli):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
+from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from, usable_path
 from dipm_lang.compiler import compile, source_of
+from dipm_lang.errors import printable
 
 
 def register(sub, commands) -> None:
     p = sub.add_parser("check", help="parse and type-check a script (reads no tensors)")
-    p.add_argument("file")
+    p.add_argument("file", type=usable_path)
     add_set_option(p)
     commands["check"] = run
 
@@ -20,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
                          sandbox=sandbox_from(args))
     saves = len(program.roots)
     inputs = len({(n.attr("name"), n.attr("path")) for n in program.nodes() if n.op == "load"})
-    print(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
-          f"{inputs} input{'s' if inputs != 1 else ''})")
+    print(printable(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
+          f"{inputs} input{'s' if inputs != 1 else ''})"))
     return 0

@@ -11,9 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
-from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
+from dipm_lang.cli.options import add_set_option, parse_sets, positive_int, sandbox_from, usable_path
 from dipm_lang.cli.run import add_run_options, execute_program, options_from
-from dipm_lang.errors import DipmError, UsageError
+from dipm_lang.errors import DipmError, UsageError, printable
 
 FILE = "<expr>"
 
@@ -23,8 +23,8 @@ def register(sub, commands) -> None:
                        description="Evaluate one dipm expression over adapters given with --set NAME=PATH.")
     p.add_argument("expr", metavar="EXPR", help="a dipm expression, e.g. 'detox(H, T, t=0.3)'")
     add_set_option(p)
-    p.add_argument("-o", "--output", metavar="OUT", help="write the result as a PEFT adapter folder")
-    p.add_argument("--rank", type=int, metavar="N", help="truncate the written result to rank N (with -o)")
+    p.add_argument("-o", "--output", metavar="OUT", type=usable_path, help="write the result as a PEFT adapter folder")
+    p.add_argument("--rank", type=positive_int, metavar="N", help="truncate the written result to rank N (with -o)")
     add_run_options(p)
     commands["eval"] = run
 
@@ -70,7 +70,7 @@ def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
         print(f"dry run: {type_}; {len(the_plan.inputs)} inputs, {len(the_plan.modules)} modules checked")
         return 0
     result = execute(the_plan, options)
-    print(summarize(type_, result.results[RESULT]))
+    print(printable(summarize(type_, result.results[RESULT])))
     return 0
 
 

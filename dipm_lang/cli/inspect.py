@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from dipm_lang.cli.options import usable_path
+from dipm_lang.errors import printable
+
 
 def register(sub, commands) -> None:
     p = sub.add_parser("inspect", help="per-module and per-layer statistics of adapters; direction cosines "
                                        "between them")
-    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="PEFT LoRA adapter folders")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path, help="PEFT LoRA adapter folders")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
-    p.add_argument("--plot", metavar="OUT.png", help="draw heat maps (layer × module type) of norms and cosines")
+    p.add_argument("--plot", metavar="OUT.png", type=usable_path, help="draw heat maps (layer × module type) of norms and cosines")
     commands["inspect"] = run
 
 
@@ -24,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
-        print(report.text())
+        print(printable(report.text()))
         if args.plot:
             print(f"\nwrote {args.plot}")
     return 0

@@ -14,7 +14,7 @@ import threading
 import traceback
 from typing import Callable, Sequence
 
-from dipm_lang.errors import DipmError, UsageError, render
+from dipm_lang.errors import DipmError, UsageError, printable, render
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -87,7 +87,7 @@ def _main(argv: list[str], debug: bool) -> int:
     except Exception as e:  # a bug: say so plainly, traceback on request
         if debug:
             traceback.print_exc()
-        print(f"dipm: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+        print(printable(f"dipm: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)"),
               file=sys.stderr)
         return 1
 

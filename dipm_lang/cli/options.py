@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from dipm_lang.errors import UsageError
+from dipm_lang.safety.files import path_problem
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -13,9 +15,39 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="bind an input adapter (NAME=PATH), or override a string/number binding")
     parser.add_argument("-O", dest="level", type=int, choices=(0, 1, 2), default=2,
                         help="optimisation level (default 2)")
-    parser.add_argument("--sandbox", metavar="DIR",
+    parser.add_argument("--sandbox", metavar="DIR", type=usable_path,
                         help="restricted mode for scripts from others: load, save and import only inside DIR "
                              "(symlinks resolved)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (anything else is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r:.80}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (`nan`, `inf`, 0 and negatives are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r:.80}")
+    return value
+
+
+def usable_path(text: str) -> str:
+    """argparse type: a path the OS can use (no NUL, no name too long, no `~user` of nobody)."""
+    problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def sandbox_from(args: argparse.Namespace):

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dipm_lang.cli.options import usable_path
+from dipm_lang.run.options import DTYPE_NAMES
+
 if TYPE_CHECKING:  # the session imports torch; `dipm --help` and other commands should not wait for it
     from dipm_lang.repl.session import Session
 
@@ -28,11 +31,11 @@ def register(sub, commands) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=PATH",
                    help="bind NAME to an adapter folder before the first prompt")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--dtype", default="float32", help="compute dtype (default float32)")
-    p.add_argument("--history", metavar="FILE",
+    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="compute dtype (default float32)")
+    p.add_argument("--history", metavar="FILE", type=usable_path,
                    help="history file (default: $DIPM_HISTORY, else ~/.dipm_history)")
     p.add_argument("--plain", action="store_true", help="read plain lines even on a terminal")
-    p.add_argument("--sandbox", metavar="DIR",
+    p.add_argument("--sandbox", metavar="DIR", type=usable_path,
                    help="restricted mode: load, :load, :inspect, save, :save and import only inside DIR "
                         "(symlinks resolved)")
     commands["repl"] = run

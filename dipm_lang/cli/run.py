@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
+from dipm_lang.cli.options import (add_set_option, parse_sets, positive_int, positive_number, sandbox_from,
+                                   usable_path)
 from dipm_lang.compiler import compile, source_of
 from dipm_lang.run.options import DTYPE_NAMES
-from dipm_lang.errors import DipmError
+from dipm_lang.errors import DipmError, printable
 from dipm_lang.io import digest
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.ir.node import walk
@@ -18,7 +19,7 @@ from dipm_lang.ir.node import walk
 
 def register(sub, commands) -> None:
     p = sub.add_parser("run", help="run a script: read adapters, compute, write adapters")
-    p.add_argument("file", help="a .dipm script")
+    p.add_argument("file", type=usable_path, help="a .dipm script, or a YAML/TOML recipe")
     add_set_option(p)
     add_run_options(p)
     commands["run"] = run
@@ -28,25 +29,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="compute dtype (default float32)")
     p.add_argument("--out-dtype", choices=list(DTYPE_NAMES), help="dtype of the written tensors (default: the inputs')")
-    p.add_argument("--eps", type=float, default=1e-12, help="zero-unit threshold (default 1e-12)")
+    p.add_argument("--eps", type=positive_number, default=1e-12, help="zero-unit threshold (default 1e-12)")
     p.add_argument("--force", action="store_true", help="replace existing output folders")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU worker threads (default: all cores); outputs are byte-identical for any N")
     p.add_argument("--dry-run", action="store_true", help="compile and check inputs/outputs; compute nothing")
     p.add_argument("--ignore-base-model", action="store_true", help="combine adapters made for different bases")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def options_from(args: argparse.Namespace):
@@ -73,11 +64,11 @@ def execute_program(program, args: argparse.Namespace) -> int:
         print(f"dry run: {len(the_plan.inputs)} inputs, {len(the_plan.modules)} modules, "
               f"{len(program.roots)} outputs checked; nothing written")
         for save in program.roots:
-            print(f"  would write {save.attr('path')}")
+            print(printable(f"  would write {save.attr('path')}"))
         return 0
     summary = run_program(program, options, quiet=args.quiet)
     if not args.quiet:
-        print(summary.text())
+        print(printable(summary.text()))
     return 0
 
 

@@ -20,8 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from dipm_lang.errors import (DipmError, DipmSyntaxError, DipmTypeError, NameResolutionError, ResourceLimitError,
-                              Span, UsageError, did_you_mean)
+from dipm_lang.errors import (DipmError, DipmSyntaxError, DipmTypeError, NameResolutionError, PathError,
+                              ResourceLimitError, Span, UsageError, did_you_mean)
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
@@ -32,6 +32,8 @@ from dipm_lang.ir.operator import Builder, Operator, OperatorTable
 from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
 from dipm_lang.ops import OPERATORS
+from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
+from dipm_lang.safety.limits import MAX_SOURCE_BYTES
 
 if TYPE_CHECKING:
     from dipm_lang.safety.sandbox import Sandbox
@@ -105,12 +107,15 @@ class Lowerer:
         self._inline_stack: list[str] = []
         self._call_sites: list[Span | None] = []  # where each def on _inline_stack was called
         self._import_stack: list[str] = []
+        self._imported: dict[str, Module] = {}  # resolved path -> the module an import made
+        self._source_bytes = 0
         self._depth = 0
 
     # ---- the public entry points -----------------------------------------------------
 
     def script(self, script: ast.Script, text: str) -> Program:
         """A whole script: every statement, then the check that each `--set` name was used."""
+        self._source_bytes += len(text.encode("utf-8", "surrogatepass"))
         module = self.module(script.file, text)
         # the script itself is on the import stack, so a cycle back to it is caught where it closes
         main = [] if script.file.startswith("<") else [str(Path(script.file).resolve())]
@@ -143,6 +148,7 @@ class Lowerer:
         and saves lowered by the previous input are forgotten."""
         self.sources[file] = text
         self._node_count = 0
+        self._source_bytes = 0
         self._roots.clear()
 
     def expr(self, expr: ast.Expr, module: "Module", scope: Mapping[str, Node] | None = None) -> Node:
@@ -269,10 +275,15 @@ class Lowerer:
         return node
 
     def _add_root(self, node: Node, span: Span | None) -> None:
-        path = node.attr("path")
+        path = Path(node.attr("path"))
         for other in self._roots:
-            if other.attr("path") == path:
-                raise DipmTypeError(f"two saves write to the same folder {path!r}", span)
+            there = Path(other.attr("path"))
+            if there == path:
+                raise DipmTypeError(f"two saves write to the same folder {str(path)!r}", span)
+            if there in path.parents or path in there.parents:
+                inner, outer = (path, there) if there in path.parents else (there, path)
+                raise DipmTypeError(f"one output would be inside another: {str(inner)!r} is in {str(outer)!r}",
+                                    span, hint="outputs are whole folders; write them side by side")
         self._roots.append(node)
 
     def _binding_value(self, statement: ast.Binding, module: "Module") -> Node:
@@ -298,6 +309,9 @@ class Lowerer:
         value = str(self.external[name])
         if value.startswith("<"):
             return value
+        problem = path_problem(value)
+        if problem:
+            raise PathError(f"--set {name}=…: {problem}", COMMAND_LINE)
         path = value if os.path.isabs(value) else str(Path(os.path.expanduser(value)).resolve())
         if self.sandbox is not None:
             self.sandbox.check(path, f"input '{name}'", COMMAND_LINE, written=value)
@@ -319,29 +333,43 @@ class Lowerer:
                          "from outside (only load(...), strings and numbers can)")
 
     def _import(self, statement: ast.Import, module: "Module") -> None:
+        problem = path_problem(statement.path)
+        if problem:
+            raise PathError(f"cannot import {statement.path!r:.200}: {problem}", statement.span)
         base = _base_dir(module.file)
-        path = (base / statement.path).resolve()
+        path = (base / os.path.expanduser(statement.path)).resolve()
         if self.sandbox is not None:
             self.sandbox.check(path, "import", statement.span, written=statement.path)
         key = str(path)
         if key in self._import_stack:
             chain = " -> ".join(Path(p).name for p in self._import_stack + [key])
             raise NameResolutionError(f"import cycle: {chain}", statement.span)
-        try:
-            text = _read_source(path)
-        except OSError as e:
-            raise NameResolutionError(f"cannot import {statement.path!r}: {e.strerror or e}", statement.span) \
-                from None
-        self._import_stack.append(key)
-        try:
-            script = parse_script(text, _display_path(path))
-            imported = self.module(script.file, text)
-            for st in script.statements:
-                self.statement(st, imported, allow_effects=False)
-        finally:
-            self._import_stack.pop()
+        imported = self._imported.get(key)
+        if imported is None:  # a file imported many times is read and parsed once
+            try:
+                text = self._read(path, statement.span)
+            except FileProblem as e:
+                raise NameResolutionError(f"cannot import {statement.path!r:.200}: {e}", statement.span) from None
+            self._import_stack.append(key)
+            try:
+                script = parse_script(text, _display_path(path))
+                imported = self.module(script.file, text)
+                for st in script.statements:
+                    self.statement(st, imported, allow_effects=False)
+            finally:
+                self._import_stack.pop()
+            self._imported[key] = imported
         module.functions.update(imported.functions)
         module.values.update(imported.values)
+
+    def _read(self, path: Path, span: Span | None) -> str:
+        """A source file's text, counted against the program's budget of source text."""
+        text = read_source(path)
+        self._source_bytes += len(text.encode("utf-8", "surrogatepass"))
+        if self._source_bytes > MAX_SOURCE_BYTES:
+            raise ResourceLimitError(f"the program reads more than {MAX_SOURCE_BYTES} bytes of dipm source "
+                                     "(the script and its imports together)", span)
+        return text
 
     # ---- expressions -----------------------------------------------------------------
 
@@ -604,6 +632,9 @@ COMMAND_LINE = Span("<command line>", 1, 1, 1, 1)
 
 def _resolve_path(path: str, span: Span | None) -> str:
     """Relative paths in a script resolve against the script's own folder (SPEC §3)."""
+    problem = path_problem(path)
+    if problem:
+        raise PathError(f"{path!r:.200}: {problem}", span)
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
@@ -611,19 +642,16 @@ def _resolve_path(path: str, span: Span | None) -> str:
     return str((base / p).resolve())
 
 
-def _read_source(path: Path) -> str:
-    data = path.read_bytes()
+def read_source(path: Path) -> str:
+    """A .dipm file's text: a regular file (FileProblem for a FIFO, a device, a folder, a file larger
+    than MAX_SOURCE_BYTES), UTF-8 (a positioned error otherwise), a leading byte-order mark dropped."""
+    data = read_bytes_limited(path, MAX_SOURCE_BYTES)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DipmSyntaxError(f"the file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
                               Span(_display_path(path), line, 1, line, 2)) from None
-
-
-def read_source(path: Path) -> str:
-    """Read a .dipm file as UTF-8, with a positioned error for anything else."""
-    return _read_source(path)
 
 
 @lru_cache(maxsize=1)

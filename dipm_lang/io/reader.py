@@ -30,6 +30,7 @@ from dipm_lang.io.digest import FileDigest, Stamp, file_digest, stamp_of
 from dipm_lang.io.finite import all_finite, first_non_finite
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
+from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
 from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 from dipm_lang.ir.modules import natural_key
 
@@ -143,6 +144,9 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     `lora_bias`, base-rewriting initialisations, a corrupt weights file, unknown keys,
     missing factors, non-matrix or non-floating tensors, and ranks that disagree with the config.
     """
+    problem = path_problem(str(path))
+    if problem:
+        raise AdapterError(problem, repr(str(path))[:200])
     folder = Path(path).expanduser().resolve()
     if not folder.exists():
         raise AdapterError("adapter folder not found", folder)
@@ -198,11 +202,9 @@ def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
             hint = f"adapters found in subfolders: {', '.join(nested)}"
         raise AdapterError(f"missing {CONFIG_NAME}; not a PEFT adapter folder", config_path, hint=hint)
     try:
-        size = config_path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise AdapterError(f"the config is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})",
-                               config_path)
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = json.loads(read_bytes_limited(config_path, MAX_CONFIG_BYTES).decode("utf-8").removeprefix("\ufeff"))
+    except FileProblem as exc:
+        raise AdapterError(f"cannot read the config: {exc}", config_path) from None
     except json.JSONDecodeError as exc:
         raise AdapterError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", config_path) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from dipm_lang.errors import DipmError, DipmTypeError, NameResolutionError, UsageError, did_you_mean, render
+from dipm_lang.errors import (DipmError, DipmTypeError, NameResolutionError, UsageError, did_you_mean, printable,
+                              render)
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
@@ -104,7 +105,7 @@ class Session:
             self.module.values, self.module.functions = values, functions
             self.errors += 1
             self.last_exit_code = 1
-            print(f"internal error: {type(e).__name__}: {e}", file=self.err)
+            print(printable(f"internal error: {type(e).__name__}: {e}"), file=self.err)
         return True
 
     def _error(self, error: DipmError) -> None:
@@ -113,7 +114,7 @@ class Session:
         print(render(error, self.lowerer.sources), file=self.err)
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out)
+        print(printable(text), file=self.out)
 
     # ---- statements ------------------------------------------------------------------
 

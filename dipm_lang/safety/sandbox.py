@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dipm_lang.errors import SandboxError, Span, UsageError
+from dipm_lang.safety.files import path_problem
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Sandbox:
     @classmethod
     def at(cls, directory: str | os.PathLike[str]) -> "Sandbox":
         """A sandbox at `directory`, which must exist and be a folder."""
+        problem = path_problem(os.fspath(directory))
+        if problem:
+            raise UsageError(f"--sandbox: {problem}")
         root = os.path.realpath(os.path.expanduser(os.fspath(directory)))
         if not os.path.isdir(root):
             raise UsageError(f"--sandbox {directory}: not an existing folder")

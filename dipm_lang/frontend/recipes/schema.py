@@ -11,6 +11,7 @@ from typing import Any
 
 from dipm_lang.errors import ConfigError, Span, did_you_mean
 from dipm_lang.frontend.recipes.positions import KeyPath, Where, load_toml, load_yaml
+from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
 from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
@@ -58,14 +59,11 @@ def read_recipe(path: str | Path) -> Recipe:
     """Parse a YAML or TOML recipe and check its structure (no expression is parsed yet)."""
     file = str(path)
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"the config is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})", file=file)
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read the config: {e.strerror or e}", file=file) from None
+        data = read_bytes_limited(path, MAX_CONFIG_BYTES)
+    except FileProblem as e:
+        raise ConfigError(f"cannot read the config: {e}", file=file) from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         raise ConfigError(f"the config is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
                           file=file) from None
@@ -99,6 +97,8 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
             fail(f"input name {name!r} is not a valid name (letters, digits, '_')", ("inputs", name))
         if not isinstance(value, str) or not value:
             fail(f"input '{name}' must be an adapter folder (a string), got {_kind(value)}", ("inputs", name))
+        if path_problem(value):
+            fail(f"input '{name}': {path_problem(value)}", ("inputs", name))
         inputs[name] = (base / Path(value).expanduser()).resolve()
 
     outputs_tree = tree["outputs"]
@@ -125,6 +125,8 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
                  hint="quote the expression if it starts with '[' or '{'")
         if not value.strip():
             fail(f"output '{key}' has an empty expression", at)
+        if path_problem(key):
+            fail(f"output {key!r:.80}: {path_problem(key)}", ("outputs", key))
         outputs.append(Output((base / Path(key).expanduser()).resolve(), Text(value, where.offsets(at, value)),
                               rank, where.span(("outputs", key))))
 
