@@ -311,7 +311,7 @@ CASES: dict[str, Case] = {
     "operator_chain_depth": Case(script(H + "save(" + "+".join(["h"] * 50_000) + ', "o")\n'), ("check", "s.dipm"),
                                  2, r"s\.dipm:2:6: error: expression nested too deeply"),
     "program_size": Case(script("# " + "x" * 1_200_000 + "\n"), ("check", "s.dipm"), 2,
-                         r"s\.dipm:1:1: error: source is too large"),
+                         r"error: s\.dipm: cannot read the script: the file is larger than 1048576 bytes"),
     # ---- eval and configs ----
     "eval_type_error": Case(lambda d: None, ("eval", "recombine(mag(H), dir(H))", "--set", "H=H"), 2,
                             r"<expr>:1:1: error: recombine: the arguments look swapped"),

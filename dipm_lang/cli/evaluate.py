@@ -8,12 +8,11 @@ Errors point at `<expr>:1:COLUMN` and show the expression with a caret.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from dipm_lang.cli.options import add_set_option, parse_sets, positive_int, sandbox_from, usable_path
 from dipm_lang.cli.run import add_run_options, execute_program, options_from
 from dipm_lang.errors import DipmError, UsageError, printable
+from dipm_lang.safety.files import absolute
 
 FILE = "<expr>"
 
@@ -48,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     sets = parse_sets(args.sets)
     if not args.output:
         return _print_summary(args, sets)
-    out = str(Path(os.path.expanduser(args.output)).resolve())  # command-line paths: the working directory
+    out = str(absolute(args.output))  # command-line paths: the working directory
     program = lower(Expression(args.expr, FILE, save_to=out, rank=args.rank), sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     program, _ = optimize(program, level=args.level)

@@ -32,7 +32,7 @@ from dipm_lang.ir.operator import Builder, Operator, OperatorTable
 from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
 from dipm_lang.ops import OPERATORS
-from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
+from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
 from dipm_lang.safety.limits import MAX_SOURCE_BYTES
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ class Lowerer:
         problem = path_problem(value)
         if problem:
             raise PathError(f"--set {name}=…: {problem}", COMMAND_LINE)
-        path = value if os.path.isabs(value) else str(Path(os.path.expanduser(value)).resolve())
+        path = value if os.path.isabs(value) else str(absolute(value))
         if self.sandbox is not None:
             self.sandbox.check(path, f"input '{name}'", COMMAND_LINE, written=value)
         return path
@@ -639,7 +639,7 @@ def _resolve_path(path: str, span: Span | None) -> str:
     if p.is_absolute():
         return str(p)
     base = _base_dir(span.file) if span is not None else Path.cwd()
-    return str((base / p).resolve())
+    return str(absolute(base / p))
 
 
 def read_source(path: Path) -> str:

@@ -19,7 +19,7 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.resources import grammar_path
 
-MAX_SOURCE_CHARS = 1_000_000
+MAX_SOURCE_CHARS = 1_000_000  # any text parsed (files also share safety.limits.MAX_SOURCE_BYTES)
 
 
 class _BracketNewlines:

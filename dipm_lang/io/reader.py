@@ -194,7 +194,7 @@ def _stamp(file: Path) -> Stamp:
 
 
 def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
-    if not config_path.is_file():
+    if not (config_path.exists() or config_path.is_symlink()):
         hint = None
         nested = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))
         if nested:

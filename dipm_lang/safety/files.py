@@ -96,3 +96,13 @@ def read_bytes_limited(path: str | Path, limit: int) -> bytes:
     if size > limit:
         raise FileProblem(f"the file is larger than {limit} bytes, the limit for this kind of file")
     return b"".join(chunks)
+
+
+def absolute(path: str | Path) -> Path:
+    """`path` made absolute with its folders resolved but its last component kept as written: an
+    output path that is a symbolic link stays one, so the writer can refuse a dangling link instead
+    of following it (Path.resolve would have replaced it by its target)."""
+    full = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if full.parent == full:
+        return full
+    return full.parent.resolve() / full.name

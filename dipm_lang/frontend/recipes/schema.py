@@ -11,7 +11,7 @@ from typing import Any
 
 from dipm_lang.errors import ConfigError, Span, did_you_mean
 from dipm_lang.frontend.recipes.positions import KeyPath, Where, load_toml, load_yaml
-from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
+from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
 from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
@@ -99,7 +99,7 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
             fail(f"input '{name}' must be an adapter folder (a string), got {_kind(value)}", ("inputs", name))
         if path_problem(value):
             fail(f"input '{name}': {path_problem(value)}", ("inputs", name))
-        inputs[name] = (base / Path(value).expanduser()).resolve()
+        inputs[name] = absolute(base / Path(value).expanduser())
 
     outputs_tree = tree["outputs"]
     if not isinstance(outputs_tree, dict) or not outputs_tree:
@@ -127,7 +127,7 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
             fail(f"output '{key}' has an empty expression", at)
         if path_problem(key):
             fail(f"output {key!r:.80}: {path_problem(key)}", ("outputs", key))
-        outputs.append(Output((base / Path(key).expanduser()).resolve(), Text(value, where.offsets(at, value)),
+        outputs.append(Output(absolute(base / Path(key).expanduser()), Text(value, where.offsets(at, value)),
                               rank, where.span(("outputs", key))))
 
     imports_tree = tree.get("import") or []
