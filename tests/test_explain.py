@@ -220,6 +220,35 @@ def test_layout_has_no_overlaps_and_keeps_each_output_in_its_frame(here):
     assert 0 < plan.width < 40 and 0 < plan.height < 15
 
 
+def twenty_outputs() -> str:
+    """Twenty outputs over six inputs, every recipe shape of EIGHT in turn."""
+    names = ["H", "O", "T", "C", "M", "S"]
+    shapes = [line.split(": ", 1)[1] for line in EIGHT.splitlines() if line.startswith("  out/") and ": " in line]
+    lines = ["inputs:", *(f"  {n}: adapters/{n.lower()}" for n in names), "outputs:"]
+    for k in range(20):
+        a, b, c = names[k % 6], names[(k + 1) % 6], names[(k + 3) % 6]
+        shape = shapes[k % len(shapes)].replace("H", "§").replace("O", a).replace("T", b).replace("C", c)
+        lines.append(f"  out/o{k}: " + shape.replace("§", names[(k + 2) % 6]))
+    return "\n".join(lines) + "\n"
+
+
+def test_many_outputs_wrap_into_tiers_that_stay_apart(here):
+    (here / "twenty.yaml").write_text(twenty_outputs())
+    view = plan_view(compiled(here / "twenty.yaml"), relative_to=here, operators=OPERATORS).with_constants_inlined()
+    plan = layout(view)
+    assert plan.tiers >= 2 and plan.width / plan.height < 3, (plan.tiers, plan.width, plan.height)
+    frames = [f for f in plan.frames if f.group != SHARED]
+    assert len(frames) == 20
+    disjoint = lambda a, b: a.x1 < b.x0 or b.x1 < a.x0 or a.y1 < b.y0 or b.y1 < a.y0  # noqa: E731
+    assert all(disjoint(a, b) for k, a in enumerate(frames) for b in frames[k + 1:])
+    boxes = list(plan.boxes.values())
+    assert not [(a.node.id, b.node.id) for k, a in enumerate(boxes) for b in boxes[k + 1:] if overlap(a, b)]
+    for route in plan.routes:  # an edge into a lower tier passes between the frames above, not through them
+        for x, y in route.points[1:-1]:
+            inside = [f.group for f in frames if f.x0 < x < f.x1 and f.y0 < y < f.y1]
+            assert inside in ([], [plan.boxes[route.edge.target].node.group]), (route.edge, inside)
+
+
 def test_layout_orders_operands_to_avoid_crossings(here):
     # dir(b) is shift's first operand: it should sit left of dir(a), whatever the listing order
     view = plan_view(compiled(here / "shift.dipm", level=1), relative_to=here, operators=OPERATORS)

@@ -83,7 +83,9 @@ def _header(ax: Any, view: PlanView, title: str) -> None:
     from matplotlib.patches import FancyBboxPatch
 
     saves = sum(1 for o in view.outputs if o.kind == "save")
+    results = len(view.outputs) - saves
     summary = f"{len(view.nodes)} nodes, {saves} output{'s' if saves != 1 else ''}"
+    summary += f", {results} result{'s' if results != 1 else ''}" if results else ""
     ax.text(0.12, -HEADER + 0.1, f"{title}  ({summary})" if title else summary, va="top", ha="left",
             fontsize=10, fontweight="bold", family=FONT)
     x = 0.12

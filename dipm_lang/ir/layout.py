@@ -29,9 +29,10 @@ CHAR_W = 0.07       # inches per character of an 8-pt monospaced font (0.6 em, w
 LINE_H = 0.15       # inches per line of text
 PAD_X, PAD_Y = 0.12, 0.07   # inside a box, around its text
 NODE_GAP = 0.35     # between boxes in a row
-DUMMY_W = 0.12      # an edge passing through a row
+DUMMY_W = 0.08      # an edge passing through a row
 ROW_GAP = 0.42      # between rows: room for the curves and the operand labels
 CLUSTER_GAP = 0.45  # between two outputs' columns
+TIER_WIDTH = 24.0   # wider than this, the outputs' columns wrap into tiers
 FRAME_PAD = 0.14    # between a frame and the boxes it holds
 TITLE_H = 0.30      # a frame's title line
 LABEL_CHAR_W = 0.06    # inches per character of the operand labels (7 pt)
@@ -86,6 +87,7 @@ class Layout:
     width: float
     height: float
     crossings: int = 0
+    tiers: int = 1
 
 
 @dataclass
@@ -120,15 +122,27 @@ def box_size(node: ViewNode, labels: dict[int, str]) -> tuple[float, float, dict
     return w, len(node.lines) * LINE_H + 2 * PAD_Y, ports
 
 
-def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
+def layout(view: PlanView, *, sweeps: int = 8, tier_width: float = TIER_WIDTH) -> Layout:
     """Boxes, routes and frames for `view` (see the module docstring for the steps)."""
     labels: dict[int, dict[int, str]] = {n.id: {} for n in view.nodes}
     for e in view.edges + view.inlined:
         labels[e.target][e.position] = e.label
     sizes = {n.id: box_size(n, labels[n.id]) for n in view.nodes}
+    titles = {g: view.title(g) for g in view.groups()}
+    least = {g: len(titles[g]) * CHAR_W + 0.2 - 2 * FRAME_PAD for g in titles}  # room for the frame's title
     rows, band = _rows(view)
-    groups = view.groups()
-    columns = [g for g in groups if g != SHARED]
+    tiers = _tiers(view, rows, band, sizes, least, tier_width)
+    rows, tier_starts = _stack(view, rows, band, tiers)
+    tier_of = {g: t for t, columns in enumerate(tiers) for g in columns}
+    depth = max(rows.values(), default=-1) + 1
+    row_tier = [-1 if r < band else max(t for t, start in enumerate(tier_starts) if start <= r) for r in range(depth)]
+    # the regions of each stratum (the band: -1; a tier: t), left to right: in a tier, passages for
+    # edges on their way to a lower tier flank each output's column
+    strata: dict[int, list[Group]] = {-1: [SHARED]}
+    for t, columns in enumerate(tiers):
+        strata[t] = [("pass", t, 0)]
+        for j, g in enumerate(columns):
+            strata[t] += [g, ("pass", t, j + 1)]
 
     # items per row: boxes, then a bend point for every row an edge passes through
     items: dict[object, _Item] = {}
@@ -142,7 +156,16 @@ def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
         source, target = items[e.source], items[e.target]
         chain = [source]
         for row in range(source.row + 1, target.row):
-            bend = _Item((k, row), SHARED if row < band else target.group, row, DUMMY_W)
+            t = row_tier[row]
+            if t < 0:
+                group: Group = SHARED
+            elif t == tier_of[target.group]:
+                group = target.group
+            else:  # through the passage of this tier nearest to where the target's column lies
+                home = tiers[tier_of[target.group]]
+                where = (home.index(target.group) + 0.5) / len(home)
+                group = ("pass", t, round(where * len(tiers[t])))
+            bend = _Item((k, row), group, row, DUMMY_W)
             items[bend.key] = bend
             by_row.setdefault(row, []).append(bend)
             chain.append(bend)
@@ -153,16 +176,15 @@ def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
             upper.below.append((lower, entry))
             lower.above.append((upper, entry))
         chains.append(chain)
-    depth = max(by_row) + 1 if by_row else 0
-    segments = _segments(by_row, depth, columns)
+    segments = _segments(by_row, depth, strata, row_tier)
 
-    # provisional columns (in slots) for the crossing reduction
+    # crossing reduction, every item one slot wide
     def slots() -> None:
-        _place(segments, depth, band, columns, widths=lambda item: 1.0, gap=0.0, cluster_gap=1.0)
+        _place(segments, strata, row_tier, widths=lambda item: 1.0, gap=0.0, region_gap=1.0)
 
     slots()
     best = [list(seg) for seg in segments.values()]
-    fewest = _crossings(by_row, depth, segments)
+    fewest = _crossings(by_row, depth)
     for sweep in range(sweeps):
         downward = sweep % 2 == 0
         row_order = range(1, depth) if downward else range(depth - 2, -1, -1)
@@ -174,18 +196,15 @@ def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
                          for pos, i in enumerate(seg)]
                 segments[key] = [i for _, _, i in sorted(keyed, key=lambda t: (t[0], t[1]))]
             slots()
-        count = _crossings(by_row, depth, segments)
+        count = _crossings(by_row, depth)
         if count < fewest:
             fewest, best = count, [list(seg) for seg in segments.values()]
     for key, seg in zip(list(segments), best):
         segments[key] = seg
 
     # real widths; then straighten edges
-    titles = {g: view.title(g) for g in view.groups()}
-    regions = _place(segments, depth, band, columns, widths=lambda item: item.width, gap=NODE_GAP,
-                     cluster_gap=CLUSTER_GAP + 2 * FRAME_PAD,
-                     least={g: len(titles[g]) * CHAR_W + 0.2 - 2 * FRAME_PAD for g in columns})
-    column_at = {key[1]: span for key, span in regions.items() if key[0] == "column"}
+    regions = _place(segments, strata, row_tier, widths=lambda item: item.width, gap=NODE_GAP,
+                     region_gap=CLUSTER_GAP + 2 * FRAME_PAD, least=least)
     for sweep in range(7):
         downward, both = sweep % 2 == 0, sweep == 6  # a last pass toward both sides balances fans
         for row in (range(depth) if downward else range(depth - 1, -1, -1)):
@@ -193,16 +212,19 @@ def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
                 lo, hi = regions[key]
                 _straighten(segments[key], lo, hi, up=downward or both, down=not downward or both)
 
-    # rows' heights and y positions
+    # rows' heights and y positions; above each tier, room for the edges that fan into it to bend
     heights = [max((sizes[i.key][1] for i in by_row.get(r, []) if i.key in sizes), default=LINE_H)
                for r in range(depth)]
-    # between the band and the outputs' columns, room for the edges that fan out to them to bend
-    fan_out = sum(1 for e in view.edges if items[e.source].group == SHARED and items[e.target].group != SHARED)
-    routing = min(1.2, 0.1 + 0.04 * fan_out)
+    entering = [0] * len(tiers)
+    for k, e in enumerate(view.edges):
+        if items[e.target].group != SHARED and chains[k][-2].group != items[e.target].group:
+            entering[tier_of[items[e.target].group]] += 1
     tops, y = [], TITLE_H + FRAME_PAD
     for r in range(depth):
-        if r == band and band > 0:
-            y += FRAME_PAD + routing + TITLE_H + FRAME_PAD  # the band's bottom edge, the fan, the titles
+        t = row_tier[r]
+        if t >= 0 and r == tier_starts[t] and (band > 0 or t > 0):
+            routing = min(1.2, 0.1 + 0.04 * entering[t])
+            y += FRAME_PAD + routing + TITLE_H + FRAME_PAD  # the frames above, the fan, the titles
         tops.append(y)
         y += heights[r] + ROW_GAP
     height = y - ROW_GAP + FRAME_PAD + 0.1
@@ -223,15 +245,58 @@ def layout(view: PlanView, *, sweeps: int = 8) -> Layout:
     ports = [(e, boxes[e.target].port(e.position), boxes[e.target].top)
              for e in view.edges + view.inlined]
 
+    columns_at = {g: regions[("region", g)] for columns in tiers for g in columns}
     all_x = [i.x - i.width / 2 for i in items.values()] + [i.x + i.width / 2 for i in items.values()]
-    all_x += [x for span in column_at.values() for x in span]
+    all_x += [x for span in columns_at.values() for x in span]
     left = min(all_x, default=0.0) - FRAME_PAD - 0.1
     width = max(all_x, default=1.0) - left + FRAME_PAD + 0.1
     _shift(boxes, routes, -left)
     ports = [(e, x - left, y) for e, x, y in ports]
-    columns_x = {g: (lo - left, hi - left) for g, (lo, hi) in column_at.items()}
+    columns_x = {g: (lo - left, hi - left) for g, (lo, hi) in columns_at.items()}
     frames = _frames(view, boxes, rows, columns_x, titles, band, tops, heights, width)
-    return Layout(boxes, routes, frames, ports, width, height, fewest)
+    return Layout(boxes, routes, frames, ports, width, height, fewest, len(tiers))
+
+
+def _tiers(view: PlanView, rows: dict[int, int], band: int, sizes: dict[int, tuple], least: dict[Group, float],
+           tier_width: float) -> list[list[Group]]:
+    """The outputs' columns in statement order, cut into tiers (stacked one under the other) when
+    side by side they would be wider than `tier_width`: a wall of twenty outputs becomes three
+    rows of seven, about as wide as it is tall."""
+    columns = [g for g in view.groups() if g != SHARED]
+    widths = []
+    for g in columns:
+        per_row: dict[int, float] = {}
+        for n in view.members(g):
+            per_row[rows[n.id]] = per_row.get(rows[n.id], -NODE_GAP) + sizes[n.id][0] + NODE_GAP
+        widths.append(max([least.get(g, 0.0), *per_row.values()]) + CLUSTER_GAP + 2 * FRAME_PAD)
+    total = sum(widths)
+    if total <= tier_width or len(columns) < 2:
+        return [columns] if columns else []
+    count = min(len(columns), -(-int(total) // int(tier_width)))
+    target = total / count
+    tiers: list[list[Group]] = [[]]
+    filled = 0.0
+    for g, w in zip(columns, widths):
+        if tiers[-1] and filled + w / 2 > target * len(tiers) and len(tiers) < count:
+            tiers.append([])
+        tiers[-1].append(g)
+        filled += w
+    return tiers
+
+
+def _stack(view: PlanView, rows: dict[int, int], band: int, tiers: list[list[Group]]) -> tuple[dict[int, int], list[int]]:
+    """Rows with each tier's columns starting below the previous tier; the first row of each tier."""
+    tier_of = {g: t for t, columns in enumerate(tiers) for g in columns}
+    depth = [0] * len(tiers)
+    for n in view.nodes:
+        if n.group != SHARED:
+            depth[tier_of[n.group]] = max(depth[tier_of[n.group]], rows[n.id] - band + 1)
+    starts = [band]
+    for d in depth[:-1]:
+        starts.append(starts[-1] + d)
+    out = {n.id: rows[n.id] if n.group == SHARED else starts[tier_of[n.group]] + rows[n.id] - band
+           for n in view.nodes}
+    return out, starts
 
 
 def _rows(view: PlanView) -> tuple[dict[int, int], int]:
@@ -264,11 +329,12 @@ def _rows(view: PlanView) -> tuple[dict[int, int], int]:
     return rows, band
 
 
-def _segments(by_row: dict[int, list[_Item]], depth: int, columns: list[Group]) -> dict[tuple, list[_Item]]:
-    """(row, group) -> the row's items of that group, ordered by node id (listing order) first."""
+def _segments(by_row: dict[int, list[_Item]], depth: int, strata: dict[int, list[Group]],
+              row_tier: list[int]) -> dict[tuple, list[_Item]]:
+    """(row, region) -> the row's items in that region, in listing order to begin with."""
     segments: dict[tuple, list[_Item]] = {}
-    rank = {g: i for i, g in enumerate([SHARED, *columns])}
     for row in range(depth):
+        rank = {g: i for i, g in enumerate(strata[row_tier[row]])}
         for item in sorted(by_row.get(row, []), key=lambda i: (rank[i.group], _order_key(i.key))):
             segments.setdefault((row, item.group), []).append(item)
     return segments
@@ -278,35 +344,38 @@ def _order_key(key: object) -> tuple:
     return (key, 0) if isinstance(key, int) else (key[0], 1)  # type: ignore[index]
 
 
-def _place(segments: dict[tuple, list[_Item]], depth: int, band: int, columns: list[Group], *,
-           widths: Callable[[_Item], float], gap: float, cluster_gap: float,
+def _place(segments: dict[tuple, list[_Item]], strata: dict[int, list[Group]], row_tier: list[int], *,
+           widths: Callable[[_Item], float], gap: float, region_gap: float,
            least: dict[Group, float] | None = None) -> dict[tuple, tuple[float, float]]:
-    """Pack each segment in its region: each output's column as wide as its widest row, side by
-    side; the shared band's rows centred over all of them. Returns each segment's (lo, hi)."""
+    """Pack each segment in its region: a region as wide as its widest row, the regions of a
+    stratum side by side, each stratum centred on the widest. Returns (lo, hi) of every segment
+    and, under ("region", group), of every region."""
     def span(seg: list[_Item]) -> float:
         return sum(widths(i) for i in seg) + gap * max(0, len(seg) - 1)
 
-    column_width = {g: max([span(seg) for (row, group), seg in segments.items() if group == g]
-                           + [(least or {}).get(g, 0.0)]) for g in columns}
-    total = sum(column_width.values()) + cluster_gap * max(0, len(columns) - 1)
-    band_width = max((span(seg) for (row, group), seg in segments.items() if group == SHARED), default=0.0)
-    full = max(total, band_width)
-    start = (full - total) / 2
-    column_at = {}
-    for g in columns:
-        column_at[g] = (start, start + column_width[g])
-        start += column_width[g] + cluster_gap
-    regions = {}
-    for g, (lo, hi) in column_at.items():
-        regions[("column", g)] = (lo, hi)
+    width: dict[Group, float] = {g: (least or {}).get(g, 0.0) if not isinstance(g, tuple) else 0.0
+                                 for regions in strata.values() for g in regions}
+    for (row, group), seg in segments.items():
+        width[group] = max(width[group], span(seg))
+    totals = {}
+    for s, regions in strata.items():
+        present = [width[g] for g in regions if width[g] > 0]
+        totals[s] = sum(present) + region_gap * max(0, len(present) - 1)
+    full = max(totals.values(), default=0.0)
+    out: dict[tuple, tuple[float, float]] = {}
+    for s, regions in strata.items():
+        x = (full - totals[s]) / 2
+        for g in regions:
+            out[("region", g)] = (x, x + width[g]) if g != SHARED else (0.0, full)
+            if width[g] > 0:
+                x += width[g] + region_gap
     for key, seg in segments.items():
-        lo, hi = column_at[key[1]] if key[1] != SHARED else (0.0, full)
+        lo, hi = out[key] = out[("region", key[1])]
         x = lo + (hi - lo - span(seg)) / 2
         for item in seg:
             item.x = x + widths(item) / 2
             x += widths(item) + gap
-        regions[key] = (lo, hi)
-    return regions
+    return out
 
 
 def _wanted(item: _Item, up: bool, down: bool) -> float:
@@ -320,7 +389,7 @@ def _wanted(item: _Item, up: bool, down: bool) -> float:
 
 def _straighten(seg: list[_Item], lo: float, hi: float, *, up: bool, down: bool) -> None:
     """Move each item toward where its neighbours want it, keeping the order, the gaps and [lo, hi]."""
-    gaps = [(a.width + b.width) / 2 + (NODE_GAP if a.width > DUMMY_W or b.width > DUMMY_W else NODE_GAP / 3)
+    gaps = [(a.width + b.width) / 2 + (NODE_GAP if a.width > DUMMY_W or b.width > DUMMY_W else NODE_GAP / 5)
             for a, b in zip(seg, seg[1:])]
     offsets = [0.0]
     for g in gaps:
@@ -349,7 +418,7 @@ def _isotonic(targets: list[float], weights: list[float]) -> list[float]:
     return out
 
 
-def _crossings(by_row: dict[int, list[_Item]], depth: int, segments: dict[tuple, list[_Item]]) -> int:
+def _crossings(by_row: dict[int, list[_Item]], depth: int) -> int:
     """Edge crossings between consecutive rows, by the items' current x."""
     total = 0
     for row in range(depth - 1):

@@ -118,7 +118,8 @@ class PlanView:
             return "shared: needed by several outputs"
         if group == UNUSED:
             return "needed by no output (kept at -O0)"
-        return f"output {group + 1}  {self.outputs[group].label}"  # type: ignore[operator,index]
+        output = self.outputs[group]  # type: ignore[index]
+        return output.label if output.kind == "result" else f"output {output.index + 1}  {output.label}"
 
     def members(self, group: Group) -> list[ViewNode]:
         return [n for n in self.nodes if n.group == group]
