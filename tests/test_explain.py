@@ -48,7 +48,8 @@ outputs:
     expr: svd([H, O, C], [2, 1, 1], rank=8)
 """
 
-SHIFT = 'a = load("adapters/a")\nb = load("adapters/b")\nsave(recombine(shift(dir(b), dir(a), 0.25), mag(a)), "out/s")\n'
+SHIFT = ('a = load("adapters/a")\nb = load("adapters/b")\n'
+         'save(recombine(shift(dir(b), dir(a), 0.25), mag(a)), "out/s")\n')
 
 
 @pytest.fixture
@@ -172,6 +173,17 @@ def test_one_cluster_per_output_and_shared_work_outside_them(here):
     assert len(clusters["shared"]) >= 4  # the four inputs at least
     view = plan_view(program, relative_to=here, operators=OPERATORS)
     assert {n.id for n in view.nodes if n.shared} == clusters["shared"]
+
+
+def test_names_no_output_needs_are_shown_apart_at_O0(here):
+    (here / "unused.dipm").write_text('H = load("a")\nx = dir(H)\nsave(H, "o")\n')
+    program = compiled(here / "unused.dipm", level=0)
+    clusters = dot_clusters(to_dot(program, relative_to=here, operators=OPERATORS))
+    nodes = list(walk(program.all_roots()))
+    assert {name: {nodes[i].op for i in members} for name, members in clusters.items()} == {
+        "output_1": {"load", "save"}, "unused": {"dir"}}  # a name kept alive is no output
+    plan = layout(plan_view(program, relative_to=here, operators=OPERATORS))
+    assert [f.title for f in plan.frames] == ["output 1  → o", "needed by no output (kept at -O0)"]
 
 
 def test_fused_nodes_are_highlighted(here):

@@ -1,4 +1,4 @@
-"""A layered layout of a `PlanView` for `dipm explain --png`: boxes, edge routes and cluster frames, in inches.
+"""A layered layout of a `PlanView` for `dipm explain --png`: boxes, edge routes and frames, in inches.
 
 Graphviz's `dot` would do this, but no Graphviz binary can be relied on (none on CI, none on many
 users' machines), and the pure-Python Sugiyama packages are unmaintained, so this module is a
@@ -6,7 +6,10 @@ small Sugiyama-style layout of our own, shaped by what a plan looks like:
 
 1. rows: the shared work forms a band at the top, laid out by longest path from the inputs; each
    output's own nodes form a column below it (a cluster), in statement order, so an output reads
-   top to bottom from its inputs to its `save`. Constants sit just above their first user.
+   top to bottom from its inputs to its `save`. Constants sit just above their first user (the
+   PNG writes them on their edges instead: `PlanView.with_constants_inlined`). Columns wider in
+   all than `TIER_WIDTH` wrap into tiers stacked below one another; edges on their way to a lower
+   tier run down "passages" between the frames of the tiers above, never through them.
 2. edges spanning several rows get a bend point in each row between (a "dummy" node), so they
    route around boxes instead of through them;
 3. crossings are reduced by barycenter sweeps (each row ordered by the mean position of its
@@ -284,7 +287,8 @@ def _tiers(view: PlanView, rows: dict[int, int], band: int, sizes: dict[int, tup
     return tiers
 
 
-def _stack(view: PlanView, rows: dict[int, int], band: int, tiers: list[list[Group]]) -> tuple[dict[int, int], list[int]]:
+def _stack(view: PlanView, rows: dict[int, int], band: int,
+           tiers: list[list[Group]]) -> tuple[dict[int, int], list[int]]:
     """Rows with each tier's columns starting below the previous tier; the first row of each tier."""
     tier_of = {g: t for t, columns in enumerate(tiers) for g in columns}
     depth = [0] * len(tiers)
@@ -315,6 +319,7 @@ def _rows(view: PlanView) -> tuple[dict[int, int], int]:
     for n in own:
         rows[n.id] = max([band] + [rows[a] + 1 for a in operands[n.id]])
     # constants (and lists of them) move down to just above their first user
+    group_of = {n.id: n.group for n in view.nodes}
     constant = {n.id for n in view.nodes if n.kind == "const"}
     for n in view.nodes:
         if n.kind == "list" and all(a in constant for a in operands[n.id]):
@@ -323,7 +328,7 @@ def _rows(view: PlanView) -> tuple[dict[int, int], int]:
         if n.id in constant and users[n.id]:
             floor = band - 1 if n.group == SHARED else max(rows.values())
             below = [rows[u] - 1 for u in users[n.id]]
-            if n.group == SHARED and any(view.nodes[u].group != SHARED for u in users[n.id]):
+            if n.group == SHARED and any(group_of[u] != SHARED for u in users[n.id]):
                 below.append(band - 1)
             rows[n.id] = max(rows[n.id], min(below + [floor]))
     return rows, band
