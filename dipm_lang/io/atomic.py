@@ -8,7 +8,8 @@ the previous file as it was. The rename is atomic because both names are in one 
 
 Refused, as for adapters: an existing file without `force`; a folder, even with `force`; an input
 (an adapter folder read by the program, or the script or recipe itself), or a path inside an input
-folder; a folder that cannot be created or written. Errors are `AdapterError`s naming the path
+folder; a dangling symbolic link; a folder that cannot be created or written. A link to an
+existing file is followed (with `force`, the file it points to is replaced). Errors are `AdapterError`s naming the path
 (exit code 1).
 """
 
@@ -25,7 +26,10 @@ from dipm_lang.errors import AdapterError
 
 def check_file_output(path: str | Path, *, inputs: Sequence[str | Path] = (), force: bool = False) -> Path:
     """Check that the file `path` may be written; returns it resolved. Nothing is written."""
-    dest = Path(path).expanduser().resolve()
+    given = Path(path).expanduser()
+    if given.is_symlink() and not given.exists():  # writing through it would create a file elsewhere
+        raise AdapterError("the output is a dangling symbolic link; refusing to write through it", given)
+    dest = given.resolve()
     for item in inputs:
         source = Path(item).expanduser().resolve()
         if dest == source:
