@@ -45,7 +45,8 @@ are written on the edge they feed (t=0.3). --dot writes the same plan for Graphv
   nodes         [{id, op, type, attrs, operands, source, outputs, shared}] in listing order:
                 id is the N of %N; operands are ids, in argument order; attrs maps each
                 attribute to its JSON value; source is file:line:col or null; outputs lists
-                the paths of the saves that need the node; shared: more than one does
+                the paths of the saves that need the node ("result NAME" for a named
+                result); shared: more than one does
   inputs        {name: path} of the named inputs (absolute paths)
   outputs       [{path, rank, node}]: each save, in statement order (node: the save's id)
   results       {name: id} of named results (scripts have none)"""
@@ -54,7 +55,7 @@ are written on the edge they feed (t=0.3). --dot writes the same plan for Graphv
 def register(sub, commands) -> None:
     p = sub.add_parser("explain", help="show the optimized plan and what each pass did",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file")
+    p.add_argument("file", help="a script (.dipm) or a recipe (.yaml, .yml, .toml)")
     add_set_option(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON (keys below)")
     p.add_argument("--dot", metavar="OUT.dot", help="write the plan as Graphviz DOT")
