@@ -36,6 +36,8 @@ DUMMY_W = 0.08      # an edge passing through a row
 ROW_GAP = 0.42      # between rows: room for the curves and the operand labels
 CLUSTER_GAP = 0.45  # between two outputs' columns
 TIER_WIDTH = 24.0   # wider than this, the outputs' columns wrap into tiers
+
+Region = Group | tuple  # where a row's items go: an output's column, the band, or ("pass", tier, j)
 FRAME_PAD = 0.14    # between a frame and the boxes it holds
 TITLE_H = 0.30      # a frame's title line
 LABEL_CHAR_W = 0.06    # inches per character of the operand labels (7 pt)
@@ -98,7 +100,7 @@ class _Item:
     """A box or a bend point in a row."""
 
     key: object                       # a node id, or (edge index, row) for a bend point
-    group: Group
+    group: Region
     row: int
     width: float
     # neighbours in the row above and below, each with the port of the link: where along the lower
@@ -141,7 +143,7 @@ def layout(view: PlanView, *, sweeps: int = 8, tier_width: float = TIER_WIDTH) -
     row_tier = [-1 if r < band else max(t for t, start in enumerate(tier_starts) if start <= r) for r in range(depth)]
     # the regions of each stratum (the band: -1; a tier: t), left to right: in a tier, passages for
     # edges on their way to a lower tier flank each output's column
-    strata: dict[int, list[Group]] = {-1: [SHARED]}
+    strata: dict[int, list[Region]] = {-1: [SHARED]}
     for t, columns in enumerate(tiers):
         strata[t] = [("pass", t, 0)]
         for j, g in enumerate(columns):
@@ -161,7 +163,7 @@ def layout(view: PlanView, *, sweeps: int = 8, tier_width: float = TIER_WIDTH) -
         for row in range(source.row + 1, target.row):
             t = row_tier[row]
             if t < 0:
-                group: Group = SHARED
+                group: Region = SHARED
             elif t == tier_of[target.group]:
                 group = target.group
             else:  # through the passage of this tier nearest to where the target's column lies
@@ -334,7 +336,7 @@ def _rows(view: PlanView) -> tuple[dict[int, int], int]:
     return rows, band
 
 
-def _segments(by_row: dict[int, list[_Item]], depth: int, strata: dict[int, list[Group]],
+def _segments(by_row: dict[int, list[_Item]], depth: int, strata: dict[int, list[Region]],
               row_tier: list[int]) -> dict[tuple, list[_Item]]:
     """(row, region) -> the row's items in that region, in listing order to begin with."""
     segments: dict[tuple, list[_Item]] = {}
@@ -349,7 +351,7 @@ def _order_key(key: object) -> tuple:
     return (key, 0) if isinstance(key, int) else (key[0], 1)  # type: ignore[index]
 
 
-def _place(segments: dict[tuple, list[_Item]], strata: dict[int, list[Group]], row_tier: list[int], *,
+def _place(segments: dict[tuple, list[_Item]], strata: dict[int, list[Region]], row_tier: list[int], *,
            widths: Callable[[_Item], float], gap: float, region_gap: float,
            least: dict[Group, float] | None = None) -> dict[tuple, tuple[float, float]]:
     """Pack each segment in its region: a region as wide as its widest row, the regions of a
@@ -358,7 +360,7 @@ def _place(segments: dict[tuple, list[_Item]], strata: dict[int, list[Group]], r
     def span(seg: list[_Item]) -> float:
         return sum(widths(i) for i in seg) + gap * max(0, len(seg) - 1)
 
-    width: dict[Group, float] = {g: (least or {}).get(g, 0.0) if not isinstance(g, tuple) else 0.0
+    width: dict[Region, float] = {g: (least or {}).get(g, 0.0) if not isinstance(g, tuple) else 0.0
                                  for regions in strata.values() for g in regions}
     for (row, group), seg in segments.items():
         width[group] = max(width[group], span(seg))
