@@ -10,6 +10,7 @@ steps run in `dipm_lang.run` (`run_program`). `dipm explain` names the steps fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Union
@@ -20,6 +21,7 @@ from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.frontend.recipes import is_config, lower_recipe
 from dipm_lang.frontend import ast
 from dipm_lang.ir.node import Node, Program
+from dipm_lang.ir.numbers import format_number
 from dipm_lang.ir.verify import verify as verify_program
 from dipm_lang.ops import OPERATORS
 from dipm_lang.passes.cse import cse
@@ -205,6 +207,62 @@ def explain_text(program: Program, report: PassReport, *, relative_to: Path | No
     lines = [pipeline, counts, *(f"  {note}" for note in program.notes), "",
              print_program(program, relative_to=relative_to)]
     return "\n".join(lines)
+
+
+EXPLAIN_FORMAT = 1
+"""Version of `explain_json`'s layout: raised when a key changes meaning or goes away (new keys may appear)."""
+
+
+def explain_json(program: Program, report: PassReport, *, level: int = 2, file: str | None = None) -> dict:
+    """The optimized plan as data (`dipm explain --json`); `dipm explain --help` documents every key.
+
+    Node ids are the listing's `%N` numbers; operands are ids, in order; paths are absolute, as
+    the program holds them (in-memory inputs keep their `<memory:…>` keys); attribute values are
+    JSON numbers, strings, lists, booleans or null, and a non-finite number is the string dipm
+    would write for it ("1e999", "-1e999", "nan").
+    """
+    from dipm_lang.ir.view import plan_view
+
+    view = plan_view(program, operators=OPERATORS)
+    ran = set(LEVELS[level])
+    notes: dict[str, list[str]] = {}
+    for note in program.notes:
+        step, _, text = note.partition(": ")
+        notes.setdefault(step, []).append(text)
+    outputs = {o.index: o for o in view.outputs}
+    present = {id(n.node) for n in view.nodes}
+    return {
+        "format": EXPLAIN_FORMAT,
+        "file": file,
+        "level": level,
+        "pipeline": [{"name": s.name, "does": s.does,
+                      "ran": s.name in ("parse", "lower") or s.name in ran} for s in PIPELINE],
+        "nodes_before": report.nodes_before,
+        "nodes_after": report.nodes_after,
+        "passes": [{**p, "notes": notes.get(p["name"], [])} for p in report.passes],
+        "notes": list(program.notes),
+        "nodes": [{
+            "id": n.id,
+            "op": n.node.op,
+            "type": n.type,
+            "attrs": {key: _json_value(value) for key, value in n.node.attrs},
+            "operands": [e.source for e in view.operands(n.id)],
+            "source": n.source,
+            "outputs": [outputs[i].key for i in n.outputs],
+            "shared": n.shared,
+        } for n in view.nodes],
+        "inputs": {name: node.attr("path") for name, node in program.inputs.items() if id(node) in present},
+        "outputs": [{"path": o.path, "rank": o.rank, "node": o.node} for o in view.outputs if o.kind == "save"],
+        "results": {o.name: o.node for o in view.outputs if o.kind == "result"},
+    }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return format_number(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def bind_inputs(program: Program, paths: Mapping[str, str | None]) -> Program:

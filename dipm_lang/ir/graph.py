@@ -16,6 +16,8 @@ from dipm_lang.ir.node import Node, Program, walk
 if TYPE_CHECKING:  # networkx costs ~60 ms of start-up; only `explain` and tests need it
     import networkx as nx
 
+    from dipm_lang.ir.operator import OperatorTable
+
 
 def to_networkx(program: Program) -> nx.MultiDiGraph:
     """Nodes are integers in topological order; edges run operand → user, keyed by position."""
@@ -86,18 +88,46 @@ def print_program(program: Program, *, relative_to: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def to_dot(program: Program, *, relative_to: Path | None = None) -> str:
-    """Graphviz DOT text of the DAG (edge labels give the operand position)."""
-    graph = to_networkx(program)
-    lines = ["digraph dipm {", "  rankdir=BT;", '  node [shape=box, fontname="Helvetica", fontsize=10];']
-    for i, data in graph.nodes(data=True):
-        node: Node = data["node"]
-        label = _label(node, relative_to).replace('"', '\\"') + f"\\n{node.type}"
-        style = ', style=filled, fillcolor="#e8f0fe"' if node.op in ("load", "save") else ""
-        if node.op in ("lincomb", "unit_scale"):
-            style = ', style=filled, fillcolor="#fdf1d8"'
-        lines.append(f'  n{i} [label="{label}"{style}];')
-    for u, v, key in graph.edges(keys=True):
-        lines.append(f'  n{u} -> n{v} [label="{key}", fontsize=8];')
+def to_dot(program: Program, *, relative_to: Path | None = None, operators: "OperatorTable | None" = None) -> str:
+    """Graphviz DOT text of the plan, with what `--png` shows: every node labelled with its
+    operator, attributes (`H ← adapters/helpful` for a load, the path for a save) and type; edges
+    labelled with the operand's parameter name (`d`, `e`, `t`); one cluster per output holding the
+    nodes only it needs, the nodes several outputs need in a "shared" cluster; fused nodes
+    highlighted. Render it with `dot -Tsvg plan.dot -o plan.svg`."""
+    from dipm_lang.ir.view import SHARED, plan_view
+
+    view = plan_view(program, relative_to=relative_to, operators=operators)
+    lines = ["digraph dipm {", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=8, fontcolor="#1f4e9c"];']
+    for group in view.groups():
+        style = 'style="filled"; fillcolor="#f1f1f4"; color="#f1f1f4"' if group == SHARED else \
+            'style="dashed"; color="#9a9a9a"'
+        name = f"output_{group + 1}" if isinstance(group, int) else group
+        lines.append(f"  subgraph cluster_{name} {{")
+        lines.append(f'    label="{_dot_escape(view.title(group))}"; labeljust=l; fontname="Helvetica"; {style};')
+        for node in view.members(group):
+            label = "\\n".join(_dot_escape(line) for line in node.lines)
+            attrs = [f'label="{label}"', *_DOT_STYLE.get(node.kind, [])]
+            if node.source:
+                attrs.append(f'tooltip="{_dot_escape(node.source)}"')
+            lines.append(f"    n{node.id} [{', '.join(attrs)}];")
+        lines.append("  }")
+    for e in view.edges:
+        lines.append(f'  n{e.source} -> n{e.target} [label="{_dot_escape(e.label)}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+_DOT_STYLE = {
+    "load": ['fillcolor="#cfe2ff"', 'color="#4a78c2"'],
+    "save": ['fillcolor="#cdebd0"', 'color="#3f8f4a"'],
+    "fused": ['fillcolor="#ffd27a"', 'color="#c77700"', "penwidth=2"],
+    "const": ['shape=ellipse', 'style="filled"', 'color="#bbbbbb"'],
+    "list": ['fillcolor="#eeeeee"'],
+}
+
+
+def _dot_escape(text: str) -> str:
+    """Text inside a DOT double-quoted string: backslashes and quotes escaped, one line."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
