@@ -122,6 +122,10 @@ CASES: dict[str, Case] = {
         both(script(H + 'save(h, "out")\n'), existing("out", "adapter_config.json", "tokenizer.json")),
         ("run", "s.dipm", "--force"), 1, r".*/out: error: the output exists and holds more than an adapter "
                                          r"\(it holds tokenizer\.json\)"),
+    "plot_over_an_existing_file": Case(text("plot.png", "mine"), ("inspect", "H", "--plot", "plot.png"), 1,
+                                       r".*/plot\.png: error: the output already exists \(use --force"),
+    "plot_inside_an_input": Case(script(""), ("inspect", "H", "--plot", "H/plot.png", "--force"), 1,
+                                 r".*/H/plot\.png: error: refusing to write inside the input"),
     # ---- text from inputs reaching a terminal: escaped, never sent ----
     "escape_sequence_in_a_path": Case(script('h = load("H\\x1b[2J\\x1b]0;pwned\\x07")\nsave(h, "o")\n'),
                                       ("run", "s.dipm"), 1,

@@ -15,15 +15,19 @@ def register(sub, commands) -> None:
     p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path, help="PEFT LoRA adapter folders")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--plot", metavar="OUT.png", type=usable_path, help="draw heat maps (layer × module type) of norms and cosines")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file")
     commands["inspect"] = run
 
 
 def run(args: argparse.Namespace) -> int:
+    from dipm_lang.io.atomic import check_file_output
     from dipm_lang.report.inspect import inspect_adapters, plot_report
 
+    if args.plot:  # the destination is checked before any work
+        check_file_output(args.plot, inputs=args.adapters, force=args.force)
     report = inspect_adapters(args.adapters)
     if args.plot:
-        plot_report(report, args.plot)
+        plot_report(report, args.plot, force=args.force, inputs=args.adapters)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -80,6 +80,12 @@ def _main(argv: list[str], debug: bool) -> int:
             traceback.print_exc()
         print(render(e, getattr(e, "sources", None) or _sources_of(e)), file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # `dipm explain --json | head`: the reader left. Nothing more can be said on stdout, and
+        # Python must not complain about the closed pipe at exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt as e:
         terminated = isinstance(e, _Terminated)
         print("terminated" if terminated else "interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ import torch
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
+from dipm_lang.io.atomic import staged_file
 from dipm_lang.io.reader import open_adapter, read_module
 from dipm_lang.ir.modules import layer_order, natural_key, split_module
 from dipm_lang.report.summary import fmt, layer_table, ordered_kinds
@@ -343,8 +344,9 @@ def _verdict(cos: float, angle: float | None) -> str:
 
 # ---- plot --------------------------------------------------------------------------------
 
-def plot_report(report: Report, path: str | Path) -> Path:
-    """Heat maps (layer × module type): ‖ΔW‖_F per adapter, and the row cosine per pair."""
+def plot_report(report: Report, path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Heat maps (layer × module type): ‖ΔW‖_F per adapter, and the row cosine per pair; written like
+    every output (`io/atomic.py`: never over a file without `force`, never over an input, staged)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -392,7 +394,8 @@ def plot_report(report: Report, path: str | Path) -> Path:
                             fontsize=7, color="white" if dark else "black")
     out = Path(path)
     try:
-        figure.savefig(out, format="png", bbox_inches="tight", pad_inches=0.15)
+        with staged_file(out, inputs=inputs, force=force) as temp:
+            figure.savefig(temp, format="png", bbox_inches="tight", pad_inches=0.15)
     except OSError as e:
         raise RuntimeDipmError(f"{out}: cannot write the plot: {e.strerror or e}") from None
     return out

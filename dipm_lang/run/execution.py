@@ -45,7 +45,7 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
                         adapter=lambda node: infos[node.attr("path")], factors=read)
     groups = schedule(the_plan, dense=options.dense)
     if progress:
-        progress.start(len(groups), sum(len(g) for g in groups))
+        progress.start([len(group) for group in groups])
     result = run_batches(executor, groups, threads=options.threads if the_plan.device.type == "cpu" else 1,
                          on_batch=progress.update if progress else None, on_part=on_part)
     if progress:

@@ -1,40 +1,52 @@
-"""A small progress bar on stderr for long runs (only drawn on a terminal)."""
+"""Progress of a run on stderr, with tqdm (a well-kept library: it sizes the bar to the terminal,
+throttles redraws and clears up after itself).
+
+The bar counts modules (what users know their adapters by), advances batch by batch, and is at
+most one column narrower than the terminal, so it never wraps — not even on an 80-column terminal
+with hundreds of modules. It is drawn only when asked or when stderr is a terminal.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
-import time
+from itertools import accumulate
+from typing import Any, Sequence
 
 
 class Progress:
-    def __init__(self, unit: str, *, enabled: bool, stream=None):
+    """Batches done → modules done on a tqdm bar; `total_steps` is the number of batches."""
+
+    def __init__(self, unit: str, *, enabled: bool, stream: Any = None, description: str = "dipm"):
         self.unit = unit
         self.enabled = enabled
         self.stream = stream or sys.stderr
+        self.description = description
         self.total_steps = 0
-        self.total_items = 0
-        self.done = 0
-        self._started = 0.0
-        self._last_draw = 0.0
+        self._done_items: list[int] = [0]
+        self._bar: Any = None
 
-    def start(self, steps: int, items: int) -> None:
-        self.total_steps, self.total_items, self.done = steps, items, 0
-        self._started = time.perf_counter()
+    def start(self, batch_sizes: Sequence[int]) -> None:
+        self.total_steps = len(batch_sizes)
+        self._done_items = [0, *accumulate(batch_sizes)]
+        if self.enabled:
+            from tqdm import tqdm
 
-    def update(self, done: int) -> None:
-        self.done = done
-        now = time.perf_counter()
-        if self.enabled and (now - self._last_draw > 0.1 or done == self.total_steps):
-            self._last_draw = now
-            width = 30
-            filled = int(width * done / max(self.total_steps, 1))
-            elapsed = now - self._started
-            eta = elapsed / done * (self.total_steps - done) if done else 0.0
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total_steps} batches "
-                              f"of {self.total_items} {self.unit}  {elapsed:5.1f}s (eta {eta:4.1f}s)")
-            self.stream.flush()
+            self._bar = tqdm(total=self._done_items[-1], unit=f" {self.unit}", desc=self.description,
+                             file=self.stream, ncols=self.width(), mininterval=0.1, leave=False,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{unit} "
+                                        "[{elapsed}<{remaining}]")
+
+    def width(self) -> int:
+        """The widest line that cannot wrap: one column less than the terminal (80 when unknown)."""
+        return max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+
+    def update(self, done_steps: int) -> None:
+        """`done_steps` batches are done (counted in order)."""
+        if self._bar is not None:
+            self._bar.update(self._done_items[done_steps] - self._bar.n)
 
     def finish(self) -> None:
-        if self.enabled and self.total_steps:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
