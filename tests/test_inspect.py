@@ -145,8 +145,10 @@ def test_not_an_adapter_exits_1_naming_the_file(tmp_path, capsys):
 
 
 def test_unwritable_plot_is_a_runtime_error(tmp_path, capsys, peft_adapters):
-    target = tmp_path / "no" / "such" / "dir" / "plot.png"
+    (tmp_path / "afile").write_text("x")  # missing folders are made, as for adapters; a file in the way is not
+    target = tmp_path / "afile" / "plot.png"
     code = main(["inspect", str(peft_adapters["basic"]), "--plot", str(target)])
     err = capsys.readouterr().err
     assert code == 1
-    assert str(target) in err and "cannot write the plot" in err
+    assert str(target) in err and "afile is not a folder" in err
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
