@@ -102,6 +102,8 @@ class AdapterError(RuntimeDipmError):
         self.path = str(path) if path is not None else None
 
     def __str__(self) -> str:
+        if self.span is not None:  # pointed at the script position that asked for the file
+            return super().__str__()
         where = f"{self.path}: " if self.path else ""
         return f"{where}error: {self.message}"
 
@@ -123,6 +125,19 @@ def printable(text: str) -> str:
 def _escape_char(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class DipmWarning(DipmError):
+    """Not an error: something the language allows that is probably not meant (shown, never raised)."""
+
+    def __str__(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        return f"{where}warning: {self.message}"
+
+
+def render_warnings(warnings: list, sources: dict[str, str] | None = None) -> str:
+    """`file:line:col: warning: …` with the source line and a caret, for each (message, span)."""
+    return "\n".join(render(DipmWarning(message, span), sources) for message, span in warnings)
 
 
 def render(error: DipmError, sources: dict[str, str] | None = None) -> str:

@@ -105,7 +105,7 @@ CASES: dict[str, Case] = {
     "recipe_is_a_fifo": Case(fifo("r.yaml"), ("run", "r.yaml"), 2,
                              r"r\.yaml: error: cannot read the config: this is a FIFO"),
     "adapter_config_is_a_fifo": Case(both(script('x = load("X")\nsave(x, "o")\n'), adapter_with_fifo_config),
-                                     ("run", "s.dipm"), 1, r".*/X/adapter_config\.json: error: cannot read the config: "
+                                     ("run", "s.dipm"), 1, r"s\.dipm:1:5: error: .*/X/adapter_config\.json: cannot read the config: "
                                                            r"this is a FIFO"),
     # ---- outputs ----
     "output_inside_another_output": Case(script(H + 'save(h, "out")\nsave(2 * h, "out/inner")\n'), ("run", "s.dipm"), 2,
@@ -129,7 +129,7 @@ CASES: dict[str, Case] = {
     # ---- text from inputs reaching a terminal: escaped, never sent ----
     "escape_sequence_in_a_path": Case(script('h = load("H\\x1b[2J\\x1b]0;pwned\\x07")\nsave(h, "o")\n'),
                                       ("run", "s.dipm"), 1,
-                                      r".*H\\x1b\[2J\\x1b\]0;pwned\\x07: error: adapter folder not found"),
+                                      r"s\.dipm:1:5: error: .*H\\x1b\[2J\\x1b\]0;pwned\\x07: adapter folder not found"),
     # ---- every option outside its range: a usage error ----
     "eps_nan": Case(script(H + 'save(h, "o")\n'), ("run", "s.dipm", "--eps", "nan"), 2, r"usage: |.*--eps"),
     "eps_negative": Case(script(H + 'save(h, "o")\n'), ("run", "s.dipm", "--eps", "-1"), 2, r"usage: |.*--eps"),

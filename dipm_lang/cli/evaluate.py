@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import add_set_option, parse_sets, positive_int, sandbox_from, usable_path
+from dipm_lang.cli.options import add_set_option, parse_sets, positive_int, sandbox_from, show_warnings, usable_path
 from dipm_lang.cli.run import add_run_options, execute_program, options_from
 from dipm_lang.errors import DipmError, UsageError, printable
 from dipm_lang.safety.files import absolute
@@ -61,6 +61,7 @@ def _print_summary(args: argparse.Namespace, sets: dict[str, str]) -> int:
 
     program = lower(Expression(args.expr, FILE), sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
+    show_warnings(program)
     type_ = program.results[RESULT].type
     program, _ = optimize(program, level=args.level)
     options = options_from(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from dipm_lang.errors import UsageError
@@ -48,6 +49,14 @@ def usable_path(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def show_warnings(program) -> None:
+    """Print the program's warnings (allowed, probably not meant) to stderr, positioned like errors."""
+    if program.warnings:
+        from dipm_lang.errors import render_warnings
+
+        print(render_warnings(program.warnings, program.sources), file=sys.stderr)
 
 
 def sandbox_from(args: argparse.Namespace):

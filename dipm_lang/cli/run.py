@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dipm_lang.cli.options import (add_set_option, parse_sets, positive_int, positive_number, sandbox_from,
-                                   usable_path)
+                                   show_warnings, usable_path)
 from dipm_lang.compiler import compile, source_of
 from dipm_lang.run.options import DTYPE_NAMES
 from dipm_lang.errors import DipmError, printable
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute_program(program, args: argparse.Namespace) -> int:
+    show_warnings(program)
     if not args.dry_run:
         digest.prefetch(_input_folders(program, args))
     from dipm_lang.run import plan, run_program

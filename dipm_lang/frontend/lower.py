@@ -101,6 +101,7 @@ class Lowerer:
         self.spans: dict[Node, Span] = {}
         self.inputs: dict[str, Node] = {}       # input name -> its load node
         self.used_external: set[str] = set()
+        self.warnings: list[tuple[str, Span | None]] = []  # allowed but probably not meant (shown by the CLI)
         self._roots: list[Node] = []            # the saves lowered so far, in statement order
         self._node_count = 0
         self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
@@ -149,6 +150,7 @@ class Lowerer:
         self.sources[file] = text
         self._node_count = 0
         self._source_bytes = 0
+        self.warnings.clear()
         self._roots.clear()
 
     def expr(self, expr: ast.Expr, module: "Module", scope: Mapping[str, Node] | None = None) -> Node:
@@ -165,7 +167,7 @@ class Lowerer:
         bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
         return Program(roots=list(self._roots if roots is None else roots), results=dict(results or {}),
                        spans=dict(self.spans), sources=dict(self.sources), inputs=dict(self.inputs),
-                       script_text=text, bindings=bindings)
+                       script_text=text, bindings=bindings, warnings=list(self.warnings))
 
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
         """A new un-interned node (the node factory of everything lowered; counts the node budget)."""
@@ -195,6 +197,15 @@ class Lowerer:
     def _typed(self, op: Operator, typing: Typing, args: list[Node], span: Span | None) -> Node:
         type_ = op.infer(typing)
         return self.make(op.name, args, typing.attrs, type_, span)
+
+    def _warn(self, message: str, span: Span | None) -> None:
+        """A warning; one inside the standard library points at the user's call, as errors do."""
+        if span is not None and _is_stdlib(span.file):
+            for name, site in zip(reversed(self._inline_stack), reversed(self._call_sites)):
+                if site is not None and not _is_stdlib(site.file):
+                    message, span = f"in {name}(…): {message}", site
+                    break
+        self.warnings.append((message, span))
 
     def _too_large(self, span: Span | None) -> ResourceLimitError:
         """The node budget is spent: point at the outermost call being inlined, if any (a blow-up such
@@ -504,16 +515,20 @@ class Lowerer:
         def fail(param: str | None, message: str, hint: str | None = None):
             raise DipmTypeError(message, (spans.get(param) if param else None) or expr.span, hint=hint)
 
+        def warn(param: str | None, message: str) -> None:
+            self._warn(message, (spans.get(param) if param else None) or expr.span)
+
         target = self.operators[op.alias_of] if op.alias_of else op
         first = op.call_params[0].name if op.call_params else None
         if op.maps_over_lists and first in operands and operands[first].op == "list":
             # dir([a, b]) is [dir(a), dir(b)]: lets recipes like multitask take any number of inputs
-            items = [self._typed(target, Typing(target, {**operands, first: item}, values, fail, label=op.name),
+            items = [self._typed(target, Typing(target, {**operands, first: item}, values, fail, label=op.name,
+                                                warn=warn),
                                  [item if p.name == first else operands[p.name] for p in target.operand_params],
                                  expr.span)
                      for item in operands[first].args]
             return self.make("list", items, {}, list_t(items[0].type if items else None), expr.span)
-        typing = Typing(target, operands, values, fail, label=op.name)
+        typing = Typing(target, operands, values, fail, label=op.name, warn=warn)
         if op.expand is not None:
             op.infer(typing)
             return op.expand(Builder(typing, emit=lambda name, *args, **attrs: self.emit(name, args, attrs, expr.span),

@@ -131,6 +131,7 @@ class Program:
     script_text: str = ""
     bindings: dict[str, Node] = field(default_factory=dict)  # the script's names; live until DCE
     notes: list[str] = field(default_factory=list)            # what passes did (for explain)
+    warnings: list[tuple[str, Span | None]] = field(default_factory=list)  # allowed, but probably not meant
 
     def all_roots(self) -> list[Node]:
         seen: set[int] = set()
@@ -147,7 +148,7 @@ class Program:
     def replace(self, **changes: Any) -> "Program":
         """A copy with some fields replaced (`dataclasses.replace`); side tables are copied, not shared."""
         copy = dataclasses.replace(self, **changes)
-        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes"):
+        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes", "warnings"):
             if name not in changes:
                 value = getattr(copy, name)
                 setattr(copy, name, type(value)(value))
@@ -173,4 +174,5 @@ class Program:
             script_text=self.script_text,
             bindings={k: memo[id(v)] for k, v in self.bindings.items()},
             notes=list(self.notes),
+            warnings=list(self.warnings),
         )

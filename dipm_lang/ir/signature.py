@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
 from dipm_lang.errors import did_you_mean
-from dipm_lang.ir.numbers import format_number, format_string
+from dipm_lang.ir.numbers import NotConstant, const_eval, format_number, format_string
 from dipm_lang.ir.types import BY_VALUES, NUM, Type, dir_t, factor_t, mag_t
 
 if TYPE_CHECKING:
@@ -92,12 +92,13 @@ class Typing:
     """
 
     def __init__(self, op: "Operator", operands: Mapping[str, Any], values: Mapping[str, Any], fail: Fail,
-                 label: str | None = None):
+                 label: str | None = None, warn: Callable[[str | None, str], None] | None = None):
         self.op = op
         self.operands = dict(operands)
         self.values = dict(values)
         self.attrs: dict[str, Any] = {}
         self._fail = fail
+        self._warn = warn
         self.label = op.label if label is None else label
         self._vars: dict[str, tuple[str, str, Type | None]] = {}  # var -> (by, param that bound it, its type)
 
@@ -125,6 +126,12 @@ class Typing:
     def fail(self, param: str | None, message: str, hint: str | None = None) -> NoReturn:
         prefix = f"{self.label}: " if self.label else ""
         self._fail(param, prefix + message, hint)
+
+    def warn(self, param: str | None, message: str) -> None:
+        """Something allowed but probably not meant (the lowering shows it; the verifier ignores it)."""
+        if self._warn is not None:
+            prefix = f"{self.label}: " if self.label else ""
+            self._warn(param, prefix + message)
 
     def bind(self, var: str, by: str, param: str, type_: Type | None = None) -> None:
         """Unify the type variable `var` with `by` (as found in `param`)."""
@@ -224,14 +231,32 @@ class MagOrNumber(Kind):
 
 
 class Number(Kind):
-    """A number computed per module (a constant, a number input, or arithmetic on them)."""
+    """A number computed per module (a constant, a number input, or arithmetic on them).
+
+    `usual` is the range a user almost always means (e.g. `shift`'s t in [0, 1]); a constant far
+    outside `warn_outside` is allowed — the SPEC gives it a meaning — but gets a warning saying `note`.
+    """
 
     label = "Num"
+
+    def __init__(self, warn_outside: tuple[float, float] | None = None, note: str = ""):
+        self.warn_outside = warn_outside
+        self.note = note
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if ty != NUM:
             t.fail(param, f"'{param}' must be a number, got {ty}")
+        if self.warn_outside is None:
+            return
+        try:
+            value = const_eval(t.node(param))
+        except NotConstant:
+            return
+        low, high = self.warn_outside
+        if not low <= value <= high:
+            t.warn(param, f"{param}={format_number(value)} is far outside [{format_number(low)}, "
+                          f"{format_number(high)}]{self.note}")
 
 
 class FactorOf(Kind):

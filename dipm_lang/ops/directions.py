@@ -13,6 +13,8 @@ from dipm_lang.ops.backend import D, L
 
 D_, E_, T_ = Var("d"), Var("e"), Var("t")
 TWO_DIRECTIONS = (Param("d", DirOf("by")), Param("e", DirOf("by")))
+# t = 0 is d, t = 1 is e; the SPEC allows any real t, but one far outside [0, 1] is rarely meant
+EXTRAPOLATES = Number(warn_outside=(-1.0, 2.0), note=" (allowed: it extrapolates far beyond d and e)")
 
 
 def _constant(value: float) -> P:
@@ -31,7 +33,7 @@ OPERATORS = [
                  Rule("reverse-reverse", P("reverse", P("reverse", D_)), lambda d: d),
              ),
              maps_over_lists=True),
-    Operator("shift", (*TWO_DIRECTIONS, Param("t", Number())), DirOf("by"),
+    Operator("shift", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "Move d toward e along the great circle by the fraction t (per-unit slerp).",
              factored=lambda ctx, node, d, e, t: L.shift(d, e, float(t), node.type.by, ctx.eps),
              dense=lambda ctx, node, d, e, t: D.shift(d, e, float(t), node.type.by, ctx.eps),
@@ -43,7 +45,7 @@ OPERATORS = [
                  # shift(d, d, t) -> d
                  Rule("shift-same", P("shift", D_, D_, T_), lambda d: d),
              )),
-    Operator("lerp", (*TWO_DIRECTIONS, Param("t", Number())), DirOf("by"),
+    Operator("lerp", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
              factored=lambda ctx, node, d, e, t: L.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),
              dense=lambda ctx, node, d, e, t: D.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from dipm_lang.errors import (DipmError, DipmTypeError, NameResolutionError, UsageError, did_you_mean, printable,
-                              render)
+from dipm_lang.errors import (AdapterError, DipmError, DipmTypeError, NameResolutionError, UsageError, did_you_mean,
+                              printable, render, render_warnings)
 from dipm_lang.frontend import ast
 from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
@@ -43,6 +43,11 @@ from dipm_lang.repl.transcript import Transcript, free_names
 from dipm_lang.run import RunOptions
 
 FUNCTIONS = OPERATORS.callables()
+
+PYTHON_HABITS = {
+    **{word: ":quit (or Ctrl-D) leaves the REPL" for word in ("exit", "exit()", "quit", "quit()")},
+    **{word: ":help lists the commands; :doc NAME documents an operator or function" for word in ("help", "help()")},
+}
 
 _PLAIN_KINDS = ("Num", "Str")
 
@@ -86,6 +91,10 @@ class Session:
         """Run one complete input; errors are printed, never raised. False means: quit."""
         if not text.strip() or text.strip().startswith("#"):
             return True
+        hint = PYTHON_HABITS.get(text.strip())
+        if hint is not None:  # `exit`, `quit()`, `help`: what a Python user types first
+            self.say(hint)
+            return True
         self.inputs_seen += 1
         file = f"<input-{self.inputs_seen}>"
         self.lowerer.begin_input(file, text)
@@ -95,6 +104,12 @@ class Session:
             if stripped.startswith(":"):
                 return self._command(text) is not False
             self._statements(text, file)
+        except AdapterError as e:  # `save(...)` over an existing folder: say how to force it from here
+            self.module.values, self.module.functions = values, functions
+            if "(use --force to replace it)" in e.message:
+                e.message = e.message.replace("(use --force to replace it)",
+                                              "(:save EXPR PATH --force replaces it from the REPL)")
+            self._error(e)
         except DipmError as e:
             self.module.values, self.module.functions = values, functions  # an error changes no binding
             self._error(e)
@@ -107,6 +122,11 @@ class Session:
             self.last_exit_code = 1
             print(printable(f"internal error: {type(e).__name__}: {e}"), file=self.err)
         return True
+
+    def _warnings(self) -> None:
+        if self.lowerer.warnings:
+            print(render_warnings(self.lowerer.warnings, self.lowerer.sources), file=self.err)
+            self.lowerer.warnings.clear()
 
     def _error(self, error: DipmError) -> None:
         self.errors += 1
@@ -123,20 +143,24 @@ class Session:
         for statement in script.statements:
             if isinstance(statement, ast.Binding):
                 node = self.lowerer.statement(statement, self.module)
+                self._warnings()
                 self.say(self._describe_binding(statement.name, node))
                 self.transcript.add(print_statement(statement), {statement.name}, free_names(statement.value))
             elif isinstance(statement, ast.Def):
                 self.lowerer.statement(statement, self.module)
+                self._warnings()
                 self.say(f"defined {_signature(self.module.function(statement.name).definition)}")
                 self.transcript.add(print_statement(statement), {statement.name}, free_names(statement))
             elif isinstance(statement, ast.Import):
                 before = set(self.module.functions) | set(self.module.values)
                 self.lowerer.statement(statement, self.module)
+                self._warnings()
                 new = sorted((set(self.module.functions) | set(self.module.values)) - before)
                 self.say(f"imported {', '.join(new) if new else 'nothing new'}")
                 self.transcript.add(print_statement(statement), set(new), set())
             else:
                 node = self.lowerer.statement(statement, self.module, allow_values=True)
+                self._warnings()
                 if node.type == UNIT:
                     self._save(node, self.transcript.script(print_statement(statement), free_names(statement.expr)))
                 else:

@@ -8,11 +8,12 @@ second input fails the run before the first output, and nothing is half-done.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from dipm_lang.errors import ExecutionError, UsageError
+from dipm_lang.errors import AdapterError, ExecutionError, Span, UsageError, did_you_mean
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
@@ -60,6 +61,33 @@ def torch_dtype(name: str, flag: str = "dtype") -> torch.dtype:
     return DTYPES[name]
 
 
+def at_load(error: AdapterError, span: Span | None) -> AdapterError:
+    """An input's error, pointed at the `load` (or input name) that asked for it, with the caret; for a
+    folder that is not there, the near names in its parent folder (a typo such as `helpfull`)."""
+    if span is None:
+        return error
+    hint = error.hint
+    if hint is None and error.path and "not found" in error.message:
+        hint = near_names(Path(error.path))
+    moved = AdapterError(f"{error.path}: {error.message}" if error.path else error.message, hint=hint)
+    moved.span = span
+    return moved
+
+
+def near_names(missing: Path) -> str | None:
+    """'did you mean …?' among the folders next to a missing one, or what is there."""
+    try:
+        folders = sorted(entry.name for entry in missing.parent.iterdir() if entry.is_dir())
+    except OSError:
+        return None
+    guess = did_you_mean(missing.name, folders)
+    if guess:
+        return f"did you mean '{guess}'? ({missing.parent} holds it)"
+    if folders:
+        return f"{missing.parent} holds: {', '.join(folders[:6])}{' …' if len(folders) > 6 else ''}"
+    return None
+
+
 def load_nodes(program: Program) -> list[Node]:
     return [n for n in walk(program.all_roots()) if n.op == "load"]
 
@@ -84,7 +112,10 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         if path not in infos:
             if options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
                 options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
-            infos[path] = open_(path)
+            try:
+                infos[path] = open_(path)
+            except AdapterError as error:
+                raise at_load(error, program.spans.get(node)) from None
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
     if check_outputs:
