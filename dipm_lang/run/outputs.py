@@ -48,7 +48,7 @@ class OutputSummary:
         if self.zero_modules and not self.warnings:  # all zero: the warning says it
             shown = ", ".join(self.zero_modules[:3]) + (", …" if len(self.zero_modules) > 3 else "")
             zero = f"; zero in {len(self.zero_modules)} module{'s' if len(self.zero_modules) != 1 else ''} ({shown})"
-        return f"{self.path}  ({self.modules} modules, {rank}, {self.dtype}{err}{zero})"
+        return f"{self.path}  ({_count(self.modules, 'module')}, {rank}, {self.dtype}{err}{zero})"
 
 
 @dataclass
@@ -61,13 +61,18 @@ class RunSummary:
     groups: int = 0
 
     def text(self) -> str:
-        lines = [f"wrote {len(self.outputs)} adapter{'s' if len(self.outputs) != 1 else ''} in "
-                 f"{self.seconds:.2f} s on {self.device} ({self.modules} modules in {self.groups} batches, "
+        lines = [f"wrote {_count(len(self.outputs), 'adapter')} in "
+                 f"{self.seconds:.2f} s on {self.device} ({_count(self.modules, 'module')} in "
+                 f"{_count(self.groups, 'batch', 'batches')}, "
                  f"peak memory {self.peak_memory_mb:.0f} MB)"]
         for output in self.outputs:
             lines.append(f"  {output.line()}")
             lines += [f"  warning: {output.path}: {warning}" for warning in output.warnings]
         return "\n".join(lines)
+
+
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def output_template(infos: list[AdapterSource]) -> AdapterSource | None:

@@ -17,7 +17,7 @@ from dipm_lang.errors import AdapterError, ExecutionError, Span, UsageError, did
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
-from dipm_lang.io.writer import prepare_output, recover_stale
+from dipm_lang.io.writer import OUTPUT_DTYPES, prepare_output, recover_stale
 from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ops.baselines import METHODS
@@ -132,7 +132,8 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         out = torch_dtype(options.out_dtype, "--out-dtype")
     else:
         stored = {info.dtype for info in infos.values()}
-        out = stored.pop() if len(stored) == 1 else torch.float32
+        # the inputs' dtype, where an adapter can be written in it (float8 inputs are written in float32)
+        out = stored.pop() if len(stored) == 1 and stored <= set(OUTPUT_DTYPES) else torch.float32
     return Plan(program, infos, modules, resolve_device(options.device), compute, out)
 
 
