@@ -6,22 +6,27 @@ the factored backend (sums concatenate factors, exactly) or dense m×n tensors i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import ExecutionError
+from dipm_lang.ir.numbers import numeric
 
 _PLAIN = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
           "div": lambda a, b: a / b}
 
 
 def plain(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
-    """`a op b` on numbers, tensors and dense updates (`factors`: the operands are LoRA factors)."""
+    """`a op b` on numbers, tensors and dense updates (`factors`: the operands are LoRA factors).
+    A per-module number (`[G]`, a schedule's values) broadcasts over the other operand's units."""
     if op == "div" and isinstance(b, float) and b == 0.0:
         raise ExecutionError("division by zero")
+    if isinstance(b, torch.Tensor) and op == "div" and bool((b == 0).any()):
+        raise ExecutionError("division by zero")
+    a, b = _aligned(a, b)
     if factors and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         raise ExecutionError(f"factor shapes differ: {tuple(a.shape)} and {tuple(b.shape)} "
                              "(factors of adapters with different ranks)")
@@ -38,10 +43,26 @@ def factored(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
         return L.linear_combination([a, b], [1.0, -1.0])
     if op == "mul":
         k, x = (a, b) if isinstance(b, LowRank) else (b, a)
-        return L.linear_combination([x], [float(k)])
-    if float(b) == 0.0:
+        return L.linear_combination([x], [_number(k)])
+    if bool((torch.as_tensor(b) == 0).any()):
         raise ExecutionError("division by zero")
-    return L.linear_combination([a], [1.0 / float(b)])
+    return L.linear_combination([a], [1.0 / _number(b)])
+
+
+def _number(k: Any) -> float | torch.Tensor:
+    """A scalar (or one per module) as linear_combination takes it."""
+    return k if isinstance(k, torch.Tensor) else float(k)
+
+
+def _aligned(a: Any, b: Any) -> tuple[Any, Any]:
+    """A per-module number (`[G]` float64, a schedule's values) next to a per-unit tensor (`[G, units]`):
+    a column in the other's dtype, to broadcast over its units."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() != b.dim():
+        if a.dim() < b.dim():
+            a = a.to(b.dtype).reshape(*a.shape, *([1] * (b.dim() - a.dim())))
+        else:
+            b = b.to(a.dtype).reshape(*b.shape, *([1] * (a.dim() - b.dim())))
+    return a, b
 
 
 def negate(x: Any) -> Any:
@@ -49,19 +70,21 @@ def negate(x: Any) -> Any:
 
 
 def extremum(which: str, a: Any, b: Any) -> Any:
-    """Elementwise max/min of magnitudes and numbers (numbers with numbers stay numbers)."""
+    """Elementwise max/min of magnitudes and numbers (numbers with numbers stay numbers, schedules
+    included); a per-module number (`[G]`) broadcasts over a magnitude's units."""
     if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
-        return max(a, b) if which == "max" else min(a, b)
-    a, b = _tensors([a, b])
+        return numeric(which, [a, b])
+    a, b = _aligned(*_tensors([a, b]))
     return torch.maximum(a, b) if which == "max" else torch.minimum(a, b)
 
 
-def weighted_mean(values: Sequence[Any], weights: Sequence[float]) -> Any:
-    """Σ wᵢ·mᵢ / Σ wᵢ (SPEC §3 `mean`)."""
+def weighted_mean(values: list, weights: list) -> Any:
+    """Σ wᵢ·mᵢ / Σ wᵢ (SPEC §3 `mean`); a weight may be one per module (`[G]`)."""
     total = sum(weights)
-    if total == 0.0:
+    if bool((torch.as_tensor(total) == 0).any()):
         raise ExecutionError("mean: the weights sum to zero")
-    return sum(w * m for w, m in zip(weights, values)) / total
+    weighted = sum(plain("mul", w, m) for w, m in zip(weights, values))
+    return plain("div", weighted, total)
 
 
 def _tensors(args: list) -> list[torch.Tensor]:

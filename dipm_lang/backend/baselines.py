@@ -21,6 +21,7 @@ DARE masks are schedule-independent: the mask of item `i` of a merge in module `
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import TYPE_CHECKING, Any, Sequence
@@ -185,13 +186,25 @@ def truncate_dense(w: Tensor, rank: int) -> LowRank:
 # ---- the factored kernel -----------------------------------------------------------------
 
 def merge_kernel(method: MergeMethod, ctx: GroupContext, node: Node, args: list) -> LowRank:
-    weights = list(node.attr("weights"))
+    numbers = [*node.attr("weights"), *([node.attr("density")] if node.attr("density") is not None else [])]
+    if len(ctx.names) > 1 and any(len(set(ctx.numbers(v))) > 1 for v in numbers):
+        # a weight or the density is a schedule that differs across this batch: module by module
+        parts = [merge_kernel(method, dataclasses.replace(ctx, names=[name]), node, [x[i:i + 1] for x in args])
+                 for i, name in enumerate(ctx.names)]
+        return LowRank(torch.cat([p.B for p in parts]), torch.cat([p.A for p in parts]))
+    weights = [ctx.numbers(w)[0] for w in node.attr("weights")]
     if method.space == "factors":
         return _factor_merge(method, node, args, weights, ctx)
     rank = merge_rank(node, ctx)
     if method.base == "task_arithmetic":
         return L.lowrank(L.linear_combination(args, weights), rank)[0]
     return _delta_merge(method, node, args, weights, rank, ctx)
+
+
+def _density(node: Node, ctx: GroupContext) -> float | None:
+    """The merge's density for this batch (its modules agree; see merge_kernel)."""
+    density = node.attr("density")
+    return None if density is None else ctx.numbers(density)[0]
 
 
 def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights: list[float],
@@ -209,7 +222,7 @@ def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights:
         b_parts.append(unscale_b(args[i].B, scales.to(args[i].device)))
         wa.append(w_a)
         wb.append(w_b)
-    density, sign = node.attr("density"), node.attr("majority_sign_method")
+    density, sign = _density(node, ctx), node.attr("majority_sign_method")
     out = []
     for part, tensors, w in (("A", a_parts, wa), ("B", b_parts, wb)):
         t = torch.stack(tensors)  # [S, G, a, b]
@@ -225,7 +238,7 @@ def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights:
 def _delta_merge(method: MergeMethod, node: Node, args: list[LowRank], weights: list[float], rank: int,
                  ctx: GroupContext) -> LowRank:
     """ΔW-space methods, one module at a time: build the S updates, merge, truncate, free."""
-    density, sign = node.attr("density"), node.attr("majority_sign_method")
+    density, sign = _density(node, ctx), node.attr("majority_sign_method")
     first = args[0]
     results = []
     batch = list(first.batch_shape)

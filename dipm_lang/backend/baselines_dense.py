@@ -53,8 +53,9 @@ def peft_merge(method: MergeMethod, tensors: list[Tensor], weights: list[float],
 
 
 def merge_dense_kernel(method: MergeMethod, ctx: GroupContext, node: Node, args: list) -> Tensor:
-    weights = list(node.attr("weights"))
-    density, sign = node.attr("density"), node.attr("majority_sign_method")
+    weights = [ctx.number(w) for w in node.attr("weights")]  # one module: schedules are numbers here
+    density = None if node.attr("density") is None else ctx.number(node.attr("density"))
+    sign = node.attr("majority_sign_method")
     (name,) = ctx.names
     if method.space == "delta":
         keeps = None

@@ -10,7 +10,9 @@ import torch
 
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.node import Node
+from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 
 
 @dataclass
@@ -21,10 +23,30 @@ class GroupContext:
     names: list[str]
     eps: float
     load: Callable[[Node], Any]  # reads the group's value of one `load` node (LowRank, or dense in the reference)
+    layers: int = 1              # L of the program's modules: one plus the highest layer index (SPEC §7.2)
     # For the merge baselines, which work on stored LoRA factors as PEFT does (backend/baselines.py):
     adapter: Callable[[Node], Any] | None = None  # the source a `load` reads (scales, ranks; no I/O)
     factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
     _norms: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def number(self, value: Any) -> float | torch.Tensor:
+        """A number as a kernel uses it: a plain number, or a schedule's value for each module of the
+        batch — one float64 per module, `[G]` (a float when the batch's modules agree)."""
+        if not is_schedule(value):
+            return float(value)
+        values = self.numbers(value)
+        if len(set(values)) == 1:
+            return values[0]
+        return torch.tensor(values, dtype=torch.float64)
+
+    def numbers(self, value: Any) -> list[float]:
+        """`value` for each module of the batch, as Python floats."""
+        if not is_schedule(value):
+            return [float(value)] * len(self.names)
+        try:
+            return [value_at(value, name, self.layers) for name in self.names]
+        except (LayerError, ZeroDivisionError) as e:
+            raise ExecutionError(str(e)) from None
 
     def unit_norms(self, x: LowRank, by: str, operand: Node) -> torch.Tensor:
         """The unit norms of `x` (the value of `operand`) in x's dtype, computed once per value:

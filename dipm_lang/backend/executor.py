@@ -56,7 +56,7 @@ class Executor:
     """Interprets a Program with the operators' kernels (factored by default, dense for tests)."""
 
     def __init__(self, program: Program, operators: OperatorTable, *, loader: Callable[[Node, list[str]], Any],
-                 eps: float = L.EPS,
+                 eps: float = L.EPS, layers: int = 1,
                  dense: bool = False, on_group: Callable[[int], None] | None = None,
                  adapter: Callable[[Node], Any] | None = None,
                  factors: Callable[[Node, list[str]], Any] | None = None):
@@ -65,6 +65,7 @@ class Executor:
         self.adapter = adapter  # load node -> its AdapterInfo (for GroupContext.adapter)
         self.factors = factors  # (load node, names) -> LowRank, in both backends (GroupContext.factors)
         self.eps = eps
+        self.layers = layers  # L for schedules (ramp) without `layers=`
         self.operators = operators
         self.dense = dense
         self.on_group = on_group
@@ -88,7 +89,7 @@ class Executor:
 
     def _run_group(self, names: list[str], saves: list[SaveResult], results: dict[str, dict[str, Any]]) -> None:
         factors = self.factors
-        ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names),
+        ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names), layers=self.layers,
                            adapter=self.adapter,
                            factors=(lambda node: factors(node, names)) if factors is not None else None)
         values: dict[int, Any] = {}
@@ -103,7 +104,8 @@ class Executor:
                 value, dropped_sq, total_sq = self._apply(node, [values[id(node.args[0])]], ctx)
                 save.dropped_sq += dropped_sq
                 save.total_sq += total_sq
-                save.modules.update(self._unbatch(value, names))
+                # one LowRank per module where the modules were truncated to different ranks
+                save.modules.update(dict(zip(names, value)) if isinstance(value, list) else self._unbatch(value, names))
             else:
                 values[id(node)] = self._apply(node, [values[id(a)] for a in node.args], ctx)
                 if _is_global(node):

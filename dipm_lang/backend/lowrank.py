@@ -165,6 +165,15 @@ def _broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def per_module(c: float | Tensor, like: Tensor, batch: Sequence[int]) -> float | Tensor:
+    """A number, or one per module (`[*batch]`, a schedule's values), shaped to broadcast over
+    `like` (a per-unit tensor `[*batch, units…]`), in `like`'s dtype and device."""
+    if not isinstance(c, Tensor):
+        return c
+    extra = like.dim() - len(batch)
+    return c.to(dtype=like.dtype, device=like.device).reshape(*c.shape, *([1] * extra))
+
+
 def _safe_inv(norms: Tensor, eps: float) -> Tensor:
     """1/norm where norm > eps, else 0 (zero units stay zero, no inf/NaN in either branch)."""
     nonzero = norms > eps
@@ -296,16 +305,17 @@ unit's coefficients in float64; above it float32's angle error (~1e-7/sin θ) is
 own rounding level."""
 
 
-def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -> LowRank:
+def shift(d: LowRank, e: LowRank, t: float | Tensor, by: str = "out", eps: float = EPS) -> LowRank:
     """Move d toward e along the great circle by the fraction t, unit by unit (SPEC §3).
 
     θ = arccos(clamp(⟨d,e⟩, −1, 1)); result = sin((1−t)θ)/sin θ · d + sin(tθ)/sin θ · e.
     Where sin θ < 1e-6 or either unit is zero, the unit is normalize((1−t)·d + t·e)
     instead (a zero result stays zero). Both branches reduce to per-unit coefficients
-    α, β, so the result is one concatenation α ⊙ d + β ⊙ e.
+    α, β, so the result is one concatenation α ⊙ d + β ⊙ e. `t` is a number, or one per module of
+    the batch (`[...]`, a schedule's values).
     """
     _check_by(by)
-    t = float(t)
+    t = float(t) if not isinstance(t, Tensor) else t
     alpha, beta, settled = _shift_coefficients(d, e, t, by, eps)
     if settled is not None and not bool(settled.all()):
         # Near-parallel, antiparallel or zero units: their angle needs float64 (see below).
@@ -316,7 +326,7 @@ def shift(d: LowRank, e: LowRank, t: float, by: str = "out", eps: float = EPS) -
     return combine_units([d, e], [alpha, beta], by)
 
 
-def _shift_coefficients(d: LowRank, e: LowRank, t: float, by: str, eps: float
+def _shift_coefficients(d: LowRank, e: LowRank, t: float | Tensor, by: str, eps: float
                         ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-unit α, β of `shift`, computed in d's dtype; for float32 (and narrower) also which
     units are settled — safe at this precision — and which need float64.
@@ -333,6 +343,7 @@ def _shift_coefficients(d: LowRank, e: LowRank, t: float, by: str, eps: float
     cos = (unit_dots(d, e, by) * _safe_inv(norm_d, eps) * _safe_inv(norm_e, eps)).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin_theta = torch.sin(theta)
+    t = per_module(t, theta, d.batch_shape)
     degenerate = (sin_theta < SIN_EPS) | (norm_d <= eps) | (norm_e <= eps)
     # torch.where evaluates both branches: keep the unused slerp branch finite.
     safe_sin = torch.where(degenerate, torch.ones_like(sin_theta), sin_theta)
@@ -444,11 +455,16 @@ def lowrank(x: LowRank, r: int) -> tuple[LowRank, Tensor]:
     return _truncate(*_svd(x), r)
 
 
-def truncate(x: LowRank, rank: int | None) -> tuple[LowRank, float, float]:
+def truncate(x: LowRank, rank: int | Sequence[int] | None) -> tuple[LowRank | list[LowRank], float, float]:
     """`save(x, rank=N)`: the best rank-N approximation (x itself for no rank) and, summed over the
-    batch, the squared Frobenius norms (dropped, total) from which a report's relative error comes."""
+    batch, the squared Frobenius norms (dropped, total) from which a report's relative error comes.
+    With one rank per module of the batch (a schedule's values), the modules are truncated one by
+    one and returned as a list."""
     if rank is None:
         return x, 0.0, 0.0
+    if not isinstance(rank, int):
+        parts = [truncate(x[i], int(r)) for i, r in enumerate(rank)]
+        return [p[0] for p in parts], sum(p[1] for p in parts), sum(p[2] for p in parts)
     total = unit_norms(x, "matrix")
     approx, err = lowrank(x, rank)
     return approx, float(((err * total) ** 2).sum()), float((total ** 2).sum())

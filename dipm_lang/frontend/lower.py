@@ -30,6 +30,7 @@ from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
 from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
+from dipm_lang.ir.schedules import is_schedule
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
 from dipm_lang.ops import OPERATORS
 from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
@@ -228,6 +229,8 @@ class Lowerer:
             value = numeric(node.op, [self._numbers[a] if a in self._numbers else const_eval(a) for a in node.args])
         except DipmTypeError as e:  # division by zero
             raise DipmTypeError(e.message, span) from None
+        if is_schedule(value):  # a parameter's arithmetic: known when the parameter is
+            return value
         if not math.isfinite(value):
             raise DipmTypeError("this number is too large (the arithmetic overflows)", span)
         return value
@@ -332,7 +335,9 @@ class Lowerer:
         raw = self.external[name]
         if node.type == STR:  # a string from the command line: relative paths resolve against the cwd
             return self.make("const", (), {"value": str(raw)}, STR, COMMAND_LINE)
-        if node.type == NUM:
+        if node.type.is_number and is_schedule(raw):  # a schedule or a parameter (recipes, sweeps, the API)
+            return self._const(raw, span)
+        if node.type.is_number:
             try:
                 value = float(raw)
             except ValueError:
@@ -452,6 +457,8 @@ class Lowerer:
                 if not math.isfinite(raw):
                     raise UsageError(f"input '{expr.id}' must be a finite number, got {raw!r}")
                 return self.make("const", (), {"value": float(raw)}, NUM, expr.span)
+            if is_schedule(raw):  # a schedule (recipe parameters) or a parameter given later (sweeps, the API)
+                return self._const(raw, expr.span)
             if expr.id not in self.inputs:
                 self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
@@ -536,8 +543,10 @@ class Lowerer:
         return self._typed(target, typing, [operands[p.name] for p in target.operand_params], expr.span)
 
     def _const(self, value: Any, span: Span | None) -> Node:
-        return self.make("const", (), {"value": float(value) if not isinstance(value, str) else value},
-                         STR if isinstance(value, str) else NUM, span)
+        """A constant: a string, a number, or a schedule (typed by the `const` operator's own rule)."""
+        if not isinstance(value, str) and not is_schedule(value):
+            value = float(value)
+        return self.emit("const", (), {"value": value}, span)
 
     def _default_node(self, value: Any, span: Span | None) -> Node:
         """The node of a default value of an operand parameter (a number, string or list)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dipm_lang.ir.numbers import format_number, format_string
+from dipm_lang.ir.schedules import format_value, is_schedule
 from dipm_lang.ir.node import Node, Program, walk
 
 if TYPE_CHECKING:  # networkx costs ~60 ms of start-up; only `explain` and tests need it
@@ -55,6 +56,8 @@ def format_attr(value: Any, relative_to: Path | None = None) -> str:
         return format_string(value)
     if isinstance(value, float):
         return format_number(value)
+    if is_schedule(value):
+        return format_value(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_attr(v, relative_to) for v in value) + "]"
     return str(value)

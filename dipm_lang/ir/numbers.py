@@ -12,7 +12,7 @@ from typing import Any
 
 from dipm_lang.errors import DipmTypeError
 from dipm_lang.ir.node import Node, walk
-from dipm_lang.ir.types import NUM
+from dipm_lang.ir.schedules import Combine, is_schedule
 
 NUMBER_OPS = ("add", "sub", "mul", "div", "neg", "max", "min", "abs")
 """Operators that compute a number from numbers (constant-folded at compile time)."""
@@ -30,7 +30,7 @@ def const_eval(node: Node) -> Any:
             values[id(n)] = n.value
         elif n.op == "list":
             values[id(n)] = [values[id(a)] for a in n.args]
-        elif n.type == NUM and n.op in NUMBER_OPS:
+        elif n.type.is_number and n.op in NUMBER_OPS:
             values[id(n)] = numeric(n.op, [values[id(a)] for a in n.args])
         else:
             raise NotConstant()
@@ -46,7 +46,11 @@ def is_constant(node: Node) -> bool:
 
 
 def numeric(op: str, values: list[float]) -> float:
-    """Arithmetic on plain numbers, as the language defines it."""
+    """Arithmetic on plain numbers (and on schedules, which it builds lazily), as the language defines it."""
+    if any(is_schedule(v) for v in values):
+        if op == "div" and not is_schedule(values[1]) and values[1] == 0.0:
+            raise DipmTypeError("division by zero")
+        return Combine(op, tuple(values))
     if op == "neg":
         return -values[0]
     if op == "abs":

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
 from dipm_lang.errors import did_you_mean
 from dipm_lang.ir.numbers import NotConstant, const_eval, format_number, format_string
-from dipm_lang.ir.types import BY_VALUES, NUM, Type, dir_t, factor_t, mag_t
+from dipm_lang.ir.schedules import bounds, is_schedule, varies
+from dipm_lang.ir.types import BY_VALUES, Type, dir_t, factor_t, mag_t
 
 if TYPE_CHECKING:
     from dipm_lang.ir.node import Node
@@ -245,7 +246,7 @@ class Number(Kind):
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if ty != NUM:
+        if not ty.is_number:
             t.fail(param, f"'{param}' must be a number, got {ty}")
         if self.warn_outside is None:
             return
@@ -254,7 +255,9 @@ class Number(Kind):
         except NotConstant:
             return
         low, high = self.warn_outside
-        if not low <= value <= high:
+        span = bounds(value)  # a schedule: the range of its pieces
+        if span is not None and not (low <= span[0] and span[1] <= high):
+            value = span[0] if span[0] < low else span[1]
             t.warn(param, f"{param}={format_number(value)} is far outside [{format_number(low)}, "
                           f"{format_number(high)}]{self.note}")
 
@@ -331,7 +334,7 @@ class Weights(Kind):
         if node.type.kind != "List" or node.op != "list":
             t.fail(param, f"'{param}' must be a list [..] of Num, got {node.type}")
         for item in node.args:
-            if item.type != NUM:
+            if not item.type.is_number:
                 t.fail(param, f"'{param}' must hold only Num values, found a {item.type}")
         count, given = len(t.items(self.of)), len(node.args)
         if given and given != count:
@@ -394,17 +397,27 @@ class By(Static):
 
 
 class Int(Static):
-    """A whole number, at least `minimum`; `optional` admits none (`rank=` left out)."""
+    """A whole number, at least `minimum`; `optional` admits none (`rank=` left out); `schedules`
+    admits a schedule (SPEC §7.2: a per-module rank), whose pieces are checked."""
 
     label = "Int"
 
-    def __init__(self, minimum: int | None = None, optional: bool = False):
+    def __init__(self, minimum: int | None = None, optional: bool = False, schedules: bool = False):
         self.minimum = minimum
         self.optional = optional
+        self.schedules = schedules
 
-    def convert(self, t: Typing, param: str, value: Any) -> int | None:
+    def convert(self, t: Typing, param: str, value: Any) -> Any:
         if value is None and self.optional:
             return None
+        if is_schedule(value):
+            _schedule_allowed(t, param, value, self.schedules)
+            for piece in (bounds(value) or ()):
+                self._check(t, param, piece)
+            return value
+        return self._check(t, param, value)
+
+    def _check(self, t: Typing, param: str, value: Any) -> int:
         number = _number(t, param, value)
         if number != int(number):
             t.fail(param, f"'{param}' must be a whole number, got {number:g}")
@@ -414,22 +427,37 @@ class Int(Static):
 
 
 class Real(Static):
-    """A number in an interval (`density` in [0, 1]; DARE's (0, 1])."""
+    """A number in an interval (`density` in [0, 1]; DARE's (0, 1]); `schedules` admits a schedule
+    whose pieces lie in the interval."""
 
     label = "Num"
 
     def __init__(self, low: float | None = None, high: float | None = None, *, open_low: bool = False,
-                 why: str = ""):
+                 why: str = "", schedules: bool = False):
         self.low, self.high, self.open_low, self.why = low, high, open_low, why
+        self.schedules = schedules
 
-    def convert(self, t: Typing, param: str, value: Any) -> float:
+    def convert(self, t: Typing, param: str, value: Any) -> Any:
+        if is_schedule(value):
+            _schedule_allowed(t, param, value, self.schedules)
+            for piece in (bounds(value) or ()):
+                self._check(t, param, piece)
+            return value
+        return self._check(t, param, value)
+
+    def _check(self, t: Typing, param: str, value: Any) -> float:
         number = float(_number(t, param, value))
         too_low = self.low is not None and (number <= self.low if self.open_low else number < self.low)
         too_high = self.high is not None and number > self.high
         if too_low or too_high:
-            bounds = f"{'(' if self.open_low else '['}{format_number(self.low or 0.0)}, {format_number(self.high)}]"
-            t.fail(param, f"{param} must be in {bounds}{self.why}, got {number:g}")
+            bounds_text = f"{'(' if self.open_low else '['}{format_number(self.low or 0.0)}, {format_number(self.high)}]"
+            t.fail(param, f"{param} must be in {bounds_text}{self.why}, got {number:g}")
         return number
+
+
+def _schedule_allowed(t: Typing, param: str, value: Any, allowed: bool) -> None:
+    if not allowed and varies(value):  # a parameter (one number, given later) is fine
+        t.fail(param, f"'{param}' must be one number for every module, got a schedule ({_listed(value)})")
 
 
 class Choice(Static):
@@ -484,11 +512,11 @@ class Numbers(Static):
         if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
             return (1.0,) * count
         if not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                (isinstance(v, (int, float)) and not isinstance(v, bool)) or is_schedule(v) for v in value):
             t.fail(param, f"'{param}' must be a list of numbers, got {_listed(value)}")
         if len(value) != count:
             t.fail(param, f"{count} items but {len(value)} weights")
-        return tuple(float(v) for v in value)
+        return tuple(v if is_schedule(v) else float(v) for v in value)
 
 
 class Attribute(Static):
@@ -506,6 +534,10 @@ class Attribute(Static):
 
 def _listed(value: Any) -> str:
     """A constant as the user wrote it (lists come back from const_eval as Python lists)."""
+    if is_schedule(value):
+        from dipm_lang.ir.schedules import format_value
+
+        return format_value(value)
     if isinstance(value, tuple):
         value = list(value)
     return repr(value)

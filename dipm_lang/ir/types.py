@@ -15,15 +15,20 @@ BY_VALUES = ("out", "in", "matrix")
 @dataclass(frozen=True)
 class Type:
     kind: str  # Delta | Dir | Mag | Factor | Num | Str | List | Unit
-    by: str | None = None  # Dir, Mag: the granularity; Factor: "A" or "B"
+    by: str | None = None  # Dir, Mag: the granularity; Factor: "A" or "B"; Num: "module" for a schedule
     item: "Type | None" = None  # List: element type (None for the empty list)
 
     def __str__(self) -> str:
-        if self.kind in ("Dir", "Mag", "Factor"):
+        if self.kind in ("Dir", "Mag", "Factor") or (self.kind == "Num" and self.by):
             return f"{self.kind}[{self.by}]"
         if self.kind == "List":
             return f"List[{self.item}]" if self.item else "List"
         return self.kind
+
+    @property
+    def is_number(self) -> bool:
+        """Num: one number, or a schedule (a number that varies by module, SPEC §7.2)."""
+        return self.kind == "Num"
 
     @property
     def is_update(self) -> bool:
@@ -33,6 +38,7 @@ class Type:
 
 DELTA = Type("Delta")
 NUM = Type("Num")
+SCHEDULE = Type("Num", "module")  # a number that varies by layer and module (SPEC §7.2)
 STR = Type("Str")
 UNIT = Type("Unit")
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import format_number, format_string
+from dipm_lang.ir.schedules import format_value as format_schedule, is_schedule
 
 if TYPE_CHECKING:
     from dipm_lang.ir.operator import OperatorTable
@@ -254,6 +255,8 @@ def format_value(value: Any) -> str:
         if len(value) > LIST_ITEMS:
             items.append(f"… {len(value)} items")
         return "[" + ", ".join(items) + "]"
+    if is_schedule(value):
+        return shorten(format_schedule(value), TEXT_CHARS)
     return shorten(str(value), TEXT_CHARS)
 
 

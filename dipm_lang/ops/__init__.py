@@ -9,10 +9,12 @@ the REPL and the tests' operator coverage all read it from `OPERATORS`.
 from __future__ import annotations
 
 from dipm_lang.ir.operator import OperatorTable
-from dipm_lang.ops import baselines, core, decouple, deltas, directions, fused, io, magnitudes, selection
+from dipm_lang.ops import (baselines, core, decouple, deltas, directions, fused, io, magnitudes, schedules,
+                           selection)
 
 OPERATORS = OperatorTable.of(
     core.OPERATORS,        # constants, lists, + - * / and negation
+    schedules.OPERATORS,   # ramp, where: numbers that vary by layer and module
     io.OPERATORS,          # load, save
     decouple.OPERATORS,    # dir, normalize, mag, recombine
     directions.OPERATORS,  # reverse, shift, lerp, mix, orth

@@ -66,8 +66,8 @@ def _params(method: MergeMethod) -> tuple[Param, ...]:
     params = [Param("xs", UpdateList(adapters=why)), WEIGHTS]
     if method.density:
         params.append(Param("density", Real(0.0, 1.0, open_low=method.random,
-                                            why=" (DARE rescales by 1/density)" if method.random else ""),
-                            REQUIRED))
+                                            why=" (DARE rescales by 1/density)" if method.random else "",
+                                            schedules=True), REQUIRED))
     if method.sign:
         params.append(Param("majority_sign_method", Choice(SIGN_METHODS, {"sum": "total", "magnitude": "total",
                                                                           "count": "frequency"}), "total"))

@@ -16,7 +16,8 @@ from dipm_lang.ir.numbers import numeric
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ir.signature import Anything, Attribute, Param, Rest, Typing
-from dipm_lang.ir.types import DELTA, NUM, STR, Type, list_t
+from dipm_lang.ir.schedules import is_schedule, varies
+from dipm_lang.ir.types import DELTA, NUM, SCHEDULE, STR, Type, list_t
 from dipm_lang.ops.backend import arith
 
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -37,7 +38,7 @@ def binary_result(t: Typing) -> Type:
 
     kinds = (left.kind, right.kind)
     if kinds == ("Num", "Num"):
-        return NUM
+        return NUM if left == right == NUM else SCHEDULE  # arithmetic with a schedule varies by module
     if left.is_update and right.is_update:
         if op in "+-":
             return DELTA
@@ -45,9 +46,9 @@ def binary_result(t: Typing) -> Type:
              "scale an update by a number, or use recombine(d, m) for per-unit scaling")
     if left.is_update or right.is_update:
         other = right if left.is_update else left
-        if other == NUM and (op == "*" or (op == "/" and left.is_update)):
+        if other.is_number and (op == "*" or (op == "/" and left.is_update)):
             return DELTA
-        if other == NUM:
+        if other.is_number:
             fail(f"cannot {_VERBS[op]} a number and an update ({left} {op} {right})",
                  "updates can be scaled (k * x, x / k) and added to updates")
         if other.kind == "Mag":
@@ -61,7 +62,7 @@ def binary_result(t: Typing) -> Type:
                      "compute both magnitudes with the same by=…")
             return left
         other = right if left.kind == "Mag" else left
-        if other == NUM:
+        if other.is_number:
             return left if left.kind == "Mag" else right
         fail(f"cannot {_VERBS[op]} {left} and {right}")
     if "Factor" in kinds:
@@ -71,7 +72,7 @@ def binary_result(t: Typing) -> Type:
             fail(f"cannot {_VERBS[op]} {left} and {right}",
                  "factors of the same kind add and subtract; scale them by numbers")
         factor, other = (left, right) if left.kind == "Factor" else (right, left)
-        if other == NUM and (op == "*" or (op == "/" and left.kind == "Factor")):
+        if other.is_number and (op == "*" or (op == "/" and left.kind == "Factor")):
             return factor
     fail(f"cannot {_VERBS[op]} {left} and {right}")
     raise AssertionError  # unreachable: fail raises
@@ -88,7 +89,8 @@ def negate_result(t: Typing) -> Type:
 
 
 def _const_type(t: Typing) -> Type:
-    return STR if isinstance(t.value("value"), str) else NUM
+    value = t.value("value")
+    return STR if isinstance(value, str) else SCHEDULE if varies(value) else NUM
 
 
 def _list_type(t: Typing) -> Type:
@@ -105,9 +107,10 @@ def is_number(node: Node, value: float | None = None) -> bool:
 
 
 def _fold(node: Node) -> Node | None:
-    if node.type == NUM and all(is_number(a) for a in node.args):
+    # numbers and schedules alike (0.5 * ramp([0, 1]) is one schedule); the type never changes
+    if node.type.is_number and all(a.op == "const" and a.type.is_number for a in node.args):
         try:
-            return const(numeric(node.op, [a.value for a in node.args]), NUM)
+            return const(numeric(node.op, [a.value for a in node.args]), node.type)
         except Exception:  # division by zero stays for the runtime to report
             return None
     return None
@@ -126,7 +129,7 @@ def _div_to_mul(node: Node, x: Node, k: Node) -> Node | None:
 
 
 NUMBER = P("const", where=is_number)
-NOT_NUMBER = P(None, where=lambda n: n.type != NUM)
+NOT_NUMBER = P(None, where=lambda n: not n.type.is_number)
 
 
 def _fold_rule(op: str) -> Rule:
@@ -138,6 +141,8 @@ def _fold_rule(op: str) -> Rule:
 
 def _binary(op: str, dense: bool):
     def kernel(ctx, node, a, b):
+        if not node.type.is_number:  # a number scaling a value: one per module where it is a schedule
+            a, b = (ctx.number(v) if arg.type.is_number else v for arg, v in zip(node.args, (a, b)))
         factors = node.type.kind == "Factor"
         return arith.plain(op, a, b, factors=factors) if dense else arith.factored(op, a, b, factors=factors)
 
@@ -153,9 +158,10 @@ def _arithmetic(op: str, *rules: Rule) -> Operator:
 
 
 OPERATORS = [
-    Operator("const", (Param("value", Attribute(lambda v: isinstance(v, (float, str)), "a float or a string")),),
-             _const_type, "A number or string literal.", factored=lambda ctx, node: node.value, callable=False,
-             returns_label="Num | Str"),
+    Operator("const", (Param("value", Attribute(lambda v: isinstance(v, (float, str)) or is_schedule(v),
+                                                "a float, a string or a schedule")),),
+             _const_type, "A number, string or schedule (ramp, where) known when compiling.",
+             factored=lambda ctx, node: node.value, callable=False, returns_label="Num | Str"),
     Operator("list", (Param("items", Rest(Anything())),), _list_type, "A list literal [a, b, …].",
              factored=lambda ctx, node, *items: list(items), callable=False, returns_label="List"),
     _arithmetic("add"),
@@ -174,7 +180,7 @@ OPERATORS = [
     _arithmetic(
         "div",
         # x / k -> (1/k) * x   (k a nonzero number constant, x not a number)
-        Rule("div-to-mul", P("div", P(None, name="x", where=lambda n: n.type != NUM),
+        Rule("div-to-mul", P("div", P(None, name="x", where=lambda n: not n.type.is_number),
                              P("const", name="k", where=is_number)), _div_to_mul),
     ),
     Operator("neg", (Param("x", Anything()),), negate_result, "-x: negation (a negated Dir is a Delta).",

@@ -21,8 +21,15 @@ def _constant(value: float) -> P:
     return P("const", where=lambda n: is_number(n, value))
 
 
-def _weights(weights: list[float], count: int) -> list[float]:
-    return [float(w) for w in weights] if weights else [1.0] * count  # [] means equal weights
+def _weights(ctx, weights: list, count: int) -> list:
+    """A mix's weights as the kernel takes them (one per module where a weight is a schedule)."""
+    return [ctx.number(w) for w in weights] if weights else [1.0] * count  # [] means equal weights
+
+
+def _path(ctx, t) -> list:
+    """lerp's weights (1 − t, t)."""
+    t = ctx.number(t)
+    return [1.0 - t, t]
 
 
 OPERATORS = [
@@ -35,8 +42,8 @@ OPERATORS = [
              maps_over_lists=True),
     Operator("shift", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "Move d toward e along the great circle by the fraction t (per-unit slerp).",
-             factored=lambda ctx, node, d, e, t: L.shift(d, e, float(t), node.type.by, ctx.eps),
-             dense=lambda ctx, node, d, e, t: D.shift(d, e, float(t), node.type.by, ctx.eps),
+             factored=lambda ctx, node, d, e, t: L.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+             dense=lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
              simplify=(
                  # shift(d, e, 0) -> d
                  Rule("shift-0", P("shift", D_, E_, _constant(0.0)), lambda d: d),
@@ -47,8 +54,8 @@ OPERATORS = [
              )),
     Operator("lerp", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
-             factored=lambda ctx, node, d, e, t: L.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),
-             dense=lambda ctx, node, d, e, t: D.mix([d, e], [1.0 - float(t), float(t)], node.type.by, ctx.eps),
+             factored=lambda ctx, node, d, e, t: L.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+             dense=lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
              simplify=(
                  # lerp(d, e, 0) -> d   (d is a direction: normalize(d) = d)
                  Rule("lerp-0", P("lerp", D_, E_, _constant(0.0)), lambda d: d),
@@ -59,8 +66,8 @@ OPERATORS = [
              )),
     Operator("mix", (Param("dirs", ListOf(DirOf("by"), "directions")), Param("weights", Weights("dirs"), [])),
              DirOf("by"), "normalize(sum of w_i * d_i); [] or omitted weights: all equal.",
-             factored=lambda ctx, node, dirs, w: L.mix(dirs, _weights(w, len(dirs)), node.type.by, ctx.eps),
-             dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(w, len(dirs)), node.type.by, ctx.eps)),
+             factored=lambda ctx, node, dirs, w: L.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps),
+             dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps)),
     Operator("orth", TWO_DIRECTIONS, DirOf("by"), "Remove from d its component along e, then normalize.",
              factored=lambda ctx, node, d, e: L.orth(d, e, node.type.by, ctx.eps),
              dense=lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps)),

@@ -17,8 +17,9 @@ from dipm_lang.ir.node import Node
 from dipm_lang.ir.numbers import const_eval
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule
+from dipm_lang.ir.schedules import format_value, is_schedule
 from dipm_lang.ir.signature import Anything, Attribute, By, Param, Rest, Typing, Update
-from dipm_lang.ir.types import DELTA, NUM, Type, dir_t, mag_t
+from dipm_lang.ir.types import DELTA, Type, dir_t, mag_t
 from dipm_lang.ops.backend import D, L
 
 _LINEAR = ("add", "sub", "neg", "mul", "div", "lincomb")
@@ -41,7 +42,7 @@ def _terms(node: Node, coeff: float, absorb: bool, ctx: Any, out: list[tuple[Nod
     elif node.op == "neg":
         pairs = [(node.args[0], -1.0)]
     elif node.op == "mul":
-        k, x = node.args if node.args[0].type == NUM else node.args[::-1]
+        k, x = node.args if node.args[0].type.is_number else node.args[::-1]
         pairs = [(x, const_eval(k))]
     else:  # div
         x, k = node.args
@@ -57,14 +58,15 @@ def _to_lincomb(node: Node, ctx: Any) -> Node:
     merged: dict[int, list] = {}
     for x, c in pairs:  # x + x -> 2x
         merged.setdefault(id(x), [x, 0.0])[1] += c
-    items = [(x, c) for x, c in merged.values() if c != 0.0] or [(pairs[0][0], 0.0)]  # all cancelled
+    items = [(x, c) for x, c in merged.values() if is_schedule(c) or c != 0.0] or [(pairs[0][0], 0.0)]  # all cancelled
     if len(items) == 1 and items[0][0].op == "unit_scale" and len(items[0][0].args) == 2 \
             and ctx.single_use(items[0][0]):
         # k * recombine(...) -> one per-unit scaling with k folded in
         inner, c = items[0]
         new = inner.replace(attrs={**dict(inner.attrs), "coeff": inner.attr("coeff") * c})
-        return ctx.note(new, f"scaling by {c:g} folded into {ctx.note_of(inner, 'unit_scale')}")
-    new = Node.make("lincomb", [x for x, _ in items], {"coeffs": tuple(float(c) for _, c in items)}, DELTA)
+        return ctx.note(new, f"scaling by {format_value(c)} folded into {ctx.note_of(inner, 'unit_scale')}")
+    coeffs = tuple(c if is_schedule(c) else float(c) for _, c in items)
+    new = Node.make("lincomb", [x for x, _ in items], {"coeffs": coeffs}, DELTA)
     return ctx.note(new, f"{len(parts)} arithmetic op(s) → lincomb of {len(items)} term(s)")
 
 
@@ -128,17 +130,17 @@ def _unit_scale_type(t: Typing) -> Type:
 
 
 def _unit_scale(ctx, node, x, *m):
-    by, coeff = node.attr("by"), node.attr("coeff")
+    by, coeff = node.attr("by"), ctx.number(node.attr("coeff"))
     scale = L._safe_inv(ctx.unit_norms(x, by, node.args[0]), ctx.eps) if node.attr("normalize") else None
     if m:
         scale = m[0] if scale is None else scale * m[0]
     if scale is None:
         return L.linear_combination([x], [coeff])
-    return L.scale_units(x, scale * coeff, by)
+    return L.scale_units(x, scale * L.per_module(coeff, scale, x.batch_shape), by)
 
 
 def _unit_scale_dense(ctx, node, x, *m):
-    by, coeff = node.attr("by"), node.attr("coeff")
+    by, coeff = node.attr("by"), ctx.number(node.attr("coeff"))
     if node.attr("normalize"):
         x = D.dir(x, by, ctx.eps)
     if m:
@@ -146,15 +148,15 @@ def _unit_scale_dense(ctx, node, x, *m):
     return coeff * x
 
 
-_FLOAT = Attribute(lambda v: isinstance(v, float), "a float")
+_FLOAT = Attribute(lambda v: isinstance(v, float) or is_schedule(v), "a float or a schedule")
 
 OPERATORS = [
     Operator("lincomb", (Param("terms", Rest(Update())),
-                         Param("coeffs", Attribute(lambda v: isinstance(v, tuple) and all(isinstance(c, float) for c in v),
-                                                   "a tuple of floats"))),
+                         Param("coeffs", Attribute(lambda v: isinstance(v, tuple) and all(
+                             isinstance(c, float) or is_schedule(c) for c in v), "a tuple of floats and schedules"))),
              _lincomb_type, "Σ cᵢ·xᵢ: one concatenation of factors (made by fusion).",
-             factored=lambda ctx, node, *xs: L.linear_combination(list(xs), list(node.attr("coeffs"))),
-             dense=lambda ctx, node, *xs: sum(c * x for c, x in zip(node.attr("coeffs"), xs)),
+             factored=lambda ctx, node, *xs: L.linear_combination(list(xs), [ctx.number(c) for c in node.attr("coeffs")]),
+             dense=lambda ctx, node, *xs: sum(ctx.number(c) * x for c, x in zip(node.attr("coeffs"), xs)),
              fuse=(
                  # a linear tree of + - *k /k and negation over updates -> lincomb (single-use subtrees absorbed)
                  Rule("lincomb", P(("add", "sub", "neg", "mul", "div"), where=lambda n: n.type == DELTA),

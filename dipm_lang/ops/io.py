@@ -12,15 +12,24 @@ from dipm_lang.ir.signature import Int, Param, Path, Text, Update
 from dipm_lang.ir.types import DELTA, UNIT
 from dipm_lang.ops.backend import D, L
 
+def _ranks(ctx, rank, one: bool = False):
+    """save's rank for this batch: none, one for all, or one per module (a schedule, SPEC §7.2)."""
+    if rank is None:
+        return None
+    ranks = [int(r) for r in ctx.numbers(rank)]
+    return ranks[0] if one or len(set(ranks)) == 1 else ranks
+
+
 OPERATORS = [
     Operator("load", (Param("path", Path(optional=True), None), Param("name", Text(optional=True), None,
                                                                          internal=True)), DELTA,
              "Read a PEFT LoRA adapter folder. load() without a path is an input given from outside "
              "(--set NAME=PATH).",
              factored=lambda ctx, node: ctx.load(node)),
-    Operator("save", (Param("x", Update()), Param("path", Path()), Param("rank", Int(minimum=1, optional=True), None)),
+    Operator("save", (Param("x", Update()), Param("path", Path()),
+                      Param("rank", Int(minimum=1, optional=True, schedules=True), None)),
              UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation.",
              # the value written, and the squared error dropped / total (for the run's report)
-             factored=lambda ctx, node, x: L.truncate(x, node.attr("rank")),
-             dense=lambda ctx, node, x: D.truncate(x, node.attr("rank"))),
+             factored=lambda ctx, node, x: L.truncate(x, _ranks(ctx, node.attr("rank"))),
+             dense=lambda ctx, node, x: D.truncate(x, _ranks(ctx, node.attr("rank"), one=True))),
 ]

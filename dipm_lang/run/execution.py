@@ -41,6 +41,7 @@ def execute(the_plan: Plan, options: RunOptions, *, progress: Progress | None = 
         return read(node, names)[0].dense() if options.dense else read(node, names)
 
     executor = Executor(the_plan.program, OPERATORS, loader=loader, eps=options.eps, dense=options.dense,
+                        layers=the_plan.layers,
                         on_group=progress.update if progress else None,
                         adapter=lambda node: infos[node.attr("path")], factors=read)
     groups = schedule(the_plan, dense=options.dense)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -18,8 +18,9 @@ from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
 from dipm_lang.io.writer import OUTPUT_DTYPES, prepare_output, recover_stale
-from dipm_lang.ir.modules import natural_key
+from dipm_lang.ir.modules import layer_index, natural_key
 from dipm_lang.ir.node import Node, Program, walk
+from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
 
@@ -36,6 +37,12 @@ class Plan:
     device: torch.device
     dtype: torch.dtype
     out_dtype: torch.dtype
+
+    @property
+    def layers(self) -> int:
+        """L of SPEC §7.2: one plus the highest layer index over the program's modules (1 if none has one)."""
+        indices = [index for index in map(layer_index, self.modules) if index is not None]
+        return 1 + max(indices, default=0)
 
     def group_key(self, name: str) -> tuple:
         """Modules with equal keys can run as one batch: same shape, same rank in every input."""
@@ -59,6 +66,33 @@ def torch_dtype(name: str, flag: str = "dtype") -> torch.dtype:
     if name not in DTYPES:
         raise UsageError(f"{flag} {name}: use one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def schedules_of(program: Program) -> list[tuple[Node, Any]]:
+    """Every schedule the program uses: (the node holding it, the schedule), in program order."""
+    found = []
+    for node in walk(program.all_roots()):
+        for _, value in node.attrs:
+            for item in (value if isinstance(value, tuple) else (value,)):
+                if is_schedule(item):
+                    found.append((node, item))
+    return found
+
+
+def check_schedules(program: Program, modules: Mapping[str, tuple[int, int]]) -> None:
+    """Before any tensor is read: every schedule has a value for every module (a ramp with
+    `layers=L` must not meet a module of layer index ≥ L; SPEC §7.2)."""
+    indices = [index for index in map(layer_index, modules) if index is not None]
+    layers = 1 + max(indices, default=0)
+    for node, schedule in schedules_of(program):
+        for name in modules:
+            try:
+                value_at(schedule, name, layers)
+            except LayerError as error:
+                raise ExecutionError(str(error), program.spans.get(node)) from None
+            except ZeroDivisionError:
+                raise ExecutionError(f"division by zero in the schedule for module {name!r}",
+                                     program.spans.get(node)) from None
 
 
 def at_load(error: AdapterError, span: Span | None) -> AdapterError:
@@ -118,6 +152,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
                 raise at_load(error, program.spans.get(node)) from None
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    check_schedules(program, modules)
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
