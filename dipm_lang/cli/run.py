@@ -61,16 +61,32 @@ def execute_program(program, args: argparse.Namespace) -> int:
 
     options = options_from(args)
     if args.dry_run:
+        from dipm_lang.run.planning import schedule_values
+
         the_plan = plan(program, options)
         print(f"dry run: {len(the_plan.inputs)} inputs, {len(the_plan.modules)} modules, "
               f"{len(program.roots)} outputs checked; nothing written")
         for save in program.roots:
             print(printable(f"  would write {save.attr('path')}"))
+        _print_schedules(schedule_values(the_plan))
         return 0
     summary = run_program(program, options, quiet=args.quiet)
     if not args.quiet:
         print(printable(summary.text()))
+        _print_schedules(summary.schedules)
     return 0
+
+
+def _print_schedules(schedules) -> None:
+    """The numbers each schedule gave, per layer and module kind (SPEC §7.2)."""
+    from dipm_lang.ir.modules import split_module
+    from dipm_lang.ir.numbers import format_value
+    from dipm_lang.report.summary import layer_table
+
+    for schedule, values in schedules:
+        print(printable(f"schedule {format_value(schedule)}, per layer:"))
+        cells = {split_module(name): value for name, value in values.items()}
+        print("\n".join(layer_table(cells)))
 
 
 def _input_folders(program, args: argparse.Namespace) -> list[str]:

@@ -30,7 +30,7 @@ from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
 from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
-from dipm_lang.ir.schedules import is_schedule
+from dipm_lang.ir.schedules import is_schedule, varies
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
 from dipm_lang.ops import OPERATORS
 from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
@@ -103,6 +103,7 @@ class Lowerer:
         self.inputs: dict[str, Node] = {}       # input name -> its load node
         self.used_external: set[str] = set()
         self.warnings: list[tuple[str, Span | None]] = []  # allowed but probably not meant (shown by the CLI)
+        self.schedules: list[Any] = []  # every schedule written, in order
         self._roots: list[Node] = []            # the saves lowered so far, in statement order
         self._node_count = 0
         self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
@@ -168,7 +169,8 @@ class Lowerer:
         bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
         return Program(roots=list(self._roots if roots is None else roots), results=dict(results or {}),
                        spans=dict(self.spans), sources=dict(self.sources), inputs=dict(self.inputs),
-                       script_text=text, bindings=bindings, warnings=list(self.warnings))
+                       script_text=text, bindings=bindings, warnings=list(self.warnings),
+                       schedules=list(self.schedules))
 
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
         """A new un-interned node (the node factory of everything lowered; counts the node budget)."""
@@ -546,6 +548,8 @@ class Lowerer:
         """A constant: a string, a number, or a schedule (typed by the `const` operator's own rule)."""
         if not isinstance(value, str) and not is_schedule(value):
             value = float(value)
+        if varies(value) and value not in self.schedules:
+            self.schedules.append(value)  # as written: `dipm run` shows its numbers per layer
         return self.emit("const", (), {"value": value}, span)
 
     def _default_node(self, value: Any, span: Span | None) -> Node:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dipm_lang.ir.numbers import format_number, format_string
-from dipm_lang.ir.schedules import format_value, is_schedule
+from dipm_lang.ir.numbers import format_value
+from dipm_lang.ir.schedules import is_schedule
 from dipm_lang.ir.node import Node, Program, walk
 
 if TYPE_CHECKING:  # networkx costs ~60 ms of start-up; only `explain` and tests need it

@@ -132,6 +132,7 @@ class Program:
     bindings: dict[str, Node] = field(default_factory=dict)  # the script's names; live until DCE
     notes: list[str] = field(default_factory=list)            # what passes did (for explain)
     warnings: list[tuple[str, Span | None]] = field(default_factory=list)  # allowed, but probably not meant
+    schedules: list = field(default_factory=list)  # the schedules as written (SPEC §7.2), for summaries
 
     def all_roots(self) -> list[Node]:
         seen: set[int] = set()
@@ -148,7 +149,7 @@ class Program:
     def replace(self, **changes: Any) -> "Program":
         """A copy with some fields replaced (`dataclasses.replace`); side tables are copied, not shared."""
         copy = dataclasses.replace(self, **changes)
-        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes", "warnings"):
+        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes", "warnings", "schedules"):
             if name not in changes:
                 value = getattr(copy, name)
                 setattr(copy, name, type(value)(value))
@@ -175,4 +176,5 @@ class Program:
             bindings={k: memo[id(v)] for k, v in self.bindings.items()},
             notes=list(self.notes),
             warnings=list(self.warnings),
+            schedules=list(self.schedules),
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from dipm_lang.errors import DipmTypeError
 from dipm_lang.ir.node import Node, walk
-from dipm_lang.ir.schedules import Combine, is_schedule
+from dipm_lang.ir.schedules import Combine, Parameter, Ramp, Where, is_schedule
 
 NUMBER_OPS = ("add", "sub", "mul", "div", "neg", "max", "min", "abs")
 """Operators that compute a number from numbers (constant-folded at compile time)."""
@@ -96,3 +96,20 @@ def _escape(ch: str) -> str:
 def format_string(value: str) -> str:
     """A string as a dipm string literal (escapes make it parse back to the same value)."""
     return '"' + "".join(_escape(ch) for ch in value) + '"'
+
+
+def format_value(value: Any) -> str:
+    """A schedule as dipm source text (`ramp([0, 0.5, 1])`, `where("q_proj", 0.3, 0.7)`)."""
+    if not is_schedule(value):
+        return format_number(float(value))
+    if isinstance(value, Parameter):
+        return value.name
+    if isinstance(value, Ramp):
+        inner = "[" + ", ".join(format_number(v) for v in value.values) + "]"
+        return f"ramp({inner}" + (f", layers={value.layers})" if value.layers is not None else ")")
+    if isinstance(value, Where):
+        return f"where({format_string(value.pattern)}, {format_value(value.then)}, {format_value(value.otherwise)})"
+    symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+    if value.op in symbols:
+        return f"({format_value(value.args[0])} {symbols[value.op]} {format_value(value.args[1])})"
+    return f"{value.op}({', '.join(format_value(a) for a in value.args)})"

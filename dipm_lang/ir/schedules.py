@@ -212,22 +212,3 @@ def bounds(value: Value) -> tuple[float, float] | None:
         return None  # arithmetic, or a number given later: checked when it is known
     values = leaves(value)
     return min(values), max(values)
-
-
-def format_value(value: Value) -> str:
-    """A schedule as dipm source text (`ramp([0, 0.5, 1])`, `where("q_proj", 0.3, 0.7)`)."""
-    from dipm_lang.ir.numbers import format_number, format_string
-
-    if not isinstance(value, Schedule):
-        return format_number(float(value))
-    if isinstance(value, Parameter):
-        return value.name
-    if isinstance(value, Ramp):
-        inner = "[" + ", ".join(format_number(v) for v in value.values) + "]"
-        return f"ramp({inner}" + (f", layers={value.layers})" if value.layers is not None else ")")
-    if isinstance(value, Where):
-        return f"where({format_string(value.pattern)}, {format_value(value.then)}, {format_value(value.otherwise)})"
-    symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-    if value.op in symbols:
-        return f"({format_value(value.args[0])} {symbols[value.op]} {format_value(value.args[1])})"
-    return f"{value.op}({', '.join(format_value(a) for a in value.args)})"

@@ -535,7 +535,7 @@ class Attribute(Static):
 def _listed(value: Any) -> str:
     """A constant as the user wrote it (lists come back from const_eval as Python lists)."""
     if is_schedule(value):
-        from dipm_lang.ir.schedules import format_value
+        from dipm_lang.ir.numbers import format_value
 
         return format_value(value)
     if isinstance(value, tuple):

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import format_number, format_string
-from dipm_lang.ir.schedules import format_value as format_schedule, is_schedule
+from dipm_lang.ir.numbers import format_value as format_schedule
+from dipm_lang.ir.schedules import is_schedule
 
 if TYPE_CHECKING:
     from dipm_lang.ir.operator import OperatorTable

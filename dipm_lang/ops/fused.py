@@ -17,7 +17,8 @@ from dipm_lang.ir.node import Node
 from dipm_lang.ir.numbers import const_eval
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule
-from dipm_lang.ir.schedules import format_value, is_schedule
+from dipm_lang.ir.numbers import format_value
+from dipm_lang.ir.schedules import is_schedule
 from dipm_lang.ir.signature import Anything, Attribute, By, Param, Rest, Typing, Update
 from dipm_lang.ir.types import DELTA, Type, dir_t, mag_t
 from dipm_lang.ops.backend import D, L

@@ -59,6 +59,7 @@ class RunSummary:
     device: str = "cpu"
     modules: int = 0
     groups: int = 0
+    schedules: list = field(default_factory=list)  # (schedule, module -> the number it gave)
 
     def text(self) -> str:
         lines = [f"wrote {_count(len(self.outputs), 'adapter')} in "

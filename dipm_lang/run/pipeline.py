@@ -15,7 +15,7 @@ from dipm_lang.ir.node import Program
 from dipm_lang.backend.executor import ExecutionResult
 from dipm_lang.run.execution import execute
 from dipm_lang.run.options import RunOptions
-from dipm_lang.run.planning import file_inputs, plan
+from dipm_lang.run.planning import file_inputs, plan, schedule_values
 from dipm_lang.run.progress import Progress
 from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_template, peak_memory_mb, provenance,
                                    recipe_text, to_output)
@@ -54,7 +54,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         result = execute(the_plan, options, progress=progress, on_part=write_part)
         metadata = provenance(program, the_plan)
         summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
-                             groups=progress.total_steps)
+                             groups=progress.total_steps, schedules=schedule_values(the_plan))
         for save in result.saves:
             stage = stages[id(save.node)]
             staged.append(stage.finish(metadata=metadata, recipe=recipe_text(program)))

@@ -79,6 +79,17 @@ def schedules_of(program: Program) -> list[tuple[Node, Any]]:
     return found
 
 
+def schedule_values(the_plan: "Plan") -> list[tuple[Any, dict[str, float]]]:
+    """Each distinct schedule of the planned program — as written, where the lowering recorded them —
+    and its number for every module (what the run uses; `dipm run` shows them per layer)."""
+    seen: dict[Any, dict[str, float]] = {}
+    written = the_plan.program.schedules or [schedule for _, schedule in schedules_of(the_plan.program)]
+    for schedule in written:
+        if schedule not in seen:
+            seen[schedule] = {name: value_at(schedule, name, the_plan.layers) for name in the_plan.modules}
+    return list(seen.items())
+
+
 def check_schedules(program: Program, modules: Mapping[str, tuple[int, int]]) -> None:
     """Before any tensor is read: every schedule has a value for every module (a ramp with
     `layers=L` must not meet a module of layer index ≥ L; SPEC §7.2)."""

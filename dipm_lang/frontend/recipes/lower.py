@@ -36,6 +36,7 @@ def lower_recipe(path: str | Path, sets: Mapping[str, Any] | None = None, *,
                 sandbox.check(folder, f"input '{name}'", recipe.input_spans.get(name),
                               written=recipe.input_texts.get(name))
     external: dict[str, Any] = {name: str(folder) for name, folder in recipe.inputs.items()}
+    external.update(recipe.parameters)  # numbers and schedules, usable by name in every expression
     external.update(sets)  # --set wins, and resolves against the working directory (Lowerer)
     lowerer = Lowerer(external, sandbox=sandbox)
     module = lowerer.module(recipe.file, recipe.text)
@@ -51,7 +52,7 @@ def lower_recipe(path: str | Path, sets: Mapping[str, Any] | None = None, *,
         expr = _embedded(output.expr, recipe.file, lines, lambda t, f: parse_expression(t, f))
         lowerer.statement(ast.save_call(expr, str(output.path), output.rank, expr.span), module)
 
-    unused = sorted(set(sets) - lowerer.used_external - set(recipe.inputs))
+    unused = sorted(set(sets) - lowerer.used_external - set(recipe.inputs) - set(recipe.parameters))
     if unused:
         guess = did_you_mean(unused[0], set(recipe.inputs) | lowerer.used_external)
         raise UsageError(f"--set {unused[0]}=…: the config has no input named '{unused[0]}'",

@@ -5,17 +5,21 @@ Nothing here parses a dipm expression; every problem is a `ConfigError` pointing
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import ConfigError, Span, did_you_mean
+from dipm_lang.ir.schedules import Ramp
+from dipm_lang.ir.schedules import Where as Choose
 from dipm_lang.frontend.recipes.positions import KeyPath, Where, load_toml, load_yaml
 from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
 from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
-TOP_KEYS = ("inputs", "outputs", "import", "defs")
+TOP_KEYS = ("inputs", "outputs", "parameters", "import", "defs")
 OUTPUT_KEYS = ("expr", "rank")
 
 
@@ -53,6 +57,7 @@ class Recipe:
     defs: Text | None
     input_spans: dict[str, Span | None] = field(default_factory=dict)  # NAME -> its key in the config
     input_texts: dict[str, str] = field(default_factory=dict)          # NAME -> the folder as written
+    parameters: dict[str, Any] = field(default_factory=dict)           # NAME -> a number or a schedule
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -140,8 +145,58 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
     defs = tree.get("defs")
     if defs is not None and not isinstance(defs, str):
         fail(f"'defs' must be dipm definitions (a string), got {_kind(defs)}", ("defs",))
+
+    parameters_tree = tree.get("parameters") or {}
+    if not isinstance(parameters_tree, dict):
+        fail(f"'parameters' must map names to numbers or schedules, got {_kind(parameters_tree)}", ("parameters",))
+    parameters = {}
+    for name, value in parameters_tree.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            fail(f"parameter name {name!r} is not a valid name (letters, digits, '_')", ("parameters", name))
+        if name in inputs:
+            fail(f"'{name}' is both an input and a parameter", ("parameters", name))
+        try:
+            parameters[name] = parameter_value(value)
+        except ValueError as e:
+            fail(f"parameter '{name}': {e}", ("parameters", name), hint=PARAMETER_SHAPES)
     return Recipe(file, text, inputs, outputs, imports, Text(defs, where.offsets(("defs",), defs)) if defs else None,
-                  {name: where.span(("inputs", name)) for name in inputs}, dict(inputs_tree))
+                  {name: where.span(("inputs", name)) for name in inputs}, dict(inputs_tree), parameters)
+
+
+PARAMETER_SHAPES = ("a number (t: 0.3), a list for a gradient over the layers (t: [0, 0.5, 1]), or mergekit's "
+                    "filtered list (t: [{filter: self_attn, value: [0, 1]}, {value: 0.5}])")
+
+
+def parameter_value(value: Any) -> Any:
+    """mergekit's parameter shapes (SPEC §7.2) as dipm values: a number; a list of numbers — a ramp;
+    a list of `{filter, value}` entries — nested `where`s on the literal substring `filter` (`*` or no
+    filter matches every module), the last entry the fallback."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, list) and value and all(_is_number(v) for v in value):
+        return Ramp(tuple(float(v) for v in value))
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        result: Any = None
+        for entry in reversed(value):
+            unknown = set(entry) - {"filter", "value"}
+            if unknown or "value" not in entry:
+                raise ValueError(f"an entry of a filtered list has keys {sorted(entry)}; it takes 'filter' and 'value'")
+            piece = parameter_value(entry["value"])
+            pattern = entry.get("filter")
+            if pattern is not None and not isinstance(pattern, str):
+                raise ValueError(f"a filter must be a string, got {_kind(pattern)}")
+            if pattern in (None, "*"):
+                result = piece  # matches every module: everything after it is unreachable
+            elif result is None:
+                raise ValueError("the last entry must have no filter (or filter: '*'): the value of the other modules")
+            else:
+                result = Choose(re.escape(pattern), piece, result)
+        return result
+    raise ValueError(f"expected {PARAMETER_SHAPES}, got {_kind(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _kind(value: Any) -> str:
