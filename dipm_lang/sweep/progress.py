@@ -9,6 +9,9 @@ import threading
 from typing import Any, TextIO
 
 MAX_WIDTH = 79
+# points done, bar, time, then the last point (tqdm cuts the line at `ncols`, so the point's name,
+# the only part of unbounded length, goes last, after the failure count)
+BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining}{postfix}"
 
 
 class Progress:
@@ -28,15 +31,15 @@ class Progress:
 
             self._bar = tqdm(total=total, initial=done, desc=label, unit="pt", file=self.stream,
                              ncols=max(20, min(MAX_WIDTH, columns - 1)), dynamic_ncols=False, leave=True,
-                             mininterval=0.2)
+                             mininterval=0.2, bar_format=BAR_FORMAT)
 
     def advance(self, point_name: str, ok: bool) -> None:
         if self._bar is None:
             return
         with self._lock:
             self._failed += not ok
-            failed = f" ({self._failed} failed)" if self._failed else ""
-            self._bar.set_postfix_str(f"{point_name}{failed}", refresh=False)
+            failed = f"{self._failed} failed, " if self._failed else ""
+            self._bar.set_postfix_str(f"{failed}last {point_name}", refresh=False)
             self._bar.update(1)
 
     def grow(self, total: int) -> None:
