@@ -218,3 +218,66 @@ def test_a_written_point_is_never_overwritten(tmp_path):
 def test_direct_writes_without_staging_are_accepted(tmp_path):
     summary = sweep_once(tmp_path / "out", ["t=0,1"], FakeCompute(stage=False))
     assert [r["status"] for r in summary.rows] == ["ok", "ok"]
+
+
+def test_one_pass_writer_keeps_many_points_open_then_commits_each(tmp_path):
+    """The lead's shape: begin every point, stream modules into all of them, commit each."""
+    out = tmp_path / "out"
+
+    def one_pass(points, sink):
+        targets = {point: sink.begin(point) for point in points}
+        for target in targets.values():  # a recipe with two saves: a folder of two adapters
+            for save in ("detox", "baseline"):
+                (target / save).mkdir(parents=True)
+        for point, target in targets.items():
+            assert not sink.path(point).exists()  # nothing visible before the commit
+            for save in ("detox", "baseline"):
+                (target / save / "adapter_config.json").write_text(json.dumps(point.values))
+            if point.values["t"] == 1.0:
+                sink.discard(point)
+                sink.failed(point, "the result is zero everywhere")
+            else:
+                assert sink.commit(point) == sink.path(point)
+                sink.written(point)
+
+    summary = sweep_once(out, ["t=0,0.5,1"], one_pass)
+    assert [r["status"] for r in summary.rows] == ["ok", "ok", "failed"]
+    assert json.loads((out / "t=0.5" / "baseline" / "adapter_config.json").read_text()) == {"t": 0.5}
+    assert not (out / "t=1.0").exists()
+    assert not [n for n in os.listdir(out) if n.startswith(".") and n != LOCK_NAME]
+
+
+def test_points_begun_but_never_committed_are_cleaned_up_on_close(tmp_path):
+    out = tmp_path / "out"
+
+    def crash(points, sink):
+        for point in points:
+            sink.begin(point).mkdir()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_once(out, ["t=0,1"], crash)
+    assert sorted(os.listdir(out)) == sorted([LOCK_NAME, MANIFEST_NAME, "sweep.csv", "sweep.json"])
+
+
+def test_metrics_of_an_old_eval_command_never_pass_for_the_new_one(tmp_path):
+    """Interrupted while re-evaluating under a new command: the next run must not keep the old
+    command's metrics as if they were the new one's."""
+    out = tmp_path / "out"
+    command_a = counting_eval(tmp_path)
+    sweep_once(out, ["t=0,1"], FakeCompute(), eval_command=command_a)
+    assert sorted(calls(tmp_path)) == ["t=0.0", "t=1.0"]
+    hang = "sleep 30 # {adapter}"
+    with pytest.raises(KeyboardInterrupt):  # killed right after opening: the table still holds A's
+        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval=EvalSpec(hang)):
+            raise KeyboardInterrupt
+    assert json.loads((out / MANIFEST_NAME).read_text())["eval"] == command_a
+    assert len(json.loads((out / "sweep.json").read_text())) == 2
+    with pytest.raises(KeyboardInterrupt):  # killed while re-evaluating: A's metrics are gone
+        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval=EvalSpec(hang)) as sweep:
+            sweep.run_grid(FakeCompute())
+            raise KeyboardInterrupt
+    assert json.loads((out / "sweep.json").read_text()) == []
+    assert json.loads((out / MANIFEST_NAME).read_text())["eval"] == hang
+    sweep_once(out, ["t=0,1"], FakeCompute(), eval_command=command_a)
+    assert sorted(calls(tmp_path)) == ["t=0.0", "t=0.0", "t=1.0", "t=1.0"]  # evaluated again

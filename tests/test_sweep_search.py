@@ -126,3 +126,31 @@ def test_search_needs_an_objective_and_checks_the_metric_name(tmp_path):
             run_search(sweep, FakeCompute(), trials=3)
     with pytest.raises(UsageError, match="did you mean 'score'"):
         search(tmp_path / "b", FakeCompute(), trials=3, objective=("scores", True))
+
+
+def test_repeated_points_are_computed_once_and_told_again(tmp_path):
+    compute = FakeCompute()
+    summary = search(tmp_path / "out", compute, trials=6, grid=["w=1,2"])
+    computed = [name for call in compute.calls for name in call]
+    assert len(computed) == len(set(computed)) == len(summary.rows) <= 2
+    import optuna
+
+    study = optuna.load_study(study_name="dipm-sweep", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / JOURNAL_NAME))))
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
+    by_w = {row["params"]["w"]: row["metrics"]["score"] for row in summary.rows}
+    assert all(t.value == by_w[t.params["w"]] for t in study.trials)
+
+
+def test_search_through_the_command_line_layer(tmp_path):
+    import io
+
+    from dipm_lang.sweep.cli import SweepOptions, plan_sweep, run_sweep
+
+    plan = plan_sweep(SweepOptions(grid=("t=0:1", "w=1,2"), output=str(tmp_path / "o"), eval_command=CAT,
+                                   maximize="score", search="optuna", trials=4, seed=3, jobs=2))
+    stdout = io.StringIO()
+    assert run_sweep(plan, FakeCompute(), FINGERPRINT, stdout=stdout, stderr=io.StringIO()) == 0
+    rows = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert len(rows) == 4 and sum(row["best"] for row in rows) == 1
+    assert "best (maximize score)" in stdout.getvalue() and (tmp_path / "o" / "sweep.png").is_file()

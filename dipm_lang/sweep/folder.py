@@ -101,6 +101,7 @@ class SweepFolder:
 
     def __init__(self, path: Path, manifest: dict[str, Any], resumed: dict[str, Any] | None, lock: Any):
         self.path, self.manifest, self.resumed, self._lock = path, manifest, resumed, lock
+        self._staging: dict[str, Path] = {}  # point name → its staging folder, while being written
 
     @classmethod
     def open(cls, path: str | Path, manifest: dict[str, Any], *, force: bool) -> SweepFolder:
@@ -122,38 +123,71 @@ class SweepFolder:
                 _check_replaceable(folder, previous, manifest, others, force)
                 _clear(folder, others)
             _remove_stale(folder)
-            write_manifest(folder, {**manifest, "eval": manifest.get("eval") or (resumed or {}).get("eval")})
+            # The table's metrics came from the previous eval command: the manifest keeps naming it
+            # until the table no longer holds them (`record_eval`).
+            write_manifest(folder, {**manifest, "eval": resumed.get("eval") if resumed else manifest.get("eval")})
         except BaseException:
             _unlock(lock)
             raise
         return cls(folder, manifest, resumed, lock)
 
+    def record_eval(self, command: str) -> None:
+        """Name `command` as the source of the table's metrics (once its rows no longer hold any
+        other command's)."""
+        current = read_manifest(self.path) or self.manifest
+        if current.get("eval") != command:
+            write_manifest(self.path, {**current, "eval": command})
+
     def close(self) -> None:
+        for name in list(self._staging):
+            self.discard(name)
         _unlock(self._lock)
         self._lock = None
 
     def point_path(self, name: str) -> Path:
         return self.path / name
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[Path]:
-        """A path to write point `name` to; on success it is renamed to `DIR/name` in one step.
-
-        The yielded path does not exist yet and sits in a hidden staging folder of `DIR`: write
-        the point's single adapter there, or create it as a folder of several adapters.
-        """
+    def begin(self, name: str) -> Path:
+        """A path to write point `name` to, inside a hidden staging folder of `DIR`; it does not
+        exist yet: write the point's single adapter there, or make it a folder of several.
+        `commit` renames it to `DIR/name` in one step; `discard` throws it away."""
         destination = self.point_path(name)
         if destination.exists():
             raise AdapterError("this point is already written; a sweep never overwrites a point", destination)
+        if name in self._staging:
+            raise AdapterError("this point is already being written", destination)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGE_MARK}", dir=self.path))
+        self._staging[name] = staging
+        return staging / name
+
+    def commit(self, name: str) -> Path:
+        destination = self.point_path(name)
+        staging = self._staging.get(name)
+        if staging is None:
+            raise AdapterError("commit of a point that was not begun", destination)
         try:
-            target = staging / name
-            yield target
-            if not target.is_dir():
+            if not (staging / name).is_dir():
                 raise AdapterError("the compute step wrote nothing for this point", destination)
-            os.rename(target, destination)
+            os.rename(staging / name, destination)
         finally:
+            self.discard(name)
+        return destination
+
+    def discard(self, name: str) -> None:
+        staging = self._staging.pop(name, None)
+        if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Path]:
+        """`begin`, then `commit` when the block succeeds (`discard` when it raises)."""
+        target = self.begin(name)
+        try:
+            yield target
+        except BaseException:
+            self.discard(name)
+            raise
+        self.commit(name)
 
 
 def is_sweep_entry(name: str) -> bool:

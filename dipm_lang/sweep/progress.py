@@ -27,8 +27,10 @@ class Progress:
         self._failed = 0
         self._bar: Any = None
         if enabled:
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm comes with transformers and huggingface_hub; without it, no bar
+                return
             self._bar = tqdm(total=total, initial=done, desc=label, unit="pt", file=self.stream,
                              ncols=max(20, min(MAX_WIDTH, columns - 1)), dynamic_ncols=False, leave=True,
                              mininterval=0.2, bar_format=BAR_FORMAT)

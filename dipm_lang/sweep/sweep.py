@@ -68,10 +68,19 @@ class Objective:
 
 
 class PointSink(Protocol):
-    """What the compute step is given: where to write, and where to report each point."""
+    """What the compute step is given: where to write, and where to report each point.
+
+    Write a point either straight to `path(point)` with an atomic writer (one save), or to the
+    path `begin(point)` returns (any number of saves) followed by `commit(point)` — `stage(point)`
+    is the same as a context manager. Then report it: `written(point)`, or `failed(point, msg)`
+    (after `discard(point)` if it was begun). The sweep goes on past a failed point.
+    """
 
     def path(self, point: Point) -> Path: ...
     def stage(self, point: Point) -> Any: ...
+    def begin(self, point: Point) -> Path: ...
+    def commit(self, point: Point) -> Path: ...
+    def discard(self, point: Point) -> None: ...
     def written(self, point: Point) -> None: ...
     def failed(self, point: Point, message: str) -> None: ...
 
@@ -202,9 +211,21 @@ class Sweep:
 
     @contextmanager
     def stage(self, point: Point) -> Iterator[Path]:
-        """A not-yet-existing path to write the point to, renamed to `path(point)` on success."""
+        """A not-yet-existing path to write the point to, renamed to `path(point)` when the block
+        succeeds. (Then report it: `written(point)`.)"""
         with self.folder.stage(point.name) as target:
             yield target
+
+    def begin(self, point: Point) -> Path:
+        """`stage` in two calls, for a writer that keeps many points open during one pass:
+        `begin` gives the path to write to, `commit` puts the point in place, `discard` drops it."""
+        return self.folder.begin(point.name)
+
+    def commit(self, point: Point) -> Path:
+        return self.folder.commit(point.name)
+
+    def discard(self, point: Point) -> None:
+        self.folder.discard(point.name)
 
     def is_written(self, point: Point) -> bool:
         return self.path(point).is_dir()
@@ -247,7 +268,9 @@ class Sweep:
             self._kept += 1
             self._finish_point(point, row, write=False)
         with self._lock:
-            self._write()
+            self._write()  # rows of another eval command are gone from the table now
+        if self.eval_spec is not None:
+            self.folder.record_eval(self.eval_spec.command)
 
     def restore(self, points: Sequence[Point]) -> None:
         """Keep an earlier run's rows of these points as they were (a search's finished trials,
