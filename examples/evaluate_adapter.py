@@ -59,6 +59,8 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +119,25 @@ def load_base(args: argparse.Namespace) -> Any:
         smoke = PRESETS["smoke"]
         training = TrainSettings(args.toy_steps, smoke.base.batch, smoke.base.lr,
                                  min(smoke.base.warmup, max(1, args.toy_steps)))
-        model, cached = base_model(ModelSettings(), training, smoke.lengths, args.seed, args.toy_cache)
+        with _locked(args.toy_cache):  # `--jobs N` evaluators: one trains the base, the others load it
+            model, cached = base_model(ModelSettings(), training, smoke.lengths, args.seed, args.toy_cache)
         print(f"toy base (seed {args.seed}, {args.toy_steps} steps) {'from cache' if cached else 'trained'}",
               file=sys.stderr)
     model.eval()
     return model
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: evaluators may train the base side by side (the cache write is atomic)
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def score(args: argparse.Namespace) -> dict[str, float]:

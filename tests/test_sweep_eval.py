@@ -36,7 +36,8 @@ def test_adapter_is_shell_quoted_and_exported(tmp_path):
     (folder / "m.json").write_text('{"x": 3}\n')
     result = run_eval(job(CAT + " | tail -n 1", str(folder), t=0.3, lam=1.0))
     assert result.metrics == {"x": 3}
-    echo = run_eval(job("""printf '{"same": %d, "params": %d}\\n' "$([ "$DIPM_SWEEP_ADAPTER" = {adapter} ] && echo 1 || echo 0)" \
+    echo = run_eval(job("""printf '{"same": %d, "params": %d}\\n' \
+                        "$([ "$DIPM_SWEEP_ADAPTER" = {adapter} ] && echo 1 || echo 0)" \
                     "$([ "$DIPM_SWEEP_PARAMS" = '{"t": 0.3, "lam": 1.0}' ] && echo 1 || echo 0)" """,
                         str(folder), t=0.3, lam=1.0))
     assert echo.metrics == {"same": 1, "params": 1}
@@ -131,7 +132,7 @@ def test_failures_stay_per_point_and_the_others_are_unaffected(tmp_path):
     script.write_text(DISPATCH)
     axes = parse_grid(["t=0:6:1"])
     compute = FakeCompute()
-    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval=EvalSpec(f"sh {script} {{adapter}}", timeout=0.5),
+    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval_spec=EvalSpec(f"sh {script} {{adapter}}", timeout=0.5),
                     objective=Objective("score", maximize=True), executor=lambda: LocalExecutor(3)) as sweep:
         sweep.run_grid(compute)
         summary = sweep.finish(plot=False)
@@ -161,7 +162,7 @@ def test_jobs_n_runs_n_evaluations_at_once_and_matches_results_to_points(tmp_pat
     script.write_text(f'n=$(basename "$1"); date +%s.%N > "{log}/$n.start"; sleep 0.3; '
                       f'date +%s.%N > "{log}/$n.end"; cat "$1/m.json"\n')
     axes = parse_grid(["t=0:0.5:0.1"])
-    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval=EvalSpec(f"sh {script} {{adapter}}"),
+    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval_spec=EvalSpec(f"sh {script} {{adapter}}"),
                     executor=lambda: LocalExecutor(3)) as sweep:
         sweep.run_grid(FakeCompute())
         summary = sweep.finish(plot=False)
@@ -192,7 +193,7 @@ def test_evaluations_start_while_points_are_still_being_computed(tmp_path):
             time.sleep(0.25)
 
     command = f'date +%s.%N > "{marks}/$(basename {{adapter}})"; cat {{adapter}}/m.json'
-    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval=EvalSpec(command),
+    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval_spec=EvalSpec(command),
                     executor=lambda: LocalExecutor(1)) as sweep:
         sweep.run_grid(slow_compute)
         sweep.finish(plot=False)
@@ -213,7 +214,8 @@ def test_interrupting_the_sweep_ends_running_evaluations(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval=EvalSpec(f"sleep 30 & echo $! > {pidfile}; wait # {{adapter}}"),
+        command = f"sleep 30 & echo $! > {pidfile}; wait # {{adapter}}"
+        with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval_spec=EvalSpec(command),
                         executor=lambda: LocalExecutor(1)) as sweep:
             sweep.run_grid(compute_then_interrupt)
     time.sleep(0.2)

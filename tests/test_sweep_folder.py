@@ -27,7 +27,7 @@ def calls(tmp_path: Path) -> list[str]:
 
 
 def sweep_once(out, grid, compute, *, fingerprint=FINGERPRINT, eval_command=None, force=False, search=None):
-    with Sweep.open(out, fingerprint, parse_grid(grid), eval=EvalSpec(eval_command) if eval_command else None,
+    with Sweep.open(out, fingerprint, parse_grid(grid), eval_spec=EvalSpec(eval_command) if eval_command else None,
                     objective=Objective("score", True) if eval_command else None, force=force,
                     search=search) as sweep:
         sweep.run_grid(compute)
@@ -269,12 +269,12 @@ def test_metrics_of_an_old_eval_command_never_pass_for_the_new_one(tmp_path):
     assert sorted(calls(tmp_path)) == ["t=0.0", "t=1.0"]
     hang = "sleep 30 # {adapter}"
     with pytest.raises(KeyboardInterrupt):  # killed right after opening: the table still holds A's
-        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval=EvalSpec(hang)):
+        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval_spec=EvalSpec(hang)):
             raise KeyboardInterrupt
     assert json.loads((out / MANIFEST_NAME).read_text())["eval"] == command_a
     assert len(json.loads((out / "sweep.json").read_text())) == 2
     with pytest.raises(KeyboardInterrupt):  # killed while re-evaluating: A's metrics are gone
-        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval=EvalSpec(hang)) as sweep:
+        with Sweep.open(out, FINGERPRINT, parse_grid(["t=0,1"]), eval_spec=EvalSpec(hang)) as sweep:
             sweep.run_grid(FakeCompute())
             raise KeyboardInterrupt
     assert json.loads((out / "sweep.json").read_text()) == []

@@ -32,7 +32,7 @@ def local_ray():
 
 
 def run(tmp_path, grid, command, *, cpus=1.0, gpus=0.0, timeout=None, compute=None):
-    with Sweep.open(tmp_path / "out", FINGERPRINT, parse_grid(grid), eval=EvalSpec(command, timeout),
+    with Sweep.open(tmp_path / "out", FINGERPRINT, parse_grid(grid), eval_spec=EvalSpec(command, timeout),
                     objective=Objective("score", True),
                     executor=lambda: RayExecutor(num_cpus=cpus, num_gpus=gpus)) as sweep:
         sweep.run_grid(compute or FakeCompute())
@@ -85,7 +85,7 @@ def test_the_cat_evaluator_through_ray_equals_the_local_one(local_ray, tmp_path)
     from dipm_lang.sweep.executors import LocalExecutor
 
     remote = run(tmp_path / "ray", ["t=0:1:0.5"], CAT)
-    with Sweep.open(tmp_path / "local", FINGERPRINT, parse_grid(["t=0:1:0.5"]), eval=EvalSpec(CAT),
+    with Sweep.open(tmp_path / "local", FINGERPRINT, parse_grid(["t=0:1:0.5"]), eval_spec=EvalSpec(CAT),
                     objective=Objective("score", True), executor=lambda: LocalExecutor(2)) as sweep:
         sweep.run_grid(FakeCompute())
         local = sweep.finish(plot=False)

@@ -24,7 +24,7 @@ GRID = ["t=0:1", "w=1,2,3"]
 def search(out, compute, *, trials=12, seed=0, batch=1, grid=GRID, command=CAT, objective=("score", True)):
     axes = parse_grid(grid, search=True)
     objective = Objective(*objective)
-    with Sweep.open(out, FINGERPRINT, axes, eval=EvalSpec(command), objective=objective,
+    with Sweep.open(out, FINGERPRINT, axes, eval_spec=EvalSpec(command), objective=objective,
                     search=describe_search(axes, objective, command)) as sweep:
         run_search(sweep, compute, trials=trials, seed=seed, batch=batch)
         return sweep.finish(plot=False)

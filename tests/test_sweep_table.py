@@ -25,7 +25,7 @@ from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 
 def run(tmp_path, grid, *, eval_command=CAT, objective=("score", True), compute=None, plot=True, **kwargs):
     axes = parse_grid(grid)
-    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval=EvalSpec(eval_command) if eval_command else None,
+    with Sweep.open(tmp_path / "out", FINGERPRINT, axes, eval_spec=EvalSpec(eval_command) if eval_command else None,
                     objective=Objective(*objective) if objective else None, **kwargs) as sweep:
         sweep.run_grid(compute or FakeCompute())
         return sweep.finish(plot=plot)
@@ -224,5 +224,5 @@ def test_plot_never_overwrites_without_force(tmp_path):
         write_plot(rows, ["t"], target)
     assert target.read_bytes() == b"mine"
     write_plot(rows, ["t"], target, force=True)
-    assert png_size(target.read_bytes())[0] == 420
+    assert png_size(target.read_bytes()) == (840, 300)  # one parameter: its two panels side by side
     assert [n for n in os.listdir(tmp_path) if files.is_temp_name(n)] == []

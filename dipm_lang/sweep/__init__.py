@@ -17,7 +17,8 @@ Modules, one job each:
 - `cli`       — the flags, their checks (`plan_sweep`), and `run_sweep`
 """
 
-from dipm_lang.sweep.cli import SweepOptions, SweepPlan, add_sweep_arguments, execute, options_from, plan_sweep, run_sweep
+from dipm_lang.sweep.cli import (SweepOptions, SweepPlan, add_sweep_arguments, execute, options_from, plan_sweep,
+                                 run_sweep)
 from dipm_lang.sweep.evaluate import EvalJob, EvalResult, run_eval
 from dipm_lang.sweep.executors import Executor, LocalExecutor, RayExecutor, make_executor
 from dipm_lang.sweep.folder import Fingerprint

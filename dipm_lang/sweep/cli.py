@@ -57,8 +57,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where evaluations run: local processes, or Ray tasks (default local)")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="an existing Ray cluster (as ray.init(address=…) takes it); default: start a local one")
-    parser.add_argument("--eval-cpus", type=_non_negative_float, metavar="C", help="CPUs per Ray evaluation (default 1)")
-    parser.add_argument("--eval-gpus", type=_non_negative_float, metavar="G", help="GPUs per Ray evaluation (default 0)")
+    parser.add_argument("--eval-cpus", type=_non_negative_float, metavar="C",
+                        help="CPUs per Ray evaluation (default 1)")
+    parser.add_argument("--eval-gpus", type=_non_negative_float, metavar="G",
+                        help="GPUs per Ray evaluation (default 0)")
     parser.add_argument("--search", choices=("optuna",),
                         help="sample points with Optuna's TPE instead of the whole grid (needs --eval, "
                              "--maximize/--minimize and --trials)")
@@ -129,7 +131,8 @@ def plan_sweep(options: SweepOptions, parameters: Collection[str] | None = None)
     if o.maximize and o.minimize:
         raise UsageError("give --maximize or --minimize, not both")
     if metric is not None and not o.eval_command:
-        raise UsageError(f"--{'maximize' if o.maximize else 'minimize'} {metric} needs --eval (the metrics come from it)")
+        flag = "--maximize" if o.maximize else "--minimize"
+        raise UsageError(f"{flag} {metric} needs --eval (the metrics come from it)")
     if o.eval_timeout is not None and not o.eval_command:
         raise UsageError("--eval-timeout needs --eval")
     if o.executor != "ray":
@@ -187,7 +190,7 @@ def execute(plan: SweepPlan, compute: Compute, fingerprint: Fingerprint, *,
                              cpus=1.0 if o.eval_cpus is None else o.eval_cpus,
                              gpus=0.0 if o.eval_gpus is None else o.eval_gpus)
 
-    with Sweep.open(o.output, fingerprint, plan.axes, eval=plan.eval, objective=plan.objective,
+    with Sweep.open(o.output, fingerprint, plan.axes, eval_spec=plan.eval, objective=plan.objective,
                     search=plan.search, force=o.force, executor=executor, progress=progress) as sweep:
         if plan.search is not None:
             run_search(sweep, compute, trials=o.trials or 0, seed=o.seed or 0, batch=o.jobs)

@@ -107,7 +107,8 @@ def parse_grid(items: Sequence[str], *, parameters: Collection[str] | None = Non
     if not search:
         total = math.prod(sizes)
         if total > max_points:
-            shape = " × ".join(f"{spec[0]}: {size} value{'s' if size != 1 else ''}" for spec, size in zip(specs, sizes))
+            shape = " × ".join(f"{spec[0]}: {size} value{'s' if size != 1 else ''}"
+                               for spec, size in zip(specs, sizes))
             raise GridError(f"the grid has {total} points ({shape}), more than the limit of {max_points}",
                             hint="use coarser steps, fewer values, or raise the limit with --max-points N")
     return [make() for make in checked]

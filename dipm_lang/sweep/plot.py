@@ -1,6 +1,7 @@
 """The sweep plot: one panel per (metric, swept parameter), the best point starred.
 
-Rows of panels are metrics (the objective first), columns are parameters. With one parameter a
+Rows of panels are metrics (the objective first), columns are parameters (a single parameter's
+panels wrap, three to a row). With one parameter a
 panel is a line over its values; with several, points sharing the other parameters' values are
 joined into one line (a legend names them when there are few), so interactions stay visible.
 Failed points have no metrics and are counted in the title instead.
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from dipm_lang.sweep.sweep import Objective
 
 MAX_METRICS = 12   # panel rows; more metrics are in the CSV
+ONE_PARAM_COLUMNS = 3  # panels per row when a single parameter is swept
 MAX_LINES = 8      # above this many combinations of the other parameters: points only, no legend
 PANEL = (4.2, 3.0)  # inches per panel
 DPI = 100
@@ -51,14 +53,19 @@ def render_png(rows: Sequence[Row], params: Sequence[str], objective: Objective 
     hidden = max(0, len(metrics) - MAX_METRICS)
     metrics = metrics[:MAX_METRICS] or ["(no metrics)"]
     params = list(params)
-    figure = Figure(figsize=(PANEL[0] * len(params), PANEL[1] * len(metrics)), dpi=DPI, layout="constrained")
+    panels = [(metric, param) for metric in metrics for param in params]
+    # A row per metric, a column per parameter; one parameter's panels wrap into rows of ONE_PARAM_COLUMNS.
+    columns = len(params) if len(params) > 1 else min(ONE_PARAM_COLUMNS, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    figure = Figure(figsize=(PANEL[0] * columns, PANEL[1] * rows_of_panels), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(metrics), len(params), squeeze=False)
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
     ok = [row for row in rows if row.get("status") == "ok"]
     best = next((row for row in rows if row.get("best")), None)
-    for i, metric in enumerate(metrics):
-        for j, param in enumerate(params):
-            _panel(axes[i][j], ok, params, param, metric, best, objective, legend=(i == 0 and j == 0))
+    for i, (metric, param) in enumerate(panels):
+        _panel(axes[i], ok, params, param, metric, best, objective, legend=(i == 0))
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     failed = len(rows) - len(ok)
     title = f"{len(rows)} points" + (f", {failed} failed (not shown)" if failed else "")
     if hidden:

@@ -99,7 +99,8 @@ def _select(rows: Sequence[Row], objective) -> tuple[list[Row], str | None]:
     if objective is None:
         return list(rows[:MAX_ROWS]), f"(first {MAX_ROWS} of {len(rows)} points; all are in sweep.csv)"
     ranked = [row for row in rows if metric_value(row, objective.metric) is not None]
-    ranked.sort(key=lambda row: metric_value(row, objective.metric), reverse=objective.maximize)  # stable: ties keep point order
+    # sort is stable: ties keep point order, as the best pick does
+    ranked.sort(key=lambda row: metric_value(row, objective.metric), reverse=objective.maximize)
     return ranked[:TOP_ROWS], f"(the {min(TOP_ROWS, len(ranked))} best of {len(rows)} points; all are in sweep.csv)"
 
 

@@ -8,7 +8,7 @@ whole: write it to `sink.path(point)` with an atomic writer (one save), or to th
 `written` submits the point's evaluation at once, so evaluations overlap the computing of the
 other points. Nothing here imports the compiler.
 
-    with Sweep.open(dir, fingerprint, axes, eval=EvalSpec("python ev.py {adapter}"),
+    with Sweep.open(dir, fingerprint, axes, eval_spec=EvalSpec("python ev.py {adapter}"),
                     objective=Objective("acc", maximize=True), force=False) as sweep:
         sweep.run_grid(compute)          # or search.run_search(sweep, compute, …)
         summary = sweep.finish()         # waits, marks the best, writes table and plot
@@ -151,7 +151,7 @@ class Sweep:
 
     @classmethod
     def open(cls, path: str | Path, fingerprint: Fingerprint, axes: Sequence[Axis], *,
-             eval: EvalSpec | None = None, objective: Objective | None = None,
+             eval_spec: EvalSpec | None = None, objective: Objective | None = None,
              search: dict[str, Any] | None = None, force: bool = False,
              executor: Callable[[], Executor] | None = None, progress: Progress | None = None) -> Sweep:
         """Open (create, resume, or with `force` replace) the sweep folder `path`.
@@ -161,10 +161,14 @@ class Sweep:
         time one is needed (default: one local process at a time).
         """
         mode = "search" if search is not None else "grid"
-        manifest = new_manifest(fingerprint, mode, search, eval.command if eval else None)
+        manifest = new_manifest(fingerprint, mode, search, eval_spec.command if eval_spec else None)
         folder = SweepFolder.open(path, manifest, force=force)
-        return cls(folder, axes, eval_spec=eval, objective=objective,
-                   executor=executor or (lambda: LocalExecutor(1)), progress=progress)
+        try:
+            return cls(folder, axes, eval_spec=eval_spec, objective=objective,
+                       executor=executor or (lambda: LocalExecutor(1)), progress=progress)
+        except BaseException:
+            folder.close()
+            raise
 
     def __enter__(self) -> Sweep:
         return self
