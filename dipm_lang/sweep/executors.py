@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from dipm_lang.errors import UsageError
+from dipm_lang.errors import RuntimeDipmError, UsageError
 from dipm_lang.sweep import evaluate
 from dipm_lang.sweep.evaluate import EvalJob, EvalResult, end_process_group, run_eval
 
@@ -102,7 +102,7 @@ class RayExecutor:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise UsageError(f"cannot connect to {where}: {exc}") from None
+                raise RuntimeDipmError(f"cannot connect to {where}: {exc}") from None
         # Ship evaluate.py by value: workers need not have dipm_lang installed.
         cloudpickle.register_pickle_by_value(evaluate)
         self._task = ray.remote(evaluate.run_eval_plain).options(num_cpus=num_cpus, num_gpus=num_gpus)

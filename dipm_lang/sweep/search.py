@@ -88,6 +88,7 @@ def run_search(sweep: Sweep, compute: Compute, *, trials: int, seed: int = 0, ba
     from optuna.trial import TrialState
 
     objective = sweep.objective
+    sweep.start_executor()
     study = open_study(sweep, objective)
     space = search_space(sweep.axes)
     names = sweep.params

@@ -313,17 +313,24 @@ class Sweep:
         """Submit the point's evaluation. The returned future completes once the point's row is
         recorded (so waiting on it means the table is up to date)."""
         assert self.eval_spec is not None
+        executor = self.start_executor()
         with self._lock:
             if point in self._futures and not self._futures[point].done():
                 return self._futures[point]
-            if self._executor is None:
-                self._executor = self._make_executor()
             job = EvalJob(self.eval_spec.command, str(self.path(point)), point.values, self.eval_spec.timeout)
             recorded: Future[EvalResult] = Future()
             self._futures[point] = recorded
-            running = self._executor.submit(job)
+            running = executor.submit(job)
         running.add_done_callback(lambda done: self._evaluated(point, done, recorded))
         return recorded
+
+    def start_executor(self) -> Executor:
+        """The evaluation executor, started now if not yet (a sweep starts it before computing,
+        so that e.g. an unreachable Ray cluster stops it before any work)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = self._make_executor()
+            return self._executor
 
     def _evaluated(self, point: Point, done: Future[EvalResult], recorded: Future[EvalResult]) -> None:
         try:
@@ -412,6 +419,8 @@ class Sweep:
         """Every grid point: those already written are adopted, the rest go to `compute` in one
         call (one pass over modules), each evaluated as soon as it is written."""
         points = self.grid_points()
+        if self.eval_spec is not None:
+            self.start_executor()
         self.add_points(points)
         done = [p for p in points if self.is_written(p)]
         self.adopt(done)
