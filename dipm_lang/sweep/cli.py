@@ -64,7 +64,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", choices=("optuna",),
                         help="sample points with Optuna's TPE instead of the whole grid (needs --eval, "
                              "--maximize/--minimize and --trials)")
-    parser.add_argument("--trials", type=_positive_int, metavar="N", help="points a search evaluates in all")
+    parser.add_argument("--trials", type=_positive_int, metavar="N",
+                        help="trials of the search in all, earlier runs' included (a point asked again is "
+                             "not recomputed)")
     parser.add_argument("--seed", type=int, metavar="S", help="the search's seed (default 0)")
     parser.add_argument("--max-points", type=_positive_int, default=MAX_POINTS, metavar="N",
                         help=f"refuse grids of more points (default {MAX_POINTS})")

@@ -110,7 +110,8 @@ def run_search(sweep: Sweep, compute: Compute, *, trials: int, seed: int = 0, ba
         elif finished < trials:
             asked = []
             for _ in range(min(batch, trials - finished)):
-                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)))
+                asked_so_far = len(study.get_trials(deepcopy=False))
+                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, asked_so_far))
                 trial = study.ask(space)
                 asked.append((trial.number, trial.params))
         else:
