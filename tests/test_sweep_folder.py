@@ -196,11 +196,11 @@ def test_a_failed_point_leaves_no_partial_folder_and_stale_staging_is_removed(tm
 
     stale = out / ".t=0.0.sweep-stage-12345"
     (stale / "t=0.0").mkdir(parents=True)
-    (out / ".sweep.json.tmp-abc").write_text("[")
+    (out / ".sweep.json.dipm-tmp-abc").write_text("[")
     compute = FakeCompute()
     sweep_once(out, ["t=0,1"], compute)
     assert compute.calls == [["t=0.0", "t=1.0"]]  # failed points are computed again
-    assert not stale.exists() and not (out / ".sweep.json.tmp-abc").exists()
+    assert not stale.exists() and not (out / ".sweep.json.dipm-tmp-abc").exists()
 
 
 def test_a_written_point_is_never_overwritten(tmp_path):

@@ -1,6 +1,7 @@
 """`--executor ray`: evaluations as Ray tasks with CPU/GPU requests, on a local Ray instance.
 
-Slow (starting Ray takes seconds) and needs `pip install ray`. An existing cluster
+Slow (starting Ray takes seconds) and needs `pip install "dipm_lang[ray]"`; .ci/run installs it
+and sets DIPM_REQUIRE_OPTIONAL, so there a missing Ray fails instead of skipping. An existing cluster
 (`--ray-address`) is not tested here: the same `ray.init(address=…)` call connects to one, and
 the adapter folders must then be on a file system the worker nodes share.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-ray = pytest.importorskip("ray")  # an optional dependency
+from optional import optional_import
+
+ray = optional_import("ray", extra="ray")
 
 from dipm_lang.sweep.executors import RayExecutor
 from dipm_lang.sweep.grid import parse_grid

@@ -7,8 +7,6 @@ import json
 
 import pytest
 
-pytest.importorskip("optuna")  # an optional dependency: `pip install optuna`
-
 from dipm_lang.errors import UsageError
 from dipm_lang.sweep.folder import JOURNAL_NAME
 from dipm_lang.sweep.grid import parse_grid

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from dipm_lang.errors import AdapterError
+from dipm_lang.io import atomic
 from dipm_lang.sweep import files, table
 from dipm_lang.sweep.grid import parse_grid
 from dipm_lang.sweep.plot import write_plot
@@ -112,7 +113,7 @@ def test_table_updates_are_atomic(tmp_path, monkeypatch):
         renames.append((os.path.dirname(src), os.path.basename(src), os.path.basename(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(files.os, "replace", spy)
+    monkeypatch.setattr(atomic.os, "replace", spy)
     thread = threading.Thread(target=reader)
     thread.start()
     try:
@@ -131,8 +132,8 @@ def test_table_updates_are_atomic(tmp_path, monkeypatch):
     def broken(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(files.os, "replace", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(atomic.os, "replace", broken)
+    with pytest.raises(AdapterError, match="disk full"):
         table.write_table(out, [])
     assert (out / "sweep.json").read_text() == before
     assert not [name for name in os.listdir(out) if files.is_temp_name(name)]

@@ -24,6 +24,10 @@ from pathlib import Path
 from dipm_lang.errors import AdapterError
 
 
+TEMP_MARK = ".dipm-tmp-"
+"""In the name of a hidden file being written: `.NAME.dipm-tmp-PID-…` (removed or renamed at the end)."""
+
+
 def check_file_output(path: str | Path, *, inputs: Sequence[str | Path] = (), force: bool = False) -> Path:
     """Check that the file `path` may be written; returns it resolved. Nothing is written."""
     given = Path(path).expanduser()
@@ -61,7 +65,7 @@ def staged_file(path: str | Path, *, inputs: Sequence[str | Path] = (), force: b
     dest = check_file_output(path, inputs=inputs, force=force)
     created = _make_parents(dest.parent)
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{dest.name}.dipm-tmp-{os.getpid()}-", dir=dest.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{dest.name}{TEMP_MARK}{os.getpid()}-", dir=dest.parent)
         os.close(handle)
     except OSError as e:
         _remove_created(created)
@@ -97,9 +101,23 @@ def _mode_for(dest: Path) -> int:
     try:
         return dest.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)  # reading the umask means setting it; put it back at once
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (os.umask can only
+    swap it, which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 
 def _fsync(path: Path) -> None:

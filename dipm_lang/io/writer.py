@@ -39,6 +39,7 @@ import torch
 from dipm_lang.backend.balance import balanced
 from dipm_lang.backend.lowrank import LowRank, unit_norms
 from dipm_lang.errors import AdapterError
+from dipm_lang.io.atomic import current_umask
 from dipm_lang.io.finite import all_finite
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
@@ -124,21 +125,6 @@ def _foreign_entries(folder: Path) -> list[str]:
 
 def _resolve(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where the system allows (os.umask can only
-    swap it, which would race with other threads creating files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def apply_umask(folder: Path) -> None:

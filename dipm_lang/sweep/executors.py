@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from dipm_lang.errors import RuntimeDipmError, UsageError
-from dipm_lang.sweep import evaluate
+import dipm_lang.sweep.evaluate as evaluate
 from dipm_lang.sweep.evaluate import EvalJob, EvalResult, end_process_group, run_eval
 
 
@@ -89,7 +89,7 @@ class RayExecutor:
             import ray
             from ray import cloudpickle
         except ImportError:
-            raise UsageError("--executor ray needs Ray: pip install ray") from None
+            raise UsageError('--executor ray needs Ray: pip install "dipm_lang[ray]"') from None
         import logging
 
         self._ray = ray

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dipm_lang.errors import AdapterError
+from dipm_lang.io.atomic import TEMP_MARK
 from dipm_lang.sweep.files import is_temp_name, write_atomic
 from dipm_lang.sweep.points import parse_point_name
 from dipm_lang.sweep.table import CSV_NAME, TABLE_NAME
@@ -195,9 +196,11 @@ def is_sweep_entry(name: str) -> bool:
     or one of their temporary or staging names."""
     if name in OWN_FILES or parse_point_name(name) is not None:
         return True
-    if name.startswith(".") and (STAGE_MARK in name or ".dipm-tmp-" in name or ".dipm-old-" in name):
+    if any(is_temp_name(name, of) for of in OWN_FILES):
+        return True
+    if name.startswith(".") and (STAGE_MARK in name or TEMP_MARK in name or ".dipm-old-" in name):
         return parse_point_name(name[1:].split(STAGE_MARK)[0].split(".dipm-")[0]) is not None
-    return any(is_temp_name(name, of) for of in OWN_FILES)
+    return False
 
 
 def _check_replaceable(folder: Path, previous: dict[str, Any] | None, manifest: dict[str, Any],

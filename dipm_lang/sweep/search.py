@@ -56,7 +56,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise UsageError("--search optuna needs Optuna: pip install optuna") from None
+        raise UsageError('--search optuna needs Optuna: pip install "dipm_lang[search]"') from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial on stderr
     return optuna
 
