@@ -14,7 +14,9 @@ added later is generated without touching this file:
    bound name, a literal) or an operator with a signature producing T, and draw its arguments by
    their parameters' kinds: operands recursively by their signature's types, static ones from the
    kind (`Int(minimum)`, `Real(low, high)`, `Choice(values)`, `Numbers(of)`, `Pattern`, `Layers`…),
-   written positionally or by keyword, defaults sometimes left out.
+   written positionally or by keyword, defaults sometimes left out. Half of the saves and
+   bindings start with an operator drawn evenly among all of them (`focused`), so deep or rare
+   operators are exercised as often as common ones.
 
 What the generic walk cannot know gets a small explicit strategy (typing that depends on values,
 not on types):
