@@ -40,3 +40,20 @@ def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def peft_adapter_digests(peft_adapters: dict[str, Path]) -> dict[str, dict[str, str]]:
     """File hashes of every shared adapter, taken right after they were built."""
     return _DIGESTS
+
+
+@pytest.fixture(scope="session")
+def quartet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with `adapters/{H,G,T,C}`; a script written as `<folder>/prog.dipm` loads them by
+    relative paths. They differ in rank, scale convention and module set: H and G have equal ranks
+    wherever both have a module (one rank class: factor merges, `lora` and factor sums may mix
+    them), T has rank 8, C a `rank_pattern` (rank 2 in `v_proj`) and an `alpha_pattern`; G and T
+    have a `down_proj` that H and C lack, C an `o_proj` that the others lack."""
+    root = tmp_path_factory.mktemp("quartet")
+    make_peft_adapter(root / "adapters" / "H", seed=21, r=4, alpha=8)
+    make_peft_adapter(root / "adapters" / "G", seed=22, r=4, alpha=16, use_rslora=True,
+                      target_modules=("q_proj", "v_proj", "down_proj"))
+    make_peft_adapter(root / "adapters" / "T", seed=23, r=8, alpha=16, target_modules=("q_proj", "v_proj", "down_proj"))
+    make_peft_adapter(root / "adapters" / "C", seed=24, r=4, alpha=4, target_modules=("q_proj", "v_proj", "o_proj"),
+                      rank_pattern={"v_proj": 2}, alpha_pattern={"layers.0.self_attn.q_proj": 3})
+    return root

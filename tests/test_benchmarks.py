@@ -54,7 +54,9 @@ def test_tables_have_every_row_with_numbers(quick_results: Path) -> None:
     assert "Machine:" in text and "torch" in text and "cores" in text
     targets = [r for r in rows if r.startswith(("rank-", "transfer,", "peak memory"))]
     assert len(targets) == 4, targets
-    assert all(rows[t][-1].strip("*") in ("PASS", "MISS") for t in targets)
+    # each verdict in the table is the one results.json holds (checked against its numbers below)
+    verdicts = {t["target"]: t["result"] for t in json.loads((quick_results / "results.json").read_text())["targets"]}
+    assert {t: rows[t][-1].strip("*") for t in targets} == verdicts
 
 
 def test_json_numbers_are_positive(quick_results: Path) -> None:
@@ -64,7 +66,13 @@ def test_json_numbers_are_positive(quick_results: Path) -> None:
         for key in ("dipm_s_per_module", "peft_s_per_module", "dipm_process_s", "peft_process_s",
                     "dipm_peak_mib", "peft_peak_mib"):
             assert row[key] > 0, (row["method"], key)
-        assert row["dipm_error"] >= 0 and row["peft_error"] >= 0
+        if row["method"].startswith("dare"):
+            # random masks: dipm's are seeded per module, PEFT's come from torch's global RNG, so the
+            # errors differ; but both drop entries with probability 1 - density and rescale the rest
+            # by 1/density, so the errors have the same size (full-size run: 2.547 and 2.535)
+            assert row["dipm_error"] == pytest.approx(row["peft_error"], rel=0.2), row
+        else:  # the same merge computed two ways: the same distance from the exact weighted sum
+            assert row["dipm_error"] == pytest.approx(row["peft_error"], rel=1e-3, abs=1e-5), row
     cat = next(r for r in results["peft"] if r["method"] == "cat")
     assert cat["dipm_error"] < 1e-5 and cat["peft_error"] < 1e-5  # cat is exact in both
     assert [r["recipe"] for r in results["recipes"]] == list(RECIPES)
@@ -78,3 +86,10 @@ def test_json_numbers_are_positive(quick_results: Path) -> None:
         for row in rows:
             assert all(v > 0 for k, v in row.items() if isinstance(v, (int, float))), row
     assert len(results["targets"]) == 4
+    for target in results["targets"]:
+        # PASS exactly when the measured value meets the goal ("≥ 1000× PEFT", "≤ 1.5× the I/O floor",
+        # "≤ baseline + … + 64 MiB": the bound is the goal's number)
+        bound = float(re.search(r"\d+(?:\.\d+)?", target["goal"]).group())
+        met = target["value"] >= bound if target["goal"].startswith("≥") else target["value"] <= bound
+        assert target["goal"][0] in "≥≤", target
+        assert target["result"] == ("PASS" if met else "MISS"), target

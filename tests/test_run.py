@@ -1,5 +1,6 @@
-"""Execution: factored ≡ dense reference, optimized ≡ unoptimized, PEFT round trips,
-atomic multi-output writes, validation before work, and a huge module kept factored."""
+"""Execution: PEFT round trips, atomic multi-output writes, validation before work, and a huge
+module kept factored; helpers (`values`, `assert_same`, `trio`) that other tests use. Random
+programs, factored ≡ dense and optimized ≡ unoptimized: tests/test_equivalence.py."""
 
 from __future__ import annotations
 
@@ -9,18 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from adapters import folder_digest, huge_adapter, make_peft_adapter
 from dipm_lang.backend import dense as D
 from dipm_lang.cli.main import main
 from dipm_lang.compiler import ScriptText, compile
 from dipm_lang.run import RunOptions, execute, plan
-
-PROFILE = settings(deadline=None, derandomize=True, max_examples=40,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory) -> dict[str, Path]:
@@ -79,84 +74,6 @@ def assert_same(a: dict, b: dict, rtol: float = 1e-7) -> None:
             x, y = a[path].get(module, torch.zeros_like(like)), b[path].get(module, torch.zeros_like(like))
             scale = max(float(x.abs().max()), float(y.abs().max()), 1e-3)  # inputs are O(1e-2..1)
             assert torch.allclose(x, y, atol=rtol * scale, rtol=0), (path, module, float((x - y).abs().max()))
-
-
-# ---- random well-typed programs ------------------------------------------------------
-
-def _delta(depth: int) -> st.SearchStrategy[str]:
-    leaf = st.sampled_from(["H", "T", "C"])
-    if depth <= 0:
-        return leaf
-    d, m = _dir(depth - 1), _mag(depth - 1)
-    sub = _delta(depth - 1)
-    return st.one_of(
-        leaf,
-        st.builds(lambda b, x, y: f"recombine({x}, {y})", st.just(0), d("out"), m("out")),
-        st.builds(lambda x, y: f"({x} + {y})", sub, sub),
-        st.builds(lambda k, x: f"{k} * {x}", st.sampled_from(["0.5", "-2", "1", "3"]), sub),
-        st.builds(lambda x: f"-{x}", sub),
-        st.builds(lambda x, r: f"lowrank({x}, {r})", sub, st.integers(1, 3)),
-        st.builds(lambda x: f'select({x}, "q_proj|down_proj")', sub),
-        st.builds(lambda x, y: f'replace({x}, {y}, layers=[1, 1])', sub, sub),
-        st.builds(lambda x, y: f"detox({x}, {y}, t=0.4)", sub, sub),
-        # baselines: svd/cat on any updates; elementwise and factor merges on adapters
-        st.builds(lambda x, y: f"svd([{x}, {y}], [0.5, -1], rank=2)", sub, sub),
-        st.builds(lambda x, y: f"cat([{x}, {y}], [2, -0.5])", sub, sub),
-        st.builds(lambda f, a, b: f"{f}([{a}, {b}], [1, -0.5], density=0.6, rank=3)",
-                  st.sampled_from(["ties_svd", "dare_ties_svd", "magnitude_prune_svd", "dare_linear_svd"]), leaf, leaf),
-        st.builds(lambda f, a: f"{f}([{a}, {a}], [1, 0.5], density=0.6)",
-                  st.sampled_from(["ties", "dare_ties", "dare_linear", "magnitude_prune"]), leaf),
-    )
-
-
-def _dir(depth: int):
-    def make(by: str) -> st.SearchStrategy[str]:
-        sub = _delta(depth)
-        base = st.builds(lambda x: f'dir({x}, by="{by}")', sub)
-        if depth <= 0:
-            return base
-        inner = _dir(depth - 1)(by)
-        return st.one_of(
-            base,
-            st.builds(lambda x: f"reverse({x})", inner),
-            st.builds(lambda x, y, t: f"shift({x}, {y}, {t})", inner, inner, st.sampled_from(["0.3", "1.5", "-0.5"])),
-            st.builds(lambda x, y: f"orth({x}, {y})", inner, inner),
-            st.builds(lambda x, y: f"mix([{x}, {y}], [2, 1])", inner, inner),
-            st.builds(lambda x: f'normalize({x}, by="{by}")', _delta(depth - 1)),
-        )
-
-    return make
-
-
-def _mag(depth: int):
-    def make(by: str) -> st.SearchStrategy[str]:
-        base = st.builds(lambda x: f'mag({x}, by="{by}")', _delta(depth))
-        if depth <= 0:
-            return base
-        inner = _mag(depth - 1)(by)
-        return st.one_of(base, st.builds(lambda x: f"2 * {x}", inner),
-                         st.builds(lambda x, y: f"mean([{x}, {y}], [1, 3])", inner, inner),
-                         st.builds(lambda x, y: f"max({x}, {y})", inner, inner))
-
-    return make
-
-
-def _program() -> st.SearchStrategy[str]:
-    bys = st.sampled_from(["out", "in", "matrix"])
-    delta = _delta(2)
-    return st.builds(
-        lambda a, b, by: f'save({a}, "out/a")\nsave({b}, "out/b")\n'
-                         f'save(recombine(shift(dir(H, by="{by}"), reverse(dir(T, by="{by}")), 0.25), '
-                         f'mag(C, by="{by}")), "out/c")\n',
-        delta, delta, bys)
-
-
-@PROFILE
-@given(text=_program())
-def test_factored_matches_dense_and_optimized_matches_unoptimized(trio, text):
-    reference = values(text, trio, level=0, dense=True)
-    assert_same(values(text, trio, level=0), reference)
-    assert_same(values(text, trio, level=2), reference)
 
 
 RECIPES = {

@@ -26,9 +26,15 @@ def plain(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
         raise ExecutionError("division by zero")
     if isinstance(b, torch.Tensor) and op == "div" and bool((b == 0).any()):
         raise ExecutionError("division by zero")
+    # two factors, not a factor and a per-module number (a number has no unit dimensions)
+    factor_pair = factors and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim()
     a, b = _aligned(a, b)
-    if factors and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
-        raise ExecutionError(f"factor shapes differ: {tuple(a.shape)} and {tuple(b.shape)} "
+    if factor_pair and a.shape != b.shape:
+        # a module one adapter lacks has a rank-0 factor: a zero factor of its partner's shape (SPEC §7.3)
+        if a.numel() == 0 or b.numel() == 0:
+            return _PLAIN[op](a if a.numel() else torch.zeros_like(b), b if b.numel() else torch.zeros_like(a))
+        # one module's shapes (the factored backend stacks a batch of modules in front)
+        raise ExecutionError(f"factor shapes differ: {tuple(a.shape[-2:])} and {tuple(b.shape[-2:])} "
                              "(factors of adapters with different ranks)")
     return _PLAIN[op](a, b)
 

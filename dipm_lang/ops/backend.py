@@ -1,28 +1,37 @@
 """The backend modules that the declarations' kernels call, imported on first use.
 
 Declaring operators must not import torch: the lowering and `dipm check`, `dipm explain`,
-`dipm --help` read the declarations and never run a kernel. `importlib.util.LazyLoader` (the
-standard library's lazy import) makes each module here a stand-in that imports the real one at its
-first attribute access, i.e. when a kernel first runs.
+`dipm --help` read the declarations and never run a kernel. Each name here is a stand-in that
+imports the real module at its first attribute access, i.e. when a kernel first runs.
+
+The stand-ins are not put in `sys.modules` (as `importlib.util.LazyLoader` does): code that walks
+`sys.modules` touching attributes — `inspect.getmodule`, `inspect.stack()`, which torch's own import
+calls — would then load one of them in the middle of another's import (`arith` while `lowrank` is
+still importing torch) and fail with an ImportError.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from types import ModuleType
+from typing import Any
 
 
-def _lazy(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.loader is not None, name
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+class _Lazy:
+    """A module, imported by `importlib.import_module` when one of its attributes is first read."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:  # only called for names the stand-in itself lacks
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+def _lazy(name: str) -> Any:
+    return _Lazy(name)
 
 
 L = _lazy("dipm_lang.backend.lowrank")          # factored kernels on LowRank values

@@ -10,13 +10,34 @@ from dipm_lang.ops.backend import D, L
 
 
 def _lora(ctx, node, B, A):
-    if B.shape[-1] != A.shape[-2]:
-        raise ExecutionError(f"lora: B has rank {B.shape[-1]} but A has rank {A.shape[-2]} in module {ctx.names[0]}")
+    """B @ A, factored. A module one adapter lacks has a rank-0 factor there: a zero factor of its
+    partner's shape (SPEC §7.3), so the update is zero."""
+    if B.shape[-1] == 0 or A.shape[-2] == 0:
+        return L.LowRank.zeros(B.shape[-2], A.shape[-1], B.shape[:-2], B.dtype, B.device)
+    _check_ranks(ctx, B, A)
     return L.LowRank(B, A)
 
 
-def _no_dense(ctx, node, *args):
-    raise ExecutionError("x.A / x.B have no dense reference (factors are not a function of ΔW)")
+def _lora_dense(ctx, node, B, A):
+    if B.shape[-1] == 0 or A.shape[-2] == 0:
+        return B.new_zeros((*B.shape[:-1], A.shape[-1]))
+    _check_ranks(ctx, B, A)
+    return B @ A
+
+
+def _check_ranks(ctx, B, A) -> None:
+    if B.shape[-1] != A.shape[-2]:
+        raise ExecutionError(f"lora: B has rank {B.shape[-1]} but A has rank {A.shape[-2]} in module {ctx.names[0]}")
+
+
+def _factor_dense(ctx, node, x):
+    """x.A / x.B in the dense reference, whose values are m×n matrices that do not determine the
+    factors: an adapter's factors are read again (`ctx.factors`, one module at a time)."""
+    source = node.args[0]
+    if source.op != "load" or ctx.factors is None:
+        raise ExecutionError("the dense reference has the factors of adapters only (x.A of a lora(...) value)")
+    factors = ctx.factors(source)
+    return (factors.A if node.attr("which") == "A" else factors.B)[0]
 
 
 def _swapped(t: Typing) -> None:
@@ -32,6 +53,9 @@ def _factor_of_update(t: Typing) -> None:
     ty = t.type("x")
     if not ty.is_update:
         t.fail("x", f"'.{t.values.get('which')}' needs a Delta, got {ty}")
+    if t.node("x").op not in ("load", "lora"):  # SPEC §7.3
+        t.fail("x", f"'.{t.values.get('which')}' needs an adapter (load(...)) or lora(B, A), not a computed "
+                    f"{ty}: the factors of a computed value depend on the implementation")
 
 
 OPERATORS = [
@@ -41,9 +65,9 @@ OPERATORS = [
              dense=lambda ctx, node, x: D.lowrank(x, node.attr("rank"))[0]),
     Operator("factor", (Param("x", Update()), Param("which", Choice(("A", "B")))), _factor_type,
              "x.A / x.B: one LoRA factor of an update, the scale folded into B (ΔW = x.B @ x.A).",
-             factored=lambda ctx, node, x: x.A if node.attr("which") == "A" else x.B, dense=_no_dense,
+             factored=lambda ctx, node, x: x.A if node.attr("which") == "A" else x.B, dense=_factor_dense,
              precheck=_factor_of_update, callable=False, returns_label="Factor[A|B]"),
     Operator("lora", (Param("B", FactorOf("B")), Param("A", FactorOf("A"))), DELTA,
              "The update B @ A from two factors (see x.A and x.B).",
-             factored=_lora, dense=_no_dense, precheck=_swapped),
+             factored=_lora, dense=_lora_dense, precheck=_swapped),
 ]
