@@ -36,3 +36,11 @@ def test_the_installed_metadata_says_the_same():
     installed = importlib.metadata.requires("dipm_lang") or []
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert str(torch_requirement(installed).specifier) == str(torch_requirement(project["dependencies"]).specifier)
+
+
+def test_every_package_ships():
+    """A non-editable install has only the packages pyproject lists: a new folder of dipm_lang that
+    is not listed imports fine here (editable) and fails for every user (ModuleNotFoundError)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "dipm_lang").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
