@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny PEFT adapters built once per test session."""
+"""Shared fixtures: tiny PEFT adapters built once per test session; one torch thread on request."""
 
 from __future__ import annotations
 
@@ -40,3 +40,21 @@ def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def peft_adapter_digests(peft_adapters: dict[str, Path]) -> dict[str, dict[str, str]]:
     """File hashes of every shared adapter, taken right after they were built."""
     return _DIGESTS
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch computes with one intra-op thread during the test (restored afterwards).
+
+    Why: on tensors this small, a second OpenMP thread only adds hand-offs; on a busy machine it
+    spins waiting for a descheduled peer. test_kernels took 19 s of CPU with 2 threads, 3 s with
+    1. dipm's own runs pin their kernels to one thread anyway (backend/parallel.py); a run that
+    takes its worker count from torch's setting runs its batches one after another here, the
+    parallel path being tested with explicit thread counts (test_determinism, test_io_fast_paths).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

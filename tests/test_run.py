@@ -151,6 +151,7 @@ def _program() -> st.SearchStrategy[str]:
         delta, delta, bys)
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 @PROFILE
 @given(text=_program())
 def test_factored_matches_dense_and_optimized_matches_unoptimized(trio, text):
