@@ -8,15 +8,12 @@ ordered last (conftest.py), so it has had the most time by then.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from clitools import ROOT, cli_env
-
-NICENESS = 10  # the suite's own tests (some bound their time) come first when cores are scarce
 
 
 class Job:
@@ -27,8 +24,7 @@ class Job:
         self.log = log
         self._output = open(log, "wb")
         self.process = subprocess.Popen(self.args, cwd=ROOT, env=cli_env(), stdin=subprocess.DEVNULL,
-                                        stdout=self._output, stderr=subprocess.STDOUT,
-                                        preexec_fn=lambda: os.nice(NICENESS))
+                                        stdout=self._output, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 1800) -> None:
         """Wait for the command; fail with the end of its output unless it exited with 0."""
