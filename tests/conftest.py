@@ -1,13 +1,17 @@
-"""Shared fixtures: tiny PEFT adapters built once per test session."""
+"""Shared fixtures: tiny PEFT adapters built once per test session; one torch thread on request;
+the detox miniature's smoke run, started in the background when the session starts."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from adapters import folder_digest, make_peft_adapter
+from background import DetoxSmoke, Job
 
 # name -> make_peft_adapter keyword arguments; together they cover the config semantics.
 ADAPTER_VARIANTS: dict[str, dict] = {
@@ -57,3 +61,61 @@ def quartet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_peft_adapter(root / "adapters" / "C", seed=24, r=4, alpha=4, target_modules=("q_proj", "v_proj", "o_proj"),
                       rank_pattern={"v_proj": 2}, alpha_pattern={"layers.0.self_attn.q_proj": 3})
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch computes with one intra-op thread during the test (restored afterwards).
+
+    Why: on tensors this small, a second OpenMP thread only adds hand-offs; on a busy machine it
+    spins waiting for a descheduled peer. test_kernels took 19 s of CPU with 2 threads, 3 s with
+    1. dipm's own runs pin their kernels to one thread anyway (backend/parallel.py); a run that
+    takes its worker count from torch's setting runs its batches one after another here, the
+    parallel path being tested with explicit thread counts (test_determinism, test_io_fast_paths).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ---- the detox miniature's smoke run, in the background ---------------------------------------
+
+DETOX_DRIVER = """\
+import sys
+from examples.experiments.detox_miniature.__main__ import main
+first, second, cache = sys.argv[1:]
+for out in (first, second):  # cold, then with the base model the first run cached
+    code = main(["--preset", "smoke", "--out", out, "--cache", cache, "--quiet"])
+    if code:
+        sys.exit(code)
+"""
+
+
+def _awaits_detox_smoke(item: pytest.Item) -> bool:
+    return "detox_smoke" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests awaiting the background run go last (a stable sort: the others keep their order)."""
+    items.sort(key=_awaits_detox_smoke)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def detox_smoke_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[DetoxSmoke | None]:
+    """`python -m examples.experiments.detox_miniature --preset smoke` twice (cold, then from the
+    cached base model), in one process started with the session — only when a collected test
+    uses the `detox_smoke` fixture (test_experiment.py), which waits for it."""
+    if not any(_awaits_detox_smoke(item) for item in request.session.items):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("detox_miniature")
+    first, second, cache = root / "first", root / "second", root / "cache"
+    job = Job([sys.executable, "-c", DETOX_DRIVER, str(first), str(second), str(cache)], log=root / "log.txt")
+    try:
+        yield DetoxSmoke(first, second, cache, job)
+    finally:
+        job.stop()

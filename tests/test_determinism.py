@@ -7,11 +7,17 @@ threads. dipm now runs every kernel single-threaded and parallelises across modu
 instead (dipm_lang/backend/parallel.py), so each sum has one order whatever the thread count.
 The adapters below have modules of several shapes (several batches, run side by side) with
 reductions over ~2000 features, long enough for MKL to split them.
+
+The reference and the environment-variable case start the real program (OMP_NUM_THREADS and
+MKL_NUM_THREADS are read when a process starts); the other runs call the CLI in this process with
+torch's intra-op thread count set as those variables would set it, which is what they change.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from adapters import PREFIX, folder_digest
-from clitools import cli_env, dipm
+from clitools import cli_env, dipm, run_main
 from dipm_lang.ops import OPERATORS
 
 SHAPES = [(1536 + 128 * i, 2048 - 96 * i) for i in range(6)]  # (m, n): six groups of one module each
@@ -64,13 +70,36 @@ def work(tmp_path_factory) -> Path:
 
 
 def _run(work: Path, *args: str, **env: str) -> dict[str, str]:
-    """Run the script; the digest of every output file; the outputs are removed again."""
-    import shutil
-
+    """Run the script as a new process; the digest of every output file; the outputs are removed again."""
     result = dipm("run", "s.dipm", "--device", "cpu", "-q", *args, cwd=work, env=cli_env(**env))
     assert result.code == 0, result.err
-    digest = folder_digest(work / "out")
-    shutil.rmtree(work / "out")
+    return _digest_and_remove(work / "out")
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count, as OMP_NUM_THREADS=count gives a new process; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_here(work: Path, *args: str, torch_threads: int) -> dict[str, str]:
+    """`_run` in this process, with `torch_threads` intra-op threads."""
+    with _torch_threads(torch_threads):
+        result = run_main("run", "s.dipm", "--device", "cpu", "-q", *args, cwd=work)
+    assert result.code == 0, result.err
+    return _digest_and_remove(work / "out")
+
+
+def _digest_and_remove(out: Path) -> dict[str, str]:
+    import shutil
+
+    digest = folder_digest(out)
+    shutil.rmtree(out)
     return digest
 
 
@@ -82,7 +111,7 @@ def reference(work: Path) -> dict[str, str]:
 
 
 def test_rerun_is_byte_identical(work: Path, reference: dict[str, str]) -> None:
-    assert _run(work, OMP_NUM_THREADS="1") == reference
+    assert _run_here(work, torch_threads=1) == reference
 
 
 def test_thread_count_from_the_environment_does_not_matter(work: Path, reference: dict[str, str]) -> None:
@@ -91,11 +120,11 @@ def test_thread_count_from_the_environment_does_not_matter(work: Path, reference
 
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_threads_option_does_not_matter(work: Path, reference: dict[str, str], threads: str) -> None:
-    assert _run(work, "--threads", threads, OMP_NUM_THREADS="2") == reference
+    assert _run_here(work, "--threads", threads, torch_threads=2) == reference
 
 
 def test_threads_option_is_checked(work: Path) -> None:
-    result = dipm("run", "s.dipm", "--threads", "0", cwd=work)
+    result = run_main("run", "s.dipm", "--threads", "0", cwd=work)
     assert result.code == 2 and "--threads: must be at least 1" in result.err, result.err
 
 
@@ -144,15 +173,15 @@ def baselines(tmp_path_factory, peft_adapters: dict[str, Path]) -> Path:
 
 
 def test_baselines_are_deterministic_across_threads(baselines: Path) -> None:
-    assert _run(baselines, "--threads", "1", OMP_NUM_THREADS="1") == _run(baselines, "--threads", "3",
-                                                                           OMP_NUM_THREADS="3")
+    assert _run_here(baselines, "--threads", "1", torch_threads=1) == _run_here(baselines, "--threads", "3",
+                                                                                torch_threads=3)
 
 
 def test_dare_drops_depend_on_the_module_not_the_batch(baselines: Path) -> None:
     """The q_proj modules come out the same whether v_proj modules share their batches or not."""
     from dipm_lang.io.reader import open_adapter, read_module
 
-    result = dipm("run", "s.dipm", "-q", cwd=baselines)
+    result = run_main("run", "s.dipm", "-q", cwd=baselines)
     assert result.code == 0, result.err
     full, only_q = open_adapter(baselines / "out" / "dare"), open_adapter(baselines / "out" / "dare_q")
     assert set(only_q.modules) == {n for n in full.modules if n.endswith("q_proj")} != set()

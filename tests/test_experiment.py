@@ -1,8 +1,10 @@
 """The detox miniature (examples/experiments/detox_miniature) end to end.
 
 The smoke preset runs twice (cold, then with the cached base model) and must give the same
-rows.json byte for byte. The full preset (3 seeds, minutes) is a slow test. No test asserts
-which method wins: the experiment is evidence, not a foregone conclusion.
+rows.json byte for byte. Those two runs start with the test session, in a process of their own
+(conftest.py: `detox_smoke_run`), and these tests wait for them. The full preset (3 seeds,
+minutes) is a slow test. No test asserts which method wins: the experiment is evidence, not a
+foregone conclusion.
 """
 
 from __future__ import annotations
@@ -21,19 +23,18 @@ from examples.experiments.detox_miniature.__main__ import main  # noqa: E402
 from examples.experiments.detox_miniature.metrics import METRICS  # noqa: E402
 from examples.experiments.detox_miniature.report import front_area, pareto_front  # noqa: E402
 
+from background import DetoxSmoke  # noqa: E402
+
 OUTPUTS = ("rows.json", "table.md", "pareto.png", "timings.json")
 DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink")
 
 
-def run(out: Path, cache: Path, *extra: str) -> dict:
-    assert main(["--preset", "smoke", "--out", str(out), "--cache", str(cache), "--quiet", *extra]) == 0
-    return json.loads((out / "rows.json").read_text())
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    root = tmp_path_factory.mktemp("detox_miniature")
-    return root / "first", root / "cache", run(root / "first", root / "cache")
+def detox_smoke(detox_smoke_run: DetoxSmoke) -> tuple[Path, Path, dict]:
+    """The cold smoke run's --out, its --cache and its rows.json (both runs finished)."""
+    detox_smoke_run.job.wait()
+    first = detox_smoke_run.first
+    return first, detox_smoke_run.cache, json.loads((first / "rows.json").read_text())
 
 
 def rows_of(data: dict, method: str) -> list[dict]:
@@ -52,8 +53,8 @@ def same_metrics(row: dict, ref: dict) -> None:
             assert row[metric] == ref[metric], (row["expr"], metric)
 
 
-def test_all_outputs_written(smoke):
-    out, _, data = smoke
+def test_all_outputs_written(detox_smoke):
+    out, _, data = detox_smoke
     for name in OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -64,8 +65,8 @@ def test_all_outputs_written(smoke):
     assert methods >= {"base", "H", "T", "C", *DETOX_SWEEPS, "dipm_transfer", "ta_transfer"}
 
 
-def test_zero_parameter_rows_equal_the_input(smoke):
-    _, _, data = smoke
+def test_zero_parameter_rows_equal_the_input(detox_smoke):
+    _, _, data = detox_smoke
     H, C = reference(data, "H"), reference(data, "C")
     for method in DETOX_SWEEPS:
         same_metrics(rows_of(data, method)[0], H)
@@ -74,8 +75,8 @@ def test_zero_parameter_rows_equal_the_input(smoke):
     assert all(rows_of(data, m)[0]["value"] == 0 for m in DETOX_SWEEPS)
 
 
-def test_dipm_keeps_row_norms(smoke):
-    out, _, data = smoke
+def test_dipm_keeps_row_norms(detox_smoke):
+    out, _, data = detox_smoke
     checked = [r for r in data["rows"] if "row_norm_rel_err" in r]
     assert {r["method"] for r in checked} >= {"dipm_detox", "dipm_transfer"}
     assert max(r["row_norm_rel_err"] for r in checked) < 1e-5
@@ -91,16 +92,16 @@ def test_dipm_keeps_row_norms(smoke):
             assert float((kept[name] - value).abs().max()) <= 1e-5 * float(value.max()), name
 
 
-def test_H_has_the_behaviour_and_the_skill(smoke):
-    _, _, data = smoke
+def test_H_has_the_behaviour_and_the_skill(detox_smoke):
+    _, _, data = detox_smoke
     H = reference(data, "H")
     assert H["unwanted_rate"] >= 0.3
     assert H["helpful_skill"] >= 0.8
     assert reference(data, "base")["unwanted_rate"] == 0  # the base model never learnt it
 
 
-def test_largest_sweep_values_lower_the_unwanted_rate(smoke):
-    _, _, data = smoke
+def test_largest_sweep_values_lower_the_unwanted_rate(detox_smoke):
+    _, _, data = detox_smoke
     H = reference(data, "H")
     for method in ("dipm_detox", "task_arithmetic", "ta_keep_mag"):
         last = rows_of(data, method)[-1]
@@ -108,11 +109,11 @@ def test_largest_sweep_values_lower_the_unwanted_rate(smoke):
         assert last["unwanted_rate"] < H["unwanted_rate"], method
 
 
-def test_rerun_is_byte_identical(smoke, tmp_path):
-    out, cache, _ = smoke
-    run(tmp_path / "second", cache)
-    assert json.loads((tmp_path / "second" / "timings.json").read_text())["seeds"]["0"]["base_model_cached"]
-    assert (tmp_path / "second" / "rows.json").read_bytes() == (out / "rows.json").read_bytes()
+def test_rerun_is_byte_identical(detox_smoke, detox_smoke_run):
+    out, _, _ = detox_smoke
+    second = detox_smoke_run.second  # run with the first run's --cache
+    assert json.loads((second / "timings.json").read_text())["seeds"]["0"]["base_model_cached"]
+    assert (second / "rows.json").read_bytes() == (out / "rows.json").read_bytes()
 
 
 def test_pareto_front_and_area():

@@ -20,6 +20,8 @@ from dipm_lang.backend import dense
 from dipm_lang.backend import lowrank as lr
 from dipm_lang.backend.lowrank import LowRank
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
+
 F64 = torch.float64
 BYS = ["out", "in", "matrix"]
 # Local settings (not a global profile) so this file does not change other test files' settings.

@@ -1,0 +1,50 @@
+"""Long, self-contained commands started when the test session starts, awaited where needed.
+
+Why: a job such as the detox miniature's smoke run (a model trained from scratch, in one thread)
+takes over a minute of CPU. Started first, in a process of its own, it runs on another core while
+the rest of the suite runs, instead of adding its time to theirs. The tests that await it are
+ordered last (conftest.py), so it has had the most time by then.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from clitools import ROOT, cli_env
+
+
+class Job:
+    """One command in its own process, from the repository root; its output goes to `log`."""
+
+    def __init__(self, args: Sequence[str], log: Path):
+        self.args = list(args)
+        self.log = log
+        self._output = open(log, "wb")
+        self.process = subprocess.Popen(self.args, cwd=ROOT, env=cli_env(), stdin=subprocess.DEVNULL,
+                                        stdout=self._output, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 1800) -> None:
+        """Wait for the command; fail with the end of its output unless it exited with 0."""
+        code = self.process.wait(timeout)
+        self._output.close()
+        assert code == 0, f"{' '.join(self.args)} exited with {code}:\n{self.log.read_text(errors='replace')[-4000:]}"
+
+    def stop(self) -> None:
+        """End the command if it still runs (a session stopped early must not leave it behind)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._output.close()
+
+
+@dataclass
+class DetoxSmoke:
+    """The detox miniature's smoke preset run twice in one `job` (conftest.py: `detox_smoke_run`)."""
+
+    first: Path    # the cold run's --out
+    second: Path   # the rerun's --out (the same --cache)
+    cache: Path
+    job: Job
