@@ -1,6 +1,6 @@
 """dipm_lang: a small language and compiler for composing LoRA adapters (DiPM).
 
-The Python API (`compile`, `evaluate`, `add_to_peft_model`, `AdapterValue`, `CompiledProgram`)
+The Python API (`compile`, `evaluate`, `sweep`, `add_to_peft_model`, `AdapterValue`, `CompiledProgram`)
 lives in `dipm_lang.api`; it is imported on first use, so `import dipm_lang` stays cheap.
 """
 
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from dipm_lang.version import __version__
 
-__all__ = ["AdapterValue", "CompiledProgram", "__version__", "add_to_peft_model", "compile", "evaluate"]
+__all__ = ["AdapterValue", "CompiledProgram", "__version__", "add_to_peft_model", "compile", "evaluate", "sweep"]
 
-_API = {"AdapterValue", "CompiledProgram", "add_to_peft_model", "compile", "evaluate"}
+_API = {"AdapterValue", "CompiledProgram", "add_to_peft_model", "compile", "evaluate", "sweep"}
 
 if TYPE_CHECKING:
-    from dipm_lang.api import AdapterValue, CompiledProgram, add_to_peft_model, compile, evaluate  # noqa: F401
+    from dipm_lang.api import AdapterValue, CompiledProgram, add_to_peft_model, compile, evaluate, sweep  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: load the API (and torch) only when it is used

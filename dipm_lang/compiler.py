@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, Union
 
-from dipm_lang.errors import DipmTypeError, UsageError
+from dipm_lang.errors import DipmTypeError, UsageError, did_you_mean
 from dipm_lang.frontend.lower import Lowerer, read_source
 from dipm_lang.frontend.parser import parse_expression, parse_script
-from dipm_lang.frontend.recipes import is_config, lower_recipe
+from dipm_lang.frontend.recipes import is_config, lower_recipe, read_recipe
 from dipm_lang.frontend import ast
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.numbers import format_number
+from dipm_lang.ir.schedules import is_schedule, parameters
+from dipm_lang.ir.types import NUM
 from dipm_lang.ir.verify import verify as verify_program
 from dipm_lang.ops import OPERATORS
 from dipm_lang.passes.cse import cse
@@ -108,6 +110,17 @@ def source_of(path: str | Path) -> ScriptFile | RecipeFile:
     return RecipeFile(path) if is_config(path) else ScriptFile(path)
 
 
+def text_source(text: str, file: str = "<input>") -> ScriptText | Expression:
+    """Text as a source (the Python API): one expression statement that is not a `save(…)` is an
+    `Expression` (every name given from outside must be read by it); anything else a script."""
+    statements = parse_script(text, file).statements
+    if len(statements) == 1 and isinstance(statements[0], ast.ExprStmt):
+        expr = statements[0].expr
+        if not (isinstance(expr, ast.Call) and expr.func == "save"):
+            return Expression(text, file, require_used=True)
+    return ScriptText(text, file)
+
+
 @dataclass
 class PassReport:
     """Node counts as written and after each pass (for `dipm explain`)."""
@@ -145,8 +158,29 @@ def lower(source: Source, external: Mapping[str, Any] | None = None, *, sandbox:
     """Steps parse and lower: the un-optimized program of `source`."""
     if isinstance(source, Lowered):
         return source.program
+    return _parse(source).lower(external, sandbox=sandbox)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A source read and parsed once (step parse), ready to be lowered with any external names."""
+
+    source: ScriptText | Expression | RecipeFile
+    tree: Any  # ast.Script, ast.Expr, or a read Recipe
+
+    def lower(self, external: Mapping[str, Any] | None, *, sandbox: Sandbox | None = None,
+              free_numbers: bool = False) -> Program:
+        if isinstance(self.source, RecipeFile):
+            return lower_recipe(self.tree, external, sandbox=sandbox, free_numbers=free_numbers)
+        lowerer = Lowerer(external, sandbox=sandbox, free_numbers=free_numbers)
+        if isinstance(self.source, ScriptText):
+            return lowerer.script(self.tree, self.source.text)
+        return _expression(lowerer, self.source, self.tree)
+
+
+def _parse(source: Source) -> _Parsed:
     if isinstance(source, RecipeFile):
-        return lower_recipe(source.path, external, sandbox=sandbox)
+        return _Parsed(source, read_recipe(source.path))
     if isinstance(source, ScriptFile):
         path = Path(source.path)
         try:
@@ -154,14 +188,14 @@ def lower(source: Source, external: Mapping[str, Any] | None = None, *, sandbox:
         except FileProblem as e:
             raise UsageError(f"{path}: cannot read the script: {e}") from None
         source = ScriptText(text, str(path))
-    lowerer = Lowerer(external, sandbox=sandbox)
     if isinstance(source, ScriptText):
-        return lowerer.script(parse_script(source.text, source.file), source.text)
-    return _expression(lowerer, source)
+        return _Parsed(source, parse_script(source.text, source.file))
+    if isinstance(source, Expression):
+        return _Parsed(source, parse_expression(source.text, source.file))
+    raise TypeError(f"cannot parse {source!r}")  # pragma: no cover - Lowered has no text
 
 
-def _expression(lowerer: Lowerer, source: Expression) -> Program:
-    expr = parse_expression(source.text, source.file)
+def _expression(lowerer: Lowerer, source: Expression, expr: ast.Expr) -> Program:
     if source.save_to is not None:
         module = lowerer.module(source.file, source.text)
         lowerer.statement(ast.save_call(expr, source.save_to, source.rank), module)
@@ -192,6 +226,121 @@ def optimize(program: Program, *, level: int = 2, verify: bool = False) -> Compi
             verify_program(program, OPERATORS, after=step.name)
         report.passes.append({"name": step.name, "nodes": len(program.nodes())})
     return Compiled(program, report)
+
+
+# ---- numbers given later ------------------------------------------------------------------
+
+class Template:
+    """A source parsed once and lowered again for each set of numbers: `dipm sweep`'s points and the
+    Python API's `program(t=0.3)`.
+
+    Binding lowers again from the syntax tree instead of substituting numbers into compiled IR:
+    every check that depends on a number's value (ranges, zero divisors, static arguments such as
+    `rank=`, warnings) lives in the lowering, so a bound program is the very program
+    `dipm run --set NAME=VALUE` compiles, made by the same code — for about 2 ms of lowering, next
+    to seconds of tensor work.
+
+    `free`: the names defined nowhere (numbers `bind` must be given); `defaults`: the numbers the
+    source binds itself (`t = 0.3` in a script, a recipe's `parameters:`), which `bind` may
+    override. `symbolic` is the program with every free number a `Parameter`, for `explain`.
+    """
+
+    def __init__(self, source: Source, external: Mapping[str, Any] | None = None, *, level: int = 2,
+                 sandbox: Sandbox | None = None):
+        if isinstance(source, Lowered):
+            raise TypeError("a Template needs source text")
+        self.parsed = _parse(source)
+        self.external = dict(external or {})
+        self.level = level
+        self.sandbox = sandbox
+        lowered = self.parsed.lower(self.external, sandbox=sandbox, free_numbers=True)
+        self.defaults: dict[str, float] = self._defaults(lowered)
+        self.symbolic = optimize(lowered, level=level)
+        self.free: tuple[str, ...] = parameter_names(lowered)
+        self.inputs: tuple[str, ...] = tuple(lowered.inputs)  # its adapter inputs (named loads, free names given)
+
+    @property
+    def numbers(self) -> tuple[str, ...]:
+        """Every name `bind` accepts: the free numbers first, then the source's own."""
+        return self.free + tuple(name for name in self.defaults if name not in self.free)
+
+    def bind(self, numbers: Mapping[str, float]) -> Compiled:
+        """The program with these numbers (every free one given; the source's own overridable)."""
+        return optimize(self.lower(numbers), level=self.level)
+
+    def lower(self, numbers: Mapping[str, float]) -> Program:
+        """`bind` before the optimisation passes (every input the source reads is still there)."""
+        self.check(numbers)
+        external = {**self.external, **{name: float(value) for name, value in numbers.items()}}
+        return self.parsed.lower(external, sandbox=self.sandbox)
+
+    def check(self, numbers: Mapping[str, Any]) -> None:
+        """Usage errors for names the source has no number for, free numbers not given, and values
+        that are not finite numbers."""
+        known = self.numbers
+        for name, value in numbers.items():
+            if name not in known:
+                guess = did_you_mean(name, known)
+                raise UsageError(f"the recipe has no number named '{name}'"
+                                 + (f" (its numbers: {', '.join(known)})" if known else " (it has none to set)"),
+                                 hint=f"did you mean '{guess}'?" if guess else None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"'{name}' must be a finite number, got {value!r}")
+        missing = [name for name in self.free if name not in numbers]
+        if missing:
+            raise UsageError(f"the recipe needs a number for {', '.join(repr(m) for m in missing)} "
+                             "(a name it uses but never defines)")
+
+    def _defaults(self, program: Program) -> dict[str, float]:
+        found = {name: node.value for name, node in program.bindings.items()
+                 if node.op == "const" and node.type == NUM and isinstance(node.value, float)}
+        if isinstance(self.parsed.source, RecipeFile):
+            found.update({name: float(value) for name, value in self.parsed.tree.parameters.items()
+                          if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        return {name: value for name, value in found.items() if name not in self.external}
+
+
+def parameter_names(program: Program) -> tuple[str, ...]:
+    """The `Parameter`s (numbers given later) a program reads, in order of first use."""
+    found: dict[str, None] = {}
+
+    def scan(value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                scan(item)
+        elif is_schedule(value):
+            found.update(dict.fromkeys(sorted(parameters(value))))
+
+    for node in program.nodes():
+        for _, value in node.attrs:
+            scan(value)
+    return tuple(found)
+
+
+def merge(programs: Sequence[Program]) -> Program:
+    """One program computing every save of `programs` (a sweep's points): equal subexpressions are
+    one node after `cse` (nodes are interned), so work the programs share — the loads, `dir` and
+    `mag` of the inputs — is done once per module for all of them."""
+    if not programs:
+        raise ValueError("nothing to merge")
+    first = programs[0]
+    merged = first.replace(results={}, bindings={}, notes=[])
+    seen_warnings = set(first.warnings)
+    for program in programs[1:]:
+        merged.roots.extend(program.roots)
+        merged.spans.update(program.spans)
+        merged.sources.update(program.sources)
+        merged.inputs.update(program.inputs)
+        merged.given.update(program.given)
+        merged.schedules.extend(s for s in program.schedules if s not in merged.schedules)
+        for warning in program.warnings:
+            if warning not in seen_warnings:
+                seen_warnings.add(warning)
+                merged.warnings.append(warning)
+    paths = [root.attr("path") for root in merged.roots]
+    if len(set(paths)) != len(paths):
+        raise ValueError("merged programs write to the same folder")
+    return cse(merged)
 
 
 # ---- after compiling ----------------------------------------------------------------------
@@ -272,12 +421,27 @@ def bind_inputs(program: Program, paths: Mapping[str, str | None]) -> Program:
     compiled program can run again on other adapters without compiling again. Paths are used
     as given (absolute folders, or `<memory:…>` keys of in-memory inputs).
     """
+    return _with_paths(program, "load", lambda node: paths[node.attr("name")] if node.attr("name") in paths else _KEEP)
+
+
+def bind_outputs(program: Program, paths: Mapping[str, str]) -> Program:
+    """A copy of `program` whose saves to the folders in `paths` (old → new, absolute) write to the
+    new folders instead (a sweep's point folders)."""
+    moved = _with_paths(program, "save", lambda node: paths.get(node.attr("path"), _KEEP))
+    moved.given = {paths.get(path, path): numbers for path, numbers in program.given.items()}
+    return moved
+
+
+_KEEP: Any = object()
+
+
+def _with_paths(program: Program, op: str, new_path: Callable[[Node], Any]) -> Program:
+    """`program` with the `path` of each `op` node replaced by `new_path(node)` (`_KEEP`: unchanged)."""
     def rewrite(node: Node, args: tuple[Node, ...]) -> Node:
-        if node.op == "load" and node.attr("name") in paths:
-            attrs = {**dict(node.attrs), "path": paths[node.attr("name")]}
-            return Node.make("load", (), attrs, node.type, unique=node.uid is not None)
-        if all(a is b for a, b in zip(args, node.args)):
+        path = new_path(node) if node.op == op else _KEEP
+        if path is _KEEP and all(a is b for a, b in zip(args, node.args)):
             return node
-        return Node.make(node.op, args, dict(node.attrs), node.type, unique=node.uid is not None)
+        attrs = dict(node.attrs) if path is _KEEP else {**dict(node.attrs), "path": path}
+        return Node.make(node.op, args, attrs, node.type, unique=node.uid is not None)
 
     return program.rebuild(rewrite)

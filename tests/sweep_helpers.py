@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from dipm_lang.sweep.folder import Fingerprint
+from dipm_lang.sweeps.folder import Fingerprint
 
 FINGERPRINT = Fingerprint("recipe-sha", {"H": "h-sha", "T": "t-sha"}, {"out_dtype": "float32"})
 CAT = "cat {adapter}/m.json"

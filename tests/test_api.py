@@ -310,5 +310,5 @@ def test_evaluate_takes_numbers_for_sweeps(pair):
     with pytest.raises(DipmTypeError):
         dl.evaluate("k", k=2.0)  # a number alone is not an update
     program = dl.compile('save(2 * H, "out")', inputs={"H": None})
-    with pytest.raises(UsageError, match="numbers are bound when compiling"):
+    with pytest.raises(UsageError, match="input 'H' is an adapter; numbers are keywords"):
         program.run({"H": 0.5})

@@ -29,10 +29,10 @@ ALLOWED: dict[str, set[str]] = {
     "compiler": {"frontend", "passes", "ops", "ir", "safety", "errors"},
     "run": {"io", "backend", "ops", "ir", "safety", "errors", "version"},
     "report": {"run", "io", "backend", "ir", "errors"},
-    "sweep": {"io", "errors"},  # grids, the sweep folder, evaluations: it never sees a program
-    "api": {"compiler", "run", "report", "io", "backend", "ops", "ir", "errors"},
+    "sweeps": {"io", "errors"},  # grids, the sweep folder, evaluations: it never sees a program
+    "api": {"compiler", "run", "report", "sweeps", "io", "backend", "ops", "ir", "errors"},
     "repl": {"compiler", "frontend", "run", "report", "io", "ops", "ir", "safety", "errors"},
-    "cli": {"api", "compiler", "frontend", "repl", "run", "report", "sweep", "io", "backend", "ops", "ir", "safety",
+    "cli": {"api", "compiler", "frontend", "repl", "run", "report", "sweeps", "io", "backend", "ops", "ir", "safety",
             "errors", "version", "package"},
     "package": {"api", "version"},  # dipm_lang/__init__.py
 }

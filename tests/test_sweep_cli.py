@@ -10,8 +10,9 @@ import re
 import pytest
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep.cli import SweepOptions, add_sweep_arguments, options_from, plan_sweep, run_sweep
-from dipm_lang.sweep.progress import Progress
+from dipm_lang.cli.sweep import add_sweep_arguments, options_from
+from dipm_lang.sweeps.plan import SweepOptions, plan_sweep, run_sweep
+from dipm_lang.sweeps.progress import Progress
 
 from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 

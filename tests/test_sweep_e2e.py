@@ -1,16 +1,15 @@
-"""End to end: a fake compute step writes tiny PEFT adapters for the detox miniature's toy model,
-the shipped evaluator (`examples/evaluate_adapter.py`) scores each with PEFT, and the sweep
-tables, plots and picks the best.
+"""End to end: `dipm sweep` computes a DiPM recipe over two adapters for the detox miniature's toy
+model, the shipped evaluator (`examples/evaluate_adapter.py`) scores each point with PEFT, and
+the sweep tables, plots and picks the best.
 
 The default test uses a toy base pretrained for two steps (cheap; its metrics are those of an
 untrained model) and checks what must hold for any base: a zero update scores exactly as the
 base model, a non-zero one does not, and the table and best pick agree with the metrics. The
-slow test does the same on the smoke preset's properly pretrained base.
+slow test sweeps five points on the smoke preset's properly pretrained base.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shlex
 import sys
@@ -19,10 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dipm_lang.sweep.cli import SweepOptions, plan_sweep, run_sweep
-
 from adapters import write_raw_adapter
-from sweep_helpers import FINGERPRINT
+from clitools import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `examples` is a package at the repository root, not installed
@@ -36,21 +33,22 @@ LAYERS = ModelSettings().num_hidden_layers
 RANK = 4
 
 
-def tiny_peft_compute(points, sink) -> None:
-    """One LoRA adapter per point on the toy model's q/v projections, B scaled by the point's `t`
-    (so `t = 0` is an exactly zero update), written in PEFT's file layout."""
-    for point in points:
-        g = torch.Generator().manual_seed(1234)
+RECIPE = 'H = load("H")\nT = load("T")\nsave(t * detox(H, T, t=0.3), "detoxed")\n'
+"""`t` scales a DiPM recipe: t = 0 is an exactly zero update (the base model), others are not."""
+
+
+def toy_inputs(root: Path) -> None:
+    """Two random LoRA adapters H and T on the toy model's q/v projections, in PEFT's layout."""
+    for name, seed in (("H", 1234), ("T", 99)):
+        g = torch.Generator().manual_seed(seed)
         tensors = {}
         for layer in range(LAYERS):
             for proj in ("q_proj", "v_proj"):
                 key = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
                 tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, HIDDEN, generator=g) / HIDDEN ** 0.5
-                tensors[f"{key}.lora_B.weight"] = point.values["t"] * torch.randn(HIDDEN, RANK, generator=g)
-        with sink.stage(point) as target:
-            write_raw_adapter(target, tensors, {"peft_type": "LORA", "r": RANK, "lora_alpha": RANK,
-                                                "target_modules": ["q_proj", "v_proj"]})
-        sink.written(point)
+                tensors[f"{key}.lora_B.weight"] = torch.randn(HIDDEN, RANK, generator=g)
+        write_raw_adapter(root / name, tensors, {"peft_type": "LORA", "r": RANK, "lora_alpha": RANK,
+                                                 "target_modules": ["q_proj", "v_proj"]})
 
 
 def evaluator(cache: Path, *extra: str) -> str:
@@ -59,12 +57,12 @@ def evaluator(cache: Path, *extra: str) -> str:
 
 
 def sweep(tmp_path: Path, grid: str, command: str, jobs: int) -> tuple[int, list[dict], str]:
-    out = tmp_path / "out"
-    plan = plan_sweep(SweepOptions(grid=(grid,), output=str(out), eval_command=command, minimize="general_nll",
-                                   jobs=jobs), parameters=["t"])
-    stdout = io.StringIO()
-    code = run_sweep(plan, tiny_peft_compute, FINGERPRINT, stdout=stdout, stderr=io.StringIO())
-    return code, json.loads((out / "sweep.json").read_text()), stdout.getvalue()
+    toy_inputs(tmp_path)
+    (tmp_path / "recipe.dipm").write_text(RECIPE)
+    result = run_main("sweep", "recipe.dipm", "--grid", grid, "-o", "out", "--eval", command,
+                      "--minimize", "general_nll", "--jobs", str(jobs), cwd=tmp_path)
+    assert result.code in (0, 1), result.err
+    return result.code, json.loads((tmp_path / "out" / "sweep.json").read_text()), result.out
 
 
 def check(code: int, rows: list[dict], out: Path) -> None:
@@ -98,4 +96,5 @@ def test_sweep_with_the_shipped_evaluator_on_the_pretrained_toy_base(tmp_path):
     command = evaluator(tmp_path / "cache")  # the smoke preset's base (500 steps) and 96 prompts per set
     code, rows, _ = sweep(tmp_path, "t=0:2:0.5", command, jobs=2)
     check(code, rows, tmp_path / "out")
+    assert [row["path"] for row in rows] == ["t=0.0", "t=0.5", "t=1.0", "t=1.5", "t=2.0"]
     assert rows[0]["metrics"]["base_general_skill"] > 0.5  # the base did learn its tasks

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep import evaluate
-from dipm_lang.sweep.evaluate import EvalJob, parse_metrics, run_eval
-from dipm_lang.sweep.executors import LocalExecutor
-from dipm_lang.sweep.grid import parse_grid
-from dipm_lang.sweep.sweep import EvalSpec, Objective, Sweep
+from dipm_lang.sweeps import evaluate
+from dipm_lang.sweeps.evaluate import EvalJob, parse_metrics, run_eval
+from dipm_lang.sweeps.executors import LocalExecutor
+from dipm_lang.sweeps.grid import parse_grid
+from dipm_lang.sweeps.sweep import EvalSpec, Objective, Sweep
 
 from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dipm_lang.errors import AdapterError, RuntimeDipmError
-from dipm_lang.sweep.folder import LOCK_NAME, MANIFEST_NAME, Fingerprint
-from dipm_lang.sweep.grid import parse_grid
-from dipm_lang.sweep.sweep import EvalSpec, Objective, Sweep
+from dipm_lang.sweeps.folder import LOCK_NAME, MANIFEST_NAME, Fingerprint
+from dipm_lang.sweeps.grid import parse_grid
+from dipm_lang.sweeps.sweep import EvalSpec, Objective, Sweep
 
 from sweep_helpers import FINGERPRINT, FakeCompute
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from dipm_lang.errors import UsageError, render
-from dipm_lang.sweep.grid import GridError, count_points, expand, parse_grid
-from dipm_lang.sweep.points import Point, parse_point_name
+from dipm_lang.sweeps.grid import GridError, count_points, expand, parse_grid
+from dipm_lang.sweeps.points import Point, parse_point_name
 
 PARAMS = ("t", "lam", "w")
 

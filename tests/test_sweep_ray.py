@@ -14,9 +14,9 @@ from optional import optional_import
 
 ray = optional_import("ray", extra="ray")
 
-from dipm_lang.sweep.executors import RayExecutor
-from dipm_lang.sweep.grid import parse_grid
-from dipm_lang.sweep.sweep import EvalSpec, Objective, Sweep
+from dipm_lang.sweeps.executors import RayExecutor
+from dipm_lang.sweeps.grid import parse_grid
+from dipm_lang.sweeps.sweep import EvalSpec, Objective, Sweep
 
 from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 
@@ -85,7 +85,7 @@ def test_gpu_requests_reach_the_command_as_cuda_visible_devices(local_ray, tmp_p
 
 
 def test_the_cat_evaluator_through_ray_equals_the_local_one(local_ray, tmp_path):
-    from dipm_lang.sweep.executors import LocalExecutor
+    from dipm_lang.sweeps.executors import LocalExecutor
 
     remote = run(tmp_path / "ray", ["t=0:1:0.5"], CAT)
     with Sweep.open(tmp_path / "local", FINGERPRINT, parse_grid(["t=0:1:0.5"]), eval_spec=EvalSpec(CAT),

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep.folder import JOURNAL_NAME
-from dipm_lang.sweep.grid import parse_grid
-from dipm_lang.sweep.points import parse_point_name
-from dipm_lang.sweep.search import describe_search, run_search
-from dipm_lang.sweep.sweep import EvalSpec, Objective, Sweep
+from dipm_lang.sweeps.folder import JOURNAL_NAME
+from dipm_lang.sweeps.grid import parse_grid
+from dipm_lang.sweeps.points import parse_point_name
+from dipm_lang.sweeps.search import describe_search, run_search
+from dipm_lang.sweeps.sweep import EvalSpec, Objective, Sweep
 
 from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 
@@ -143,7 +143,7 @@ def test_repeated_points_are_computed_once_and_told_again(tmp_path):
 def test_search_through_the_command_line_layer(tmp_path):
     import io
 
-    from dipm_lang.sweep.cli import SweepOptions, plan_sweep, run_sweep
+    from dipm_lang.sweeps.plan import SweepOptions, plan_sweep, run_sweep
 
     plan = plan_sweep(SweepOptions(grid=("t=0:1", "w=1,2"), output=str(tmp_path / "o"), eval_command=CAT,
                                    maximize="score", search="optuna", trials=4, seed=3, jobs=2))

@@ -13,13 +13,13 @@ import pytest
 
 from dipm_lang.errors import AdapterError
 from dipm_lang.io import atomic
-from dipm_lang.sweep import files, table
-from dipm_lang.sweep.grid import parse_grid
-from dipm_lang.sweep.plot import write_plot
-from dipm_lang.sweep.points import Point
-from dipm_lang.sweep.report import format_table
-from dipm_lang.sweep.sweep import EvalSpec, Objective, Sweep, SweepSummary
-from dipm_lang.sweep.table import make_row, pick_best
+from dipm_lang.sweeps import files, table
+from dipm_lang.sweeps.grid import parse_grid
+from dipm_lang.sweeps.plot import write_plot
+from dipm_lang.sweeps.points import Point
+from dipm_lang.sweeps.report import format_table
+from dipm_lang.sweeps.sweep import EvalSpec, Objective, Sweep, SweepSummary
+from dipm_lang.sweeps.table import make_row, pick_best
 
 from sweep_helpers import CAT, FINGERPRINT, FakeCompute
 

@@ -43,6 +43,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (`--eval-gpus 0`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text!r:.80}")
+    return value
+
+
 def usable_path(text: str) -> str:
     """argparse type: a path the OS can use (no NUL, no name too long, no `~user` of nobody)."""
     problem = path_problem(text)

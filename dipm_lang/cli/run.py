@@ -26,18 +26,23 @@ def register(sub, commands) -> None:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
+    add_compute_options(p)
+    p.add_argument("--force", action="store_true", help="replace existing output folders")
+    p.add_argument("--dry-run", action="store_true", help="compile and check inputs/outputs; compute nothing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """How a program is computed and written (`dipm run`, `dipm sweep`)."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="compute dtype (default float32)")
     p.add_argument("--out-dtype", choices=list(DTYPE_NAMES), help="dtype of the written tensors (default: the inputs')")
     p.add_argument("--eps", type=positive_number, default=1e-12, help="zero-unit threshold (default 1e-12)")
-    p.add_argument("--force", action="store_true", help="replace existing output folders")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU worker threads (default: all cores); outputs are byte-identical for any N")
-    p.add_argument("--dry-run", action="store_true", help="compile and check inputs/outputs; compute nothing")
     p.add_argument("--ignore-base-model", action="store_true", help="combine adapters made for different bases")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
 
 
 def options_from(args: argparse.Namespace):

@@ -26,11 +26,11 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.resources import stdlib_dir
-from dipm_lang.ir.node import Node, Program
+from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
 from dipm_lang.ir.signature import REQUIRED, Path as PathKind, Typing
-from dipm_lang.ir.schedules import is_schedule, varies
+from dipm_lang.ir.schedules import Parameter, is_schedule, varies
 from dipm_lang.ir.types import DELTA, NUM, STR, UNIT, Type, list_t
 from dipm_lang.ops import OPERATORS
 from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
@@ -82,6 +82,17 @@ class Module:
         return names | (self.parent.visible_names() if self.parent else set())
 
 
+def _number_text(raw: Any) -> float | None:
+    """A value from the command line that reads as a finite number (`0.3`, `-1`, `2e-3`), else None."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _is_stdlib(file: str) -> bool:
     return file.startswith("<stdlib>/")
 
@@ -90,10 +101,15 @@ class Lowerer:
     """Lowers scripts, statements and expressions into one Program's worth of IR."""
 
     def __init__(self, external: Mapping[str, Any] | None = None, *, sandbox: "Sandbox | None" = None,
-                 operators: OperatorTable = OPERATORS):
+                 operators: OperatorTable = OPERATORS, free_numbers: bool = False):
         # external: NAME -> value given from outside (--set, config inputs): an absolute adapter
         # path for a load, a string or a number for a binding of that type.
         self.external = dict(external or {})
+        # free_numbers: a name defined nowhere is a number given later (a `Parameter`), not an
+        # error — the Python API's and `dipm sweep`'s free numbers; `parameters` collects them.
+        self.free_numbers = free_numbers
+        self.parameters: dict[str, Span | None] = {}
+        self.given_numbers: dict[str, float] = {}  # external numbers read (recorded with each output)
         self.sandbox = sandbox  # --sandbox: load/save/import paths must resolve inside it
         self.operators = operators
         self.functions = operators.callables()  # the operators a script may call by name
@@ -167,10 +183,12 @@ class Lowerer:
                 results: Mapping[str, Node] | None = None) -> Program:
         """The program lowered so far: its saves (or `roots`), named results, and side tables."""
         bindings = {k: v for k, v in module.values.items() if v.type.kind != "Unit"} if module else {}
-        return Program(roots=list(self._roots if roots is None else roots), results=dict(results or {}),
+        roots = list(self._roots if roots is None else roots)
+        given = {root.attr("path"): dict(self.given_numbers) for root in roots} if self.given_numbers else {}
+        return Program(roots=roots, results=dict(results or {}),
                        spans=dict(self.spans), sources=dict(self.sources), inputs=dict(self.inputs),
                        script_text=text, bindings=bindings, warnings=list(self.warnings),
-                       schedules=list(self.schedules))
+                       schedules=list(self.schedules), given=given)
 
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
         """A new un-interned node (the node factory of everything lowered; counts the node budget)."""
@@ -192,10 +210,25 @@ class Lowerer:
 
     def _typing(self, op: Operator, args, attrs: Mapping[str, Any], span: Span | None, *,
                 label: str | None = None) -> Typing:
-        def fail(param: str | None, message: str, hint: str | None = None):
-            raise DipmTypeError(message, span, hint=hint)
+        operands = op.bind_operands(args)
 
-        return Typing(op, op.bind_operands(args), attrs, fail, label=label)
+        def fail(param: str | None, message: str, hint: str | None = None):
+            raise self._refusal(operands.get(param) if param else None, message, span, hint)
+
+        return Typing(op, operands, attrs, fail, label=label)
+
+    def _refusal(self, operand: Any, message: str, span: Span | None, hint: str | None) -> DipmError:
+        """The type error for an operand — or, where the operand is made of a name defined nowhere
+        that `free_numbers` took for a number, an unknown-name error pointing at that name."""
+        nodes = operand if isinstance(operand, (list, tuple)) else [operand]
+        if self.free_numbers and all(isinstance(n, Node) for n in nodes):
+            for node in walk(nodes):
+                if node.op == "const" and isinstance(node.value, Parameter):
+                    name = node.value.name
+                    return NameResolutionError(f"unknown name '{name}'", self.spans.get(node, span),
+                                               hint="a name defined nowhere is a number given later; an adapter "
+                                                    f"must be loaded ({name} = load(…)) or given as an input")
+        return DipmTypeError(message, span, hint=hint)
 
     def _typed(self, op: Operator, typing: Typing, args: list[Node], span: Span | None) -> Node:
         type_ = op.infer(typing)
@@ -346,6 +379,7 @@ class Lowerer:
                 raise UsageError(f"--set {name}={raw}: '{name}' is a number in the script") from None
             if not math.isfinite(value):
                 raise UsageError(f"--set {name}={raw}: '{name}' must be a finite number")
+            self.given_numbers[name] = value
             return self.make("const", (), {"value": value}, NUM, span)
         raise UsageError(f"--set {name}=…: '{name}' is bound to a {node.type} expression, which cannot be set "
                          "from outside (only load(...), strings and numbers can)")
@@ -458,15 +492,23 @@ class Lowerer:
             if isinstance(raw, (int, float)) and not isinstance(raw, bool):  # a number from the Python API
                 if not math.isfinite(raw):
                     raise UsageError(f"input '{expr.id}' must be a finite number, got {raw!r}")
+                self.given_numbers[expr.id] = float(raw)
                 return self.make("const", (), {"value": float(raw)}, NUM, expr.span)
             if is_schedule(raw):  # a schedule (recipe parameters) or a parameter given later (sweeps, the API)
                 return self._const(raw, expr.span)
+            number = _number_text(raw)
+            if number is not None:  # `--set t=0.3` for a free name: a number (an adapter folder named 0.3 is ./0.3)
+                self.given_numbers[expr.id] = number
+                return self.make("const", (), {"value": number}, NUM, expr.span)
             if expr.id not in self.inputs:
                 self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
         if module.function(expr.id) is not None or expr.id in self.functions:
             raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
+        if self.free_numbers and expr.id not in STATEMENT_KEYWORDS:
+            self.parameters.setdefault(expr.id, expr.span)
+            return self._const(Parameter(expr.id), expr.span)
         if expr.id in STATEMENT_KEYWORDS:
             raise DipmSyntaxError(f"'{expr.id}' starts a statement of its own and cannot be used as a value",
                                   expr.span, hint=STATEMENT_KEYWORDS[expr.id])
@@ -522,7 +564,8 @@ class Lowerer:
             values[param.name] = value
 
         def fail(param: str | None, message: str, hint: str | None = None):
-            raise DipmTypeError(message, (spans.get(param) if param else None) or expr.span, hint=hint)
+            raise self._refusal(operands.get(param) if param else None, message,
+                                (spans.get(param) if param else None) or expr.span, hint)
 
         def warn(param: str | None, message: str) -> None:
             self._warn(message, (spans.get(param) if param else None) or expr.span)

@@ -400,6 +400,12 @@ def model_card(name: str, recipe: str, base_model: str | None, metadata: Mapping
         inputs = {}
     lines += [f"- `{name}`: `{entry.get('source', name)}`, sha256 `{entry.get('sha256', '?')}`"
               for name, entry in sorted(inputs.items())] or ["- (none)"]
+    try:
+        numbers = json.loads(metadata.get("dipm_numbers", "{}"))
+    except ValueError:
+        numbers = {}
+    if numbers:  # given from outside (`--set`, a sweep's point): the recipe above reads them by name
+        lines += ["", "## Numbers given", ""] + [f"- `{name}` = {value!r}" for name, value in sorted(numbers.items())]
     if metadata:
         lines += ["", "## Metadata", ""] + [f"- {key}: `{value}`" for key, value in sorted(metadata.items())]
     return "\n".join(lines) + "\n"

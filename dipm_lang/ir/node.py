@@ -133,6 +133,7 @@ class Program:
     notes: list[str] = field(default_factory=list)            # what passes did (for explain)
     warnings: list[tuple[str, Span | None]] = field(default_factory=list)  # allowed, but probably not meant
     schedules: list = field(default_factory=list)  # the schedules as written (SPEC §7.2), for summaries
+    given: dict[str, dict[str, float]] = field(default_factory=dict)  # save path -> numbers given from outside
 
     def all_roots(self) -> list[Node]:
         seen: set[int] = set()
@@ -149,7 +150,8 @@ class Program:
     def replace(self, **changes: Any) -> "Program":
         """A copy with some fields replaced (`dataclasses.replace`); side tables are copied, not shared."""
         copy = dataclasses.replace(self, **changes)
-        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes", "warnings", "schedules"):
+        for name in ("roots", "results", "spans", "sources", "inputs", "bindings", "notes", "warnings", "schedules",
+                     "given"):
             if name not in changes:
                 value = getattr(copy, name)
                 setattr(copy, name, type(value)(value))
@@ -177,4 +179,5 @@ class Program:
             notes=list(self.notes),
             warnings=list(self.warnings),
             schedules=list(self.schedules),
+            given=dict(self.given),
         )

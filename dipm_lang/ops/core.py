@@ -103,7 +103,9 @@ def _list_type(t: Typing) -> Type:
 # ---- simplification rules -------------------------------------------------------------------
 
 def is_number(node: Node, value: float | None = None) -> bool:
-    return node.op == "const" and node.type == NUM and (value is None or node.value == value)
+    """A constant plain number (not a schedule, nor a parameter whose number comes later)."""
+    return (node.op == "const" and node.type == NUM and isinstance(node.value, float)
+            and (value is None or node.value == value))
 
 
 def _fold(node: Node) -> Node | None:

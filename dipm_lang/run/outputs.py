@@ -18,7 +18,7 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.io.sources import AdapterSource
 from dipm_lang.io.writer import AdapterStage, StagedOutput
-from dipm_lang.ir.node import Program
+from dipm_lang.ir.node import Node, Program
 from dipm_lang.run.planning import Plan, load_nodes
 from dipm_lang.safety.privacy import private_text
 from dipm_lang.version import __version__
@@ -104,19 +104,25 @@ def recipe_text(program: Program) -> str:
 
 
 def provenance(program: Program, the_plan: Plan,
-               digest: Callable[[AdapterSource], str] = lambda info: info.sha256) -> dict[str, str]:
+               digest: Callable[[AdapterSource], str] = lambda info: info.sha256, *,
+               save: Node | None = None) -> dict[str, str]:
     """Safetensors metadata: the recipe's hash and each input by name, label (a folder's base name or
-    a Hub id — never a local path) and content hash (`digest`). The same recipe and inputs give the
-    same metadata from any working folder."""
+    a Hub id — never a local path) and content hash (`digest`); for a `save`, the numbers given from
+    outside (`--set t=0.3`, a sweep's point) when there were any. The same recipe, inputs and numbers
+    give the same metadata from any working folder."""
     inputs = {}
     for node in load_nodes(program):
         info = the_plan.inputs[node.attr("path")]
         inputs[node.attr("name") or info.label] = {"source": info.label, "sha256": digest(info)}
-    return {
+    metadata = {
         "dipm_lang_version": __version__,
         "dipm_script_sha256": hashlib.sha256(recipe_text(program).encode("utf-8")).hexdigest(),
         "dipm_inputs": json.dumps(inputs, sort_keys=True),
     }
+    numbers = program.given.get(save.attr("path")) if save is not None else None
+    if numbers:
+        metadata["dipm_numbers"] = json.dumps(numbers, sort_keys=True)
+    return metadata
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -40,7 +40,8 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         for save in program.roots:
             stages[id(save)] = AdapterStage(
                 save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
-                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64), force=options.force,
+                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
+                force=options.force,
                 inputs=file_inputs(the_plan.inputs.values()))
 
         def write_part(part: ExecutionResult) -> None:
@@ -52,12 +53,12 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 save.modules.clear()  # written: the run holds no output
 
         result = execute(the_plan, options, progress=progress, on_part=write_part)
-        metadata = provenance(program, the_plan)
         summary = RunSummary(device=str(the_plan.device), modules=len(the_plan.modules),
                              groups=progress.total_steps, schedules=schedule_values(the_plan))
         for save in result.saves:
             stage = stages[id(save.node)]
-            staged.append(stage.finish(metadata=metadata, recipe=recipe_text(program)))
+            staged.append(stage.finish(metadata=provenance(program, the_plan, save=save.node),
+                                       recipe=recipe_text(program)))
             summary.outputs.append(OutputSummary.of(staged[-1], stage, the_plan.out_dtype,
                                                     save.relative_error if save.node.attr("rank") is not None else None))
         commit_staged(staged)

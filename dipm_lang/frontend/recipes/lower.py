@@ -17,18 +17,19 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.frontend.recipes.positions import LineIndex
-from dipm_lang.frontend.recipes.schema import Text, read_recipe
+from dipm_lang.frontend.recipes.schema import Recipe, Text, read_recipe
 from dipm_lang.ir.node import Program
 
 if TYPE_CHECKING:
     from dipm_lang.safety.sandbox import Sandbox
 
 
-def lower_recipe(path: str | Path, sets: Mapping[str, Any] | None = None, *,
-                 sandbox: "Sandbox | None" = None) -> Program:
-    """The recipe at `path` as one un-optimized Program: every output a `save`, sharing one lowering.
-    `sets` are `--set NAME=PATH` overrides of inputs (relative to the working directory)."""
-    recipe = read_recipe(path)
+def lower_recipe(path: str | Path | Recipe, sets: Mapping[str, Any] | None = None, *,
+                 sandbox: "Sandbox | None" = None, free_numbers: bool = False) -> Program:
+    """The recipe at `path` (or one already read) as one un-optimized Program: every output a
+    `save`, sharing one lowering. `sets` are `--set NAME=VALUE` overrides of inputs (relative to the
+    working directory) and parameters; `free_numbers` as for `Lowerer`."""
+    recipe = path if isinstance(path, Recipe) else read_recipe(path)
     sets = dict(sets or {})
     if sandbox is not None:  # here, where each input's key in the config is known
         for name, folder in recipe.inputs.items():
@@ -38,7 +39,7 @@ def lower_recipe(path: str | Path, sets: Mapping[str, Any] | None = None, *,
     external: dict[str, Any] = {name: str(folder) for name, folder in recipe.inputs.items()}
     external.update(recipe.parameters)  # numbers and schedules, usable by name in every expression
     external.update(sets)  # --set wins, and resolves against the working directory (Lowerer)
-    lowerer = Lowerer(external, sandbox=sandbox)
+    lowerer = Lowerer(external, sandbox=sandbox, free_numbers=free_numbers)
     module = lowerer.module(recipe.file, recipe.text)
     lines = LineIndex(recipe.text)
 
@@ -57,6 +58,8 @@ def lower_recipe(path: str | Path, sets: Mapping[str, Any] | None = None, *,
         guess = did_you_mean(unused[0], set(recipe.inputs) | lowerer.used_external)
         raise UsageError(f"--set {unused[0]}=…: the config has no input named '{unused[0]}'",
                          hint=f"did you mean '{guess}'?" if guess else None)
+    # the config's own parameters are part of the recipe; only numbers given from outside are recorded
+    lowerer.given_numbers = {k: v for k, v in lowerer.given_numbers.items() if k in sets}
     return lowerer.program(recipe.text)
 
 

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dipm_lang.sweep.files import write_atomic
-from dipm_lang.sweep.points import Point
+from dipm_lang.sweeps.files import write_atomic
+from dipm_lang.sweeps.points import Point
 
 TABLE_NAME = "sweep.json"
 CSV_NAME = "sweep.csv"

@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep.folder import JOURNAL_NAME
-from dipm_lang.sweep.grid import Axis
-from dipm_lang.sweep.points import Point
-from dipm_lang.sweep.sweep import Compute, Objective, Sweep
-from dipm_lang.sweep.table import metric_names, metric_value
+from dipm_lang.sweeps.folder import JOURNAL_NAME
+from dipm_lang.sweeps.grid import Axis
+from dipm_lang.sweeps.points import Point
+from dipm_lang.sweeps.sweep import Compute, Objective, Sweep
+from dipm_lang.sweeps.table import metric_names, metric_value
 
 STUDY_NAME = "dipm-sweep"
 

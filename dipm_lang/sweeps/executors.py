@@ -24,8 +24,8 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from dipm_lang.errors import RuntimeDipmError, UsageError
-import dipm_lang.sweep.evaluate as evaluate
-from dipm_lang.sweep.evaluate import EvalJob, EvalResult, end_process_group, run_eval
+import dipm_lang.sweeps.evaluate as evaluate
+from dipm_lang.sweeps.evaluate import EvalJob, EvalResult, end_process_group, run_eval
 
 
 class Executor(Protocol):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation, localcontext
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep.points import Point
+from dipm_lang.sweeps.points import Point
 
 MAX_POINTS = 1000
 """Default cap on the points of one grid (`--max-points` overrides it): every point is a whole

@@ -1,20 +1,5 @@
-"""The Python API: compile scripts, evaluate expressions, and hand results to PEFT.
-
-    import dipm_lang as dl
-
-    value = dl.evaluate("detox(H, T, t=0.3)", H="adapters/helpful", T=peft_model)
-    print(value)                                  # type, modules, ranks, norms per layer
-    value.save("out/detox")                       # a PEFT adapter folder
-    dl.add_to_peft_model(peft_model, value, "detox")  # or a new adapter on the model itself
-
-    program = dl.compile(open("recipe.dipm").read(), file="recipe.dipm")
-    program.run({"H": "adapters/other"})          # run it again on other adapters
-
-Inputs may be adapter folders (`str` or `Path`), already computed values (`AdapterValue`, or a
-mapping module name → `LowRank` with the scale folded into `B`), a `peft.PeftModel` (its active
-adapter) or `(peft_model, "adapter_name")`. In-memory inputs are read directly, never written to
-temporary files. Errors are `dipm_lang.errors.DipmError`s, whose `str()` says where and what.
-"""
+"""Values of expressions (`AdapterValue`), how inputs are given (paths, values, PEFT models), and
+handing a value to PEFT (`add_to_peft_model`)."""
 
 from __future__ import annotations
 
@@ -31,146 +16,12 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` mus
 
     from dipm_lang.backend.lowrank import LowRank
     from dipm_lang.io.reader import AdapterInfo
-    from dipm_lang.ir.node import Program
     from dipm_lang.io.memory import MemoryAdapter
-    from dipm_lang.compiler import PassReport
-    from dipm_lang.run import OutputSummary, RunSummary
+    from dipm_lang.run import OutputSummary
 
 InputValue = Union[str, "os.PathLike[str]", "AdapterValue", Mapping[str, "LowRank"], float, Any]
 """A path, an `AdapterValue`, a mapping module → `LowRank`, a `PeftModel`, `(PeftModel, name)`, or
 (for `evaluate`) a number."""
-
-__all__ = ["AdapterValue", "CompiledProgram", "add_to_peft_model", "compile", "evaluate"]
-
-
-# ---- compile ------------------------------------------------------------------------------
-
-
-class CompiledProgram:
-    """A script compiled once (parsed, type-checked, optimized) that can run many times.
-
-    `program` is the optimized IR, `report` the node counts after each pass, `inputs` the
-    names of the script's inputs (its named `load`s and the free names given at compile time).
-    """
-
-    def __init__(self, program: Program, report: PassReport, inputs: list[str], file: str):
-        self.program = program
-        self.report = report
-        self.inputs = inputs
-        self.file = file
-
-    def run(self, inputs: Mapping[str, InputValue] | None = None, *, device: str = "auto",
-            dtype: str | torch.dtype = "float32", out_dtype: str | torch.dtype | None = None,
-            force: bool = False, ignore_base_model: bool = False, progress: bool = False,
-            eps: float | None = None) -> RunSummary:
-        """Run every `save` of the script; all outputs are written, or none.
-
-        `inputs` maps input names to adapters (paths resolve against the working directory;
-        in-memory values as for `evaluate`), overriding the paths written in the script.
-        `device` is `auto` (CUDA when present), `cpu` or `cuda[:N]`; `force` replaces existing
-        outputs. Returns the run's summary (`.text()`, `.outputs`).
-        """
-        from dipm_lang.compiler import bind_inputs
-        from dipm_lang.run import run_program
-
-        unknown = sorted(set(inputs or {}) - set(self.inputs))
-        if unknown:
-            raise UsageError(f"the program has no input named '{unknown[0]}'",
-                             hint=f"its inputs: {', '.join(self.inputs) or 'none'}")
-        paths, memory = _split_inputs(inputs or {})
-        numbers = [name for name, value in paths.items() if not isinstance(value, str)]
-        if numbers:
-            raise UsageError(f"input '{numbers[0]}': run() binds adapters; numbers are bound when compiling",
-                             hint=f"dipm_lang.compile(text, inputs={{'{numbers[0]}': …}})")
-        program = bind_inputs(self.program, paths) if paths else self.program
-        options = _options(device, dtype, out_dtype, force=force, ignore_base_model=ignore_base_model,
-                           progress=progress, eps=eps)
-        return run_program(program, options, quiet=True, memory=memory)
-
-    def explain(self) -> str:
-        """The optimized plan as `dipm explain` prints it: node counts per pass, notes, the DAG."""
-        from dipm_lang.compiler import explain_text
-
-        base = None if self.file.startswith("<") else Path(self.file).resolve().parent
-        return explain_text(self.program, self.report, relative_to=base)
-
-    def __repr__(self) -> str:
-        saves = [str(node.attr("path")) for node in self.program.roots]
-        return (f"<CompiledProgram {self.file}: inputs {', '.join(self.inputs) or 'none'}; "
-                f"{len(saves)} save{'s' if len(saves) != 1 else ''}; {self.report.nodes_after} nodes>")
-
-
-def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
-            level: int = 2) -> CompiledProgram:  # noqa: A001 - the package's public name
-    """Parse, type-check and optimize a dipm script; returns a reusable `CompiledProgram`.
-
-    `file` names the script in error messages, and relative paths in it resolve against that
-    file's folder (the working directory for `<input>`). `inputs` binds names at compile time:
-    NAME → adapter path (relative to the working directory) makes the free name NAME an input
-    or overrides the path of `NAME = load(…)`; NAME → None declares an input whose path is
-    given later to `run`. Strings and numbers override bindings of that type, as `--set` does.
-    `level` is the optimisation level (0, 1 or 2). A compile error `e` carries `e.sources`, so
-    `dipm_lang.errors.render(e, e.sources)` shows the line with a caret.
-    """
-    from dipm_lang.compiler import ScriptText, bind_inputs, lower, optimize
-
-    if level not in (0, 1, 2):
-        raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
-    inputs = dict(inputs or {})
-    unbound = [name for name, value in inputs.items() if value is None]
-    external = {name: (os.fspath(value) if isinstance(value, os.PathLike) else value)
-                for name, value in inputs.items()}
-    external.update({name: "." for name in unbound})  # a placeholder path, unbound again below
-    with _sources(file, text):
-        program = lower(ScriptText(text, file), external)
-    if unbound:
-        program = bind_inputs(program, {name: None for name in unbound})
-    names = list(program.inputs)
-    program, report = optimize(program, level=level)
-    return CompiledProgram(program, report, names, file)
-
-
-# ---- evaluate -----------------------------------------------------------------------------
-
-
-def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32", level: int = 2,
-             ignore_base_model: bool = False, **inputs: InputValue) -> AdapterValue:
-    """Compute one expression and return its value, per module, without writing anything.
-
-    `expr` is a single dipm expression (standard-library functions in scope), e.g.
-    `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
-    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory),
-    `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
-    `(peft_model, "adapter_name")` — and numbers, for sweeps without formatting source text:
-    `evaluate("transfer(C, T, t=t)", C=…, T=…, t=0.3)`. The result must be an update (Delta, Dir) or magnitudes
-    (Mag); it is computed in `dtype` (default float32) on `device` (default cpu).
-
-    Errors in the expression point at `<expr>:1:COLUMN`; `dipm_lang.errors.render(e, e.sources)`
-    shows the expression with a caret under the column.
-    """
-    from dipm_lang.compiler import RESULT, Expression, bind_inputs, lower, optimize
-    from dipm_lang.io.sources import file_inputs
-    from dipm_lang.run import execute, plan
-    from dipm_lang.run.outputs import output_template, provenance
-
-    if level not in (0, 1, 2):
-        raise UsageError(f"level must be 0, 1 or 2, got {level!r}")
-    paths, memory = _split_inputs(inputs)
-    with _sources("<expr>", expr):
-        program = lower(Expression(expr, "<expr>", require_used=True), paths)
-    memory_paths = {name: path for name, path in paths.items() if path in memory}
-    if memory_paths:
-        program = bind_inputs(program, memory_paths)
-    type_ = program.results[RESULT].type
-    program, _ = optimize(program, level=level)
-    options = _options(device, dtype, None, ignore_base_model=ignore_base_model)
-    the_plan = plan(program, options, check_outputs=False, memory=memory)
-    result = execute(the_plan, options)
-    modules = {name: _detach(value) for name, value in result.results[RESULT].items()}
-    return AdapterValue(str(type_), modules, template=output_template(list(the_plan.inputs.values())),
-                        recipe=expr, metadata=provenance(program, the_plan), out_dtype=the_plan.out_dtype,
-                        input_paths=file_inputs(the_plan.inputs.values()))
-
 
 # ---- values -------------------------------------------------------------------------------
 
@@ -244,7 +95,7 @@ class AdapterValue(Mapping[str, Any]):
         self._need_update("save")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise UsageError(f"rank must be a positive whole number, got {rank!r}")
-        out_dtype = _torch_dtype(dtype) if dtype is not None else (self._out_dtype or _torch_dtype("float32"))
+        out_dtype = torch_dtype(dtype) if dtype is not None else (self._out_dtype or torch_dtype("float32"))
         modules, dropped, total = {}, 0.0, 0.0
         for name, value in self.modules.items():
             value, dropped_sq, total_sq = L.truncate(value, rank)
@@ -369,7 +220,7 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
 
 
 @contextlib.contextmanager
-def _sources(file: str, text: str) -> Iterator[None]:
+def attach_sources(file: str, text: str) -> Iterator[None]:
     """Attach the source text to errors raised inside, for `render(e, e.sources)`."""
     from dipm_lang.errors import DipmError
 
@@ -381,7 +232,7 @@ def _sources(file: str, text: str) -> Iterator[None]:
         raise
 
 
-def _split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dict[str, MemoryAdapter]]:
+def split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dict[str, MemoryAdapter]]:
     """NAME → load path (or number) for every input, and the in-memory inputs keyed by their
     `<memory:…>` path."""
     paths: dict[str, Any] = {}
@@ -428,7 +279,7 @@ def _is_peft_model(value: Any) -> bool:
     return isinstance(value, peft.PeftModel)
 
 
-def _detach(value: Any) -> Any:
+def detached(value: Any) -> Any:
     """A normal (non-inference) tensor, so results can feed autograd or be copied into models."""
     from dipm_lang.backend.lowrank import LowRank
 
@@ -437,7 +288,7 @@ def _detach(value: Any) -> Any:
     return value.clone() if hasattr(value, "clone") else value
 
 
-def _torch_dtype(dtype: Any) -> torch.dtype:
+def torch_dtype(dtype: Any) -> torch.dtype:
     from dipm_lang.run.planning import DTYPES
 
     if isinstance(dtype, str):
@@ -449,15 +300,15 @@ def _torch_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
-def _dtype_name(dtype: Any) -> str:
-    return str(_torch_dtype(dtype)).removeprefix("torch.")
+def dtype_name(dtype: Any) -> str:
+    return str(torch_dtype(dtype)).removeprefix("torch.")
 
 
-def _options(device: str, dtype: Any, out_dtype: Any, **kwargs: Any):
+def run_options(device: str, dtype: Any, out_dtype: Any, **kwargs: Any):
     from dipm_lang.backend.lowrank import EPS
     from dipm_lang.run import RunOptions
 
     if kwargs.get("eps") is None:
         kwargs["eps"] = EPS
-    return RunOptions(device=device, dtype=_dtype_name(dtype),
-                      out_dtype=_dtype_name(out_dtype) if out_dtype is not None else None, **kwargs)
+    return RunOptions(device=device, dtype=dtype_name(dtype),
+                      out_dtype=dtype_name(out_dtype) if out_dtype is not None else None, **kwargs)

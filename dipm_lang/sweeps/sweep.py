@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dipm_lang.errors import RuntimeDipmError, UsageError
-from dipm_lang.sweep.evaluate import PLACEHOLDER, EvalJob, EvalResult
-from dipm_lang.sweep.executors import Executor, LocalExecutor
-from dipm_lang.sweep.folder import PLOT_NAME, Fingerprint, SweepFolder, new_manifest
-from dipm_lang.sweep.grid import Axis, expand
-from dipm_lang.sweep.points import Point
-from dipm_lang.sweep.progress import Progress
-from dipm_lang.sweep.table import Row, make_row, mark_best, metric_names, pick_best, read_table, write_table
+from dipm_lang.sweeps.evaluate import PLACEHOLDER, EvalJob, EvalResult
+from dipm_lang.sweeps.executors import Executor, LocalExecutor
+from dipm_lang.sweeps.folder import PLOT_NAME, Fingerprint, SweepFolder, new_manifest
+from dipm_lang.sweeps.grid import Axis, expand
+from dipm_lang.sweeps.points import Point
+from dipm_lang.sweeps.progress import Progress
+from dipm_lang.sweeps.table import Row, make_row, mark_best, metric_names, pick_best, read_table, write_table
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class SweepSummary:
         return self.objective is not None and bool(metrics) and self.objective.metric not in metrics
 
     def text(self, width: int = 80) -> str:
-        from dipm_lang.sweep.report import format_summary
+        from dipm_lang.sweeps.report import format_summary
 
         return format_summary(self, width)
 
@@ -400,14 +400,14 @@ class Sweep:
             summary.notes.append(f"{stale} point folder{'s' if stale > 1 else ''} of earlier runs, outside "
                                  "this grid, left in place")
         if plot and metric_names(rows) and any(row["status"] == "ok" for row in rows):
-            from dipm_lang.sweep.plot import write_plot
+            from dipm_lang.sweeps.plot import write_plot
 
             summary.plot = write_plot(rows, self.params, self.folder.path / PLOT_NAME, force=True,
                                       objective=self.objective)
         return summary
 
     def _stale_points(self) -> int:
-        from dipm_lang.sweep.points import parse_point_name
+        from dipm_lang.sweeps.points import parse_point_name
 
         names = {p.name for p in self._order}
         return sum(1 for entry in self.folder.path.iterdir()

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dipm_lang.errors import AdapterError
-from dipm_lang.sweep.files import write_atomic
-from dipm_lang.sweep.table import Row, metric_names
+from dipm_lang.sweeps.files import write_atomic
+from dipm_lang.sweeps.table import Row, metric_names
 
 if TYPE_CHECKING:
-    from dipm_lang.sweep.sweep import Objective
+    from dipm_lang.sweeps.sweep import Objective
 
 MAX_METRICS = 12   # panel rows; more metrics are in the CSV
 ONE_PARAM_COLUMNS = 3  # panels per row when a single parameter is swept

@@ -30,9 +30,9 @@ from typing import Any
 
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.atomic import TEMP_MARK
-from dipm_lang.sweep.files import is_temp_name, write_atomic
-from dipm_lang.sweep.points import parse_point_name
-from dipm_lang.sweep.table import CSV_NAME, TABLE_NAME
+from dipm_lang.sweeps.files import is_temp_name, write_atomic
+from dipm_lang.sweeps.points import parse_point_name
+from dipm_lang.sweeps.table import CSV_NAME, TABLE_NAME
 
 MANIFEST_NAME = "sweep-manifest.json"
 JOURNAL_NAME = "optuna.journal"

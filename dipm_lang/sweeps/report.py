@@ -12,10 +12,10 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dipm_lang.sweep.table import Row, metric_names, metric_value
+from dipm_lang.sweeps.table import Row, metric_names, metric_value
 
 if TYPE_CHECKING:
-    from dipm_lang.sweep.sweep import SweepSummary
+    from dipm_lang.sweeps.sweep import SweepSummary
 
 MAX_ROWS = 50          # above this, show the best (or first) TOP_ROWS rows
 TOP_ROWS = 20

@@ -1,9 +1,7 @@
-"""`dipm sweep RECIPE --grid NAME=… -o DIR …`: the flags, their checks, and the run.
+"""A sweep as asked (`SweepOptions`: `dipm sweep`'s flags, or `dipm_lang.sweep`'s arguments), checked
+(`plan_sweep`) and run (`run_sweep`):
 
-The `dipm sweep` command (the lead's, next to `dipm run`) does three things:
-
-    add_sweep_arguments(parser)               # with dipm run's --force, --progress, -q, …
-    plan = plan_sweep(options_from(args), parameters=recipe_number_params)   # usage errors: exit 2
+    plan = plan_sweep(options, parameters=recipe_numbers)   # usage errors: exit 2
     return run_sweep(plan, compute, Fingerprint(recipe_hash, input_hashes, settings))
 
 `plan_sweep` checks every flag and the grid before anything is computed; `run_sweep` opens the
@@ -13,7 +11,6 @@ exit code (0, or 1 when some point failed).
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import shutil
 import sys
@@ -22,55 +19,13 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from dipm_lang.errors import UsageError
-from dipm_lang.sweep.executors import make_executor
-from dipm_lang.sweep.folder import Fingerprint
-from dipm_lang.sweep.grid import MAX_POINTS, Axis, count_points, parse_grid
-from dipm_lang.sweep.progress import Progress
-from dipm_lang.sweep.search import describe_search, run_search
-from dipm_lang.sweep.sweep import Compute, EvalSpec, Objective, Sweep, SweepSummary
-from dipm_lang.sweep.table import metric_names
-
-EVAL_HELP = (
-    "run CMD once per written point, with {adapter} replaced by the point's folder (shell-quoted); "
-    "CMD runs under /bin/sh, so pipes and redirections work; its last stdout line must be a JSON "
-    "object of numbers, e.g. {\"acc\": 0.91}; a failing CMD fails only its point")
-
-
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `dipm sweep` beyond those it shares with `dipm run` (--force, --progress, -q)."""
-    parser.add_argument("--grid", action="append", default=[], metavar="NAME=VALUES", required=True,
-                        help="a swept number: NAME=V1,V2,… or NAME=START:STOP:STEP (decimal steps, STOP "
-                             "included when reached); NAME=LOW:HIGH for --search; repeat for a product, "
-                             "the last --grid varying fastest")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR",
-                        help="sweep folder: one adapter folder per point (NAME=VALUE,…), sweep.json, "
-                             "sweep.csv, sweep.png; a re-run with the same recipe and inputs resumes")
-    parser.add_argument("--eval", dest="eval_command", metavar="CMD", help=EVAL_HELP)
-    parser.add_argument("--eval-timeout", type=_positive_float, metavar="S",
-                        help="fail an evaluation still running after S seconds (its process group is ended)")
-    best = parser.add_mutually_exclusive_group()
-    best.add_argument("--maximize", metavar="METRIC", help="pick (and search for) the point with the largest METRIC")
-    best.add_argument("--minimize", metavar="METRIC", help="pick (and search for) the point with the smallest METRIC")
-    parser.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
-                        help="evaluations at once with the local executor, and points per search round (default 1)")
-    parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help="where evaluations run: local processes, or Ray tasks (default local)")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="an existing Ray cluster (as ray.init(address=…) takes it); default: start a local one")
-    parser.add_argument("--eval-cpus", type=_non_negative_float, metavar="C",
-                        help="CPUs per Ray evaluation (default 1)")
-    parser.add_argument("--eval-gpus", type=_non_negative_float, metavar="G",
-                        help="GPUs per Ray evaluation (default 0)")
-    parser.add_argument("--search", choices=("optuna",),
-                        help="sample points with Optuna's TPE instead of the whole grid (needs --eval, "
-                             "--maximize/--minimize and --trials)")
-    parser.add_argument("--trials", type=_positive_int, metavar="N",
-                        help="trials of the search in all, earlier runs' included (a point asked again is "
-                             "not recomputed)")
-    parser.add_argument("--seed", type=int, metavar="S", help="the search's seed (default 0)")
-    parser.add_argument("--max-points", type=_positive_int, default=MAX_POINTS, metavar="N",
-                        help=f"refuse grids of more points (default {MAX_POINTS})")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not write sweep.png")
+from dipm_lang.sweeps.executors import make_executor
+from dipm_lang.sweeps.folder import Fingerprint
+from dipm_lang.sweeps.grid import MAX_POINTS, Axis, count_points, parse_grid
+from dipm_lang.sweeps.progress import Progress
+from dipm_lang.sweeps.search import describe_search, run_search
+from dipm_lang.sweeps.sweep import Compute, EvalSpec, Objective, Sweep, SweepSummary
+from dipm_lang.sweeps.table import metric_names
 
 
 @dataclass(frozen=True)
@@ -96,16 +51,6 @@ class SweepOptions:
     progress: bool | None = None
     quiet: bool = False
     plot: bool = True
-
-
-def options_from(args: argparse.Namespace) -> SweepOptions:
-    return SweepOptions(
-        grid=tuple(args.grid), output=args.output, eval_command=args.eval_command, eval_timeout=args.eval_timeout,
-        maximize=args.maximize, minimize=args.minimize, jobs=args.jobs, executor=args.executor,
-        ray_address=args.ray_address, eval_cpus=args.eval_cpus, eval_gpus=args.eval_gpus, search=args.search,
-        trials=args.trials, seed=args.seed, max_points=args.max_points, force=getattr(args, "force", False),
-        progress=getattr(args, "progress", None), quiet=getattr(args, "quiet", False),
-        plot=getattr(args, "plot", True))
 
 
 @dataclass(frozen=True)
@@ -205,39 +150,3 @@ def _width(stream: TextIO) -> int:
     if getattr(stream, "isatty", lambda: False)():
         return max(40, shutil.get_terminal_size((80, 24)).columns)
     return 80
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
-
-
-def _float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
