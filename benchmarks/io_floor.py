@@ -1,11 +1,13 @@
 """The I/O floor as a whole process: read the inputs, write an output of a given size, nothing else.
 
-    python -m benchmarks.io_floor --like OUTPUT_FOLDER --out FOLDER INPUT_FOLDER [INPUT_FOLDER …]
+    python -m benchmarks.io_floor --like OUTPUT_FOLDER [--like …] --out FOLDER INPUT_FOLDER [INPUT_FOLDER …]
 
 It reads every input's config and tensors with `safetensors.torch.load_file`, then writes
 tensors with the names, shapes and dtypes of `--like`'s weights file (the output the recipe
 produced) with `safetensors.torch.save_file`, plus a config. Any PyTorch tool that reads and
 writes PEFT adapters pays at least this: interpreter and torch start-up, reading, writing.
+With several `--like` folders (a sweep's points) it writes one output like each, to
+`FOLDER/<its name>`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def header(path: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("inputs", nargs="+")
-    p.add_argument("--like", required=True)
+    p.add_argument("--like", action="append", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -40,13 +42,14 @@ def main() -> None:
     for folder in map(Path, args.inputs):
         json.loads((folder / CONFIG_NAME).read_text())
         loaded.append(load_file(str(folder / WEIGHTS_NAME)))
-    like = Path(args.like)
-    spec = {k: v for k, v in header(like / WEIGHTS_NAME).items() if k != "__metadata__"}
-    tensors = {k: torch.empty(v["shape"], dtype=dtypes[v["dtype"]]) for k, v in spec.items()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    (out / CONFIG_NAME).write_text((like / CONFIG_NAME).read_text())
+    likes = [Path(like) for like in args.like]
+    for like in likes:
+        spec = {k: v for k, v in header(like / WEIGHTS_NAME).items() if k != "__metadata__"}
+        tensors = {k: torch.empty(v["shape"], dtype=dtypes[v["dtype"]]) for k, v in spec.items()}
+        out = Path(args.out) / like.name if len(likes) > 1 else Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        (out / CONFIG_NAME).write_text((like / CONFIG_NAME).read_text())
     print(json.dumps({"inputs": len(loaded), "tensors": len(tensors)}))
 
 
