@@ -131,3 +131,24 @@ def test_render_only_reports_the_committed_results(tmp_path: Path, capsys: pytes
     text = (tmp_path / "results.md").read_text()
     assert capsys.readouterr().out.strip() == text.strip()
     assert_every_row_with_numbers(text, json.loads((tmp_path / "results.json").read_text()))
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_quick(tmp_path: Path) -> None:
+    """`python -m benchmarks.sweep --quick`: every measurement positive, and each verdict agrees with
+    its number and goal (the 11 points written are checked by the benchmark itself)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--quick", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "sweep.json").read_text())
+    for key in ("sweep_s", "floor_s", "separate_runs_s", "sweep_peak_mib", "single_run_peak_mib", "outputs_mib"):
+        assert results[key] > 0, key
+    assert results["points"] == 11
+    assert results["ratio_to_floor"] == pytest.approx(results["sweep_s"] / results["floor_s"])
+    assert results["peak_vs_single_run"] == pytest.approx(results["sweep_peak_mib"] / results["single_run_peak_mib"])
+    rows = _rows((tmp_path / "sweep.md").read_text())
+    floor_ok = results["ratio_to_floor"] <= 1.3
+    memory_ok = results["peak_vs_single_run"] <= 1.5
+    assert rows["11-point sweep vs the I/O floor"][-1] == ("PASS" if floor_ok else "MISS")
+    assert rows["peak memory vs one dipm run"][-1] == ("PASS" if memory_ok else "MISS")
+    assert not (tmp_path / "tmp-sweep").exists()

@@ -250,3 +250,36 @@ def test_a_batch_of_mixed_stored_dtypes_is_read_right(tmp_path: Path) -> None:
         module = info.modules[name]
         assert torch.equal(stack.A[i], tensors[module.a_key].float())
         assert torch.equal(stack.B[i], tensors[module.b_key].float())
+
+
+def test_batches_computed_ahead_of_the_writer_are_bounded() -> None:
+    """Workers compute at most a few batches ahead of the batch being written: when writing is the
+    slow part (a sweep writes many outputs per batch), computed batches must not pile up in memory."""
+    import threading
+    import time
+
+    from dipm_lang.backend.executor import ExecutionResult
+    from dipm_lang.backend.parallel import run_batches
+
+    lock = threading.Lock()
+    computed, written = [], []
+    ahead = []
+
+    class Counting:  # the executor's interface, as run_batches uses it
+        on_group = None
+
+        def run(self, groups):
+            with lock:
+                computed.append(groups[0][0])
+                ahead.append(len(computed) - len(written))
+            return ExecutionResult([], {})
+
+    def slow_writer(part):
+        time.sleep(0.01)
+        with lock:
+            written.append(1)
+
+    batches = [[f"m{i}"] for i in range(40)]
+    run_batches(Counting(), batches, threads=2, on_part=slow_writer)
+    assert computed and sorted(computed) == sorted(b[0] for b in batches) and len(written) == 40
+    assert max(ahead) <= 2 + 1 + 1  # the window (workers + 1), plus the batch being written

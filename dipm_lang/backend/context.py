@@ -27,7 +27,7 @@ class GroupContext:
     # For the merge baselines, which work on stored LoRA factors as PEFT does (backend/baselines.py):
     adapter: Callable[[Node], Any] | None = None  # the source a `load` reads (scales, ranks; no I/O)
     factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
-    _norms: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _shared: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = field(default_factory=dict, repr=False)
 
     def number(self, value: Any) -> float | torch.Tensor:
         """A number as a kernel uses it: a plain number, or a schedule's value for each module of the
@@ -50,15 +50,21 @@ class GroupContext:
 
     def unit_norms(self, x: LowRank, by: str, operand: Node) -> torch.Tensor:
         """The unit norms of `x` (the value of `operand`) in x's dtype, computed once per value:
-        `dir(x)` and `mag(x)` (as in every DiPM recipe) share one QR. Entries hold `x` weakly,
-        so no value outlives its last use.
+        `dir(x)` and `mag(x)` (as in every DiPM recipe) share one QR.
 
         A computed value may cancel to exact zero units, whose rounding noise must not pass for
         a unit (`L.exact_unit_norms`); a loaded adapter cannot, so its norms need no float64."""
-        key = (id(x), by)
-        hit = self._norms.get(key)
-        if hit is not None and hit[0]() is x:
+        return self.shared(f"norms {by}", (x,), lambda: L.unit_norms(x, by) if operand.op == "load"
+                           else L.exact_unit_norms(x, by))
+
+    def shared(self, what: str, operands: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """`compute()` once per batch for these operand values (by identity): work that several
+        nodes share — the norms behind `dir(x)` and `mag(x)`, the angles `shift(d, e, t)` needs for
+        every `t` of a sweep. Entries hold the operands weakly, so no value outlives its last use."""
+        key = (what, *map(id, operands))
+        hit = self._shared.get(key)
+        if hit is not None and all(ref() is operand for ref, operand in zip(hit[0], operands)):
             return hit[1]
-        norms = L.unit_norms(x, by) if operand.op == "load" else L.exact_unit_norms(x, by)
-        self._norms[key] = (weakref.ref(x), norms)
-        return norms
+        value = compute()
+        self._shared[key] = (tuple(weakref.ref(operand) for operand in operands), value)
+        return value

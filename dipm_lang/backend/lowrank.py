@@ -305,31 +305,46 @@ unit's coefficients in float64; above it float32's angle error (~1e-7/sin θ) is
 own rounding level."""
 
 
-def shift(d: LowRank, e: LowRank, t: float | Tensor, by: str = "out", eps: float = EPS) -> LowRank:
+@dataclass(frozen=True)
+class ShiftAngle:
+    """What `shift(d, e, t)` computes from d and e alone, once for every `t` (a sweep's points):
+    each unit's angle θ, and which units take the fallback. In float32 (and narrower), `settled`
+    marks the units safe at that precision and `exact` is the float64 angle for the others."""
+
+    theta: Tensor
+    safe_sin: Tensor       # sin θ, 1 where degenerate (torch.where evaluates both branches)
+    degenerate: Tensor     # sin θ < 1e-6, or a zero unit: normalize((1−t)·d + t·e) instead
+    settled: Tensor | None = None
+    exact: "ShiftAngle | None" = None
+
+
+def shift(d: LowRank, e: LowRank, t: float | Tensor, by: str = "out", eps: float = EPS, *,
+          angle: ShiftAngle | None = None) -> LowRank:
     """Move d toward e along the great circle by the fraction t, unit by unit (SPEC §3).
 
     θ = arccos(clamp(⟨d,e⟩, −1, 1)); result = sin((1−t)θ)/sin θ · d + sin(tθ)/sin θ · e.
     Where sin θ < 1e-6 or either unit is zero, the unit is normalize((1−t)·d + t·e)
     instead (a zero result stays zero). Both branches reduce to per-unit coefficients
     α, β, so the result is one concatenation α ⊙ d + β ⊙ e. `t` is a number, or one per module of
-    the batch (`[...]`, a schedule's values).
+    the batch (`[...]`, a schedule's values). `angle`: `shift_angle(d, e, by, eps)`, when the caller
+    has it already.
     """
     _check_by(by)
     t = float(t) if not isinstance(t, Tensor) else t
-    alpha, beta, settled = _shift_coefficients(d, e, t, by, eps)
-    if settled is not None and not bool(settled.all()):
-        # Near-parallel, antiparallel or zero units: their angle needs float64 (see below).
+    angle = angle or shift_angle(d, e, by, eps)
+    alpha, beta = _shift_coefficients(d, e, t, angle, by, eps)
+    if angle.exact is not None:
+        # Near-parallel, antiparallel or zero units: their angle needs float64 (see shift_angle).
         # Decided unit by unit, so a module's result never depends on its batch-mates.
-        alpha64, beta64, _ = _shift_coefficients(d.to(torch.float64), e.to(torch.float64), t, by, eps)
-        alpha = torch.where(settled, alpha, alpha64.to(alpha.dtype))
-        beta = torch.where(settled, beta, beta64.to(beta.dtype))
+        alpha64, beta64 = _shift_coefficients(d.to(torch.float64), e.to(torch.float64), t, angle.exact, by, eps)
+        alpha = torch.where(angle.settled, alpha, alpha64.to(alpha.dtype))
+        beta = torch.where(angle.settled, beta, beta64.to(beta.dtype))
     return combine_units([d, e], [alpha, beta], by)
 
 
-def _shift_coefficients(d: LowRank, e: LowRank, t: float | Tensor, by: str, eps: float
-                        ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per-unit α, β of `shift`, computed in d's dtype; for float32 (and narrower) also which
-    units are settled — safe at this precision — and which need float64.
+def shift_angle(d: LowRank, e: LowRank, by: str = "out", eps: float = EPS) -> ShiftAngle:
+    """The per-unit angles of `shift`, computed in d's dtype; for float32 (and narrower) also which
+    units are settled — safe at this precision — with the float64 angles of the others.
 
     In float32 an exactly antiparallel pair (e = reverse(d)) has ⟨d,e⟩ ≈ −1 + 6e-8 and
     sin θ ≈ 3e-4, which would miss SPEC's sin θ < 1e-6 fallback: such units are recomputed in
@@ -338,30 +353,36 @@ def _shift_coefficients(d: LowRank, e: LowRank, t: float | Tensor, by: str, eps:
     forms of the r×r Gram matrices are accurate here (`unit_norms` explains why they are not
     for arbitrary small units) and much cheaper than a QR per operand.
     """
+    _check_by(by)
     norm_d = unit_dots(d, d, by).clamp_min(0.0).sqrt()
     norm_e = unit_dots(e, e, by).clamp_min(0.0).sqrt()
     cos = (unit_dots(d, e, by) * _safe_inv(norm_d, eps) * _safe_inv(norm_e, eps)).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin_theta = torch.sin(theta)
-    t = per_module(t, theta, d.batch_shape)
     degenerate = (sin_theta < SIN_EPS) | (norm_d <= eps) | (norm_e <= eps)
-    # torch.where evaluates both branches: keep the unused slerp branch finite.
     safe_sin = torch.where(degenerate, torch.ones_like(sin_theta), sin_theta)
-    alpha = torch.sin((1.0 - t) * theta) / safe_sin
-    beta = torch.sin(t * theta) / safe_sin
-    settled = None
-    if d.dtype != torch.float64:
-        near_one = lambda norm: (norm - 1.0).abs() < 1e-3  # noqa: E731 - a direction's unit
-        settled = (sin_theta >= SAFE_SIN) & near_one(norm_d) & near_one(norm_e)
-        if not bool(settled.all()):
-            return alpha, beta, settled  # the caller recomputes the unsettled units in float64
+    if d.dtype == torch.float64:
+        return ShiftAngle(theta, safe_sin, degenerate)
+    near_one = lambda norm: (norm - 1.0).abs() < 1e-3  # noqa: E731 - a direction's unit
+    settled = (sin_theta >= SAFE_SIN) & near_one(norm_d) & near_one(norm_e)
+    exact = None if bool(settled.all()) else shift_angle(d.to(torch.float64), e.to(torch.float64), by, eps)
+    return ShiftAngle(theta, safe_sin, degenerate, settled, exact)
+
+
+def _shift_coefficients(d: LowRank, e: LowRank, t: float | Tensor, angle: ShiftAngle, by: str, eps: float
+                        ) -> tuple[Tensor, Tensor]:
+    """Per-unit α, β of `shift` for one t (the units `angle` leaves unsettled are the caller's)."""
+    t = per_module(t, angle.theta, d.batch_shape)
+    alpha = torch.sin((1.0 - t) * angle.theta) / angle.safe_sin
+    beta = torch.sin(t * angle.theta) / angle.safe_sin
+    # Degenerate units are never settled, so in float32 they are left to the float64 angle.
     # The fallback's norm comes from the factored linear path itself rather than from
     # ‖d‖², ⟨d,e⟩, ‖e‖²: at t = ½ with e = −d that expansion cancels to ~1e-8 instead of 0.
-    if bool(degenerate.any()):
+    if angle.settled is None and bool(angle.degenerate.any()):
         inv = _safe_inv(unit_norms(combine_units([d, e], [1.0 - t, t], by), by), eps)
-        alpha = torch.where(degenerate, (1.0 - t) * inv, alpha)
-        beta = torch.where(degenerate, t * inv, beta)
-    return alpha, beta, settled
+        alpha = torch.where(angle.degenerate, (1.0 - t) * inv, alpha)
+        beta = torch.where(angle.degenerate, t * inv, beta)
+    return alpha, beta
 
 
 NOISE = 1e3

@@ -20,7 +20,9 @@ reductions are deterministic for a given device and library version.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -74,15 +76,22 @@ def run_batches(executor: Executor, batches: Sequence[list[str]], *, threads: in
                     parts.append(one(batch))
                     _done(parts, on_part, on_batch)
             else:
-                with ThreadPoolExecutor(max_workers=min(threads, len(batches)),
-                                        thread_name_prefix="dipm-batch") as pool:
-                    futures = [pool.submit(one, batch) for batch in batches]
+                workers = min(threads, len(batches))
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dipm-batch") as pool:
+                    # A bounded window of batches in flight: when writing the outputs is slower than
+                    # computing them (a sweep writes many outputs per batch), batches computed far
+                    # ahead would pile up in memory until the writer caught up.
+                    ahead = workers + 1
+                    pending = deque(pool.submit(one, batch) for batch in batches[:ahead])
+                    following = iter(batches[ahead:])
                     try:
-                        for future in futures:  # in batch order: the first failing batch is the one reported
-                            parts.append(future.result())
+                        while pending:  # in batch order: the first failing batch is the one reported
+                            parts.append(pending.popleft().result())
+                            for batch in itertools.islice(following, 1):
+                                pending.append(pool.submit(one, batch))
                             _done(parts, on_part, on_batch)
                     except BaseException:
-                        for future in futures:
+                        for future in pending:
                             future.cancel()
                         raise
     finally:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from dipm_lang.backend.balance import balanced
-from dipm_lang.backend.lowrank import LowRank, unit_norms
+from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.atomic import current_umask
 from dipm_lang.io.finite import all_finite
@@ -296,11 +296,17 @@ def imbalance(x: LowRank) -> float:
     """‖B‖·‖A‖/‖BA‖ (Frobenius, float64; inf for factors whose product is zero): how much rounding
     the factors (entry by entry, relative eps) can move their product, in units of eps·‖BA‖ — at
     most (2·eps + eps²)·‖B‖·‖A‖. Balanced factors have it at most √rank; a cancelling result, far
-    more. Costs one QR of each factor (no m×n)."""
-    B, A = x.B.double(), x.A.double()
-    size = float(unit_norms(LowRank(B, A), "matrix"))
+    more. ‖BA‖² = Σ (BᵀB ⊙ AAᵀ) from the two r×r Gram matrices (no m×n, no QR: a sweep checks every
+    module of every point), in the factors' dtype but at least float32: its rounding, ~u·r·‖B‖²‖A‖²,
+    is far below the ‖B‖²‖A‖²/4r that separates balanced factors from cancelling ones, and a
+    cancellation past it reads as zero (inf: re-factored)."""
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    B, A = x.B.to(work), x.A.to(work)
+    size_sq = float(((B.mT @ B) * (A @ A.mT)).sum())
     scale = float(torch.linalg.vector_norm(B)) * float(torch.linalg.vector_norm(A))
-    return scale / size if size > 0 else (math.inf if scale > 0 else 1.0)
+    if size_sq <= 0:
+        return math.inf if scale > 0 else 1.0
+    return scale / math.sqrt(size_sq)
 
 
 def stage_adapter(

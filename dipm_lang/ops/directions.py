@@ -26,6 +26,14 @@ def _weights(ctx, weights: list, count: int) -> list:
     return [ctx.number(w) for w in weights] if weights else [1.0] * count  # [] means equal weights
 
 
+def _shift(ctx, node, d, e, t):
+    """The angles between d and e do not depend on t: one batch computes them once for every
+    shift of the pair (a sweep's points, a recipe at several t)."""
+    by = node.type.by
+    angle = ctx.shared(f"shift angle {by}", (d, e), lambda: L.shift_angle(d, e, by, ctx.eps))
+    return L.shift(d, e, ctx.number(t), by, ctx.eps, angle=angle)
+
+
 def _path(ctx, t) -> list:
     """lerp's weights (1 − t, t)."""
     t = ctx.number(t)
@@ -42,7 +50,7 @@ OPERATORS = [
              maps_over_lists=True),
     Operator("shift", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "Move d toward e along the great circle by the fraction t (per-unit slerp).",
-             factored=lambda ctx, node, d, e, t: L.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+             factored=_shift,
              dense=lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
              simplify=(
                  # shift(d, e, 0) -> d

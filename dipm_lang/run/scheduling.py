@@ -37,15 +37,18 @@ def schedule(the_plan: Plan, *, dense: bool = False) -> list[list[str]]:
 
 
 def split_batches(groups: list[list[str]], the_plan: Plan, max_bytes: int = MAX_BATCH_BYTES) -> list[list[str]]:
-    """Cut each group of same-shape modules into batches of at most `max_bytes` of factors per input.
+    """Cut each group of same-shape modules into batches of at most `max_bytes` of factors per input
+    and output: a program with many saves (a sweep's points) holds each batch's result for every
+    save at once, so its batches hold fewer modules.
 
     Modules never interact, so how they are batched does not change any result.
     """
     out = []
+    saves = max(1, len(the_plan.program.roots))
     for names in groups:
         m, n = the_plan.modules[names[0]]
         rank = max([info.modules[names[0]].rank for info in the_plan.inputs.values() if names[0] in info.modules],
                    default=1)
-        size = max(1, max_bytes // max(1, rank * (m + n) * the_plan.dtype.itemsize))
+        size = max(1, max_bytes // max(1, saves * rank * (m + n) * the_plan.dtype.itemsize))
         out += [names[i:i + size] for i in range(0, len(names), size)]
     return out

@@ -1,9 +1,9 @@
 """The recipes compared, each one dipm expression with a swept parameter, computed by dipm_lang.
 
-Every configuration is `dipm_lang.evaluate(expression, H=…, T=…, C=…)` on the in-memory
-adapters, added to the PEFT model with `dipm_lang.add_to_peft_model`. Evaluating directly is
-cheap here (a few milliseconds per call for 14 modules: parse, optimise and run), so each
-sweep value is simply its own expression; `timings.json` records the measured cost.
+Each method's expression is compiled once (`dipm_lang.compile`, its parameter a free number) on
+the in-memory adapters H, T, C, and every configuration is a call of it (`program(t=0.3)`) —
+no source text is formatted per value; the value is added to the PEFT model with
+`dipm_lang.add_to_peft_model`. `timings.json` records the measured cost of compiling and calls.
 """
 
 from __future__ import annotations
@@ -21,26 +21,31 @@ class Method:
     name: str              # key in rows.json
     label: str             # legend / table label
     family: str            # "detox" (remove T's behaviour from H) or "transfer" (add it to C)
-    template: str          # the dipm expression, `{p}` standing for the swept parameter
+    expression: str        # the dipm expression; `param` is a free number in it
     param: str             # "t", "lam" or "alpha"
     keeps: str | None = None  # the input whose row norms the result must keep (DiPM's claim)
 
     def expr(self, value: float) -> str:
-        return self.template.format(p=number(value))
+        """The configuration as literal dipm text (what rows.json records)."""
+        return self.written(number(value))
+
+    def written(self, param: str) -> str:
+        """The expression with the parameter written as `param` (a number, or a symbol for tables)."""
+        return re.sub(rf"\b{self.param}\b", param, self.expression)
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return tuple(name for name in ("H", "T", "C") if re.search(rf"\b{name}\b", self.template))
+        return tuple(name for name in ("H", "T", "C") if re.search(rf"\b{name}\b", self.expression))
 
 
 METHODS = (
-    Method("dipm_detox", "DiPM detox", "detox", "recombine(shift(dir(H), reverse(dir(T)), {p}), mag(H))", "t", "H"),
-    Method("task_arithmetic", "H − λ·T", "detox", "H - {p} * T", "lam"),
-    Method("ta_keep_mag", "recombine(dir(H − λ·T), mag(H))", "detox", "recombine(dir(H - {p} * T), mag(H))", "lam",
+    Method("dipm_detox", "DiPM detox", "detox", "recombine(shift(dir(H), reverse(dir(T)), t), mag(H))", "t", "H"),
+    Method("task_arithmetic", "H − λ·T", "detox", "H - lam * T", "lam"),
+    Method("ta_keep_mag", "recombine(dir(H − λ·T), mag(H))", "detox", "recombine(dir(H - lam * T), mag(H))", "lam",
            "H"),
-    Method("shrink", "(1 − α)·H", "detox", "(1 - {p}) * H", "alpha"),
-    Method("dipm_transfer", "DiPM transfer", "transfer", "recombine(shift(dir(C), dir(T), {p}), mag(C))", "t", "C"),
-    Method("ta_transfer", "C + λ·T", "transfer", "C + {p} * T", "lam"),
+    Method("shrink", "(1 − α)·H", "detox", "(1 - alpha) * H", "alpha"),
+    Method("dipm_transfer", "DiPM transfer", "transfer", "recombine(shift(dir(C), dir(T), t), mag(C))", "t", "C"),
+    Method("ta_transfer", "C + λ·T", "transfer", "C + lam * T", "lam"),
 )
 REFERENCES = ("base", "H", "T", "C")
 
@@ -51,20 +56,26 @@ def number(value: float) -> str:
 
 
 class Evaluator:
-    """Evaluates recipes with dipm_lang on a PEFT model's adapters and times every call."""
+    """Computes recipes with dipm_lang on a PEFT model's adapters (each method compiled once) and
+    times every call."""
 
     def __init__(self, peft_model: Any):
         self.model = peft_model
         self.seconds = 0.0
         self.calls = 0
         self._mags: dict[str, Any] = {}
+        self._programs: dict[str, Any] = {}
 
-    def value(self, expr: str, inputs: tuple[str, ...]) -> Any:
+    def value(self, method: Method, value: float) -> Any:
         start = time.perf_counter()
-        value = dipm_lang.evaluate(expr, **{name: (self.model, name) for name in inputs})
+        program = self._programs.get(method.name)
+        if program is None:
+            program = dipm_lang.compile(method.expression, inputs={name: (self.model, name) for name in method.inputs})
+            self._programs[method.name] = program
+        result = program(**{method.param: value})
         self.seconds += time.perf_counter() - start
         self.calls += 1
-        return value
+        return result
 
     def row_norm_error(self, value: Any, keeps: str) -> float:
         """max |‖row_i(value)‖ − ‖row_i(keeps)‖| / max ‖row_i(keeps)‖ over all modules, by dipm's `mag`."""

@@ -147,7 +147,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             if method.family != family:
                 continue
             s = summary["methods"][method.name]
-            lines.append(f"| {method.label} | `{method.template.replace('{p}', PARAM_SYMBOL[method.param])}` | "
+            lines.append(f"| {method.label} | `{method.written(PARAM_SYMBOL[method.param])}` | "
                          f"{fmt(s['area'])} | {s['reached']}/{n} | {fmt(s['ability_at_crossing'])} | "
                          f"{fmt(s['general_at_crossing'])} | {PARAM_SYMBOL[method.param]} = "
                          f"{fmt(s['value_at_crossing'], 2)} |")

@@ -142,7 +142,7 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
         for method in METHODS:
             for value in p.sweep(method.param):
                 expr = method.expr(value)
-                result = evaluator.value(expr, method.inputs)
+                result = evaluator.value(method, value)
                 row = {"seed": seed, "family": method.family, "method": method.name, "param": method.param,
                        "value": value, "expr": expr}
                 if method.keeps:
