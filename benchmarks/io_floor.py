@@ -7,13 +7,15 @@ tensors with the names, shapes and dtypes of `--like`'s weights file (the output
 produced) with `safetensors.torch.save_file`, plus a config. Any PyTorch tool that reads and
 writes PEFT adapters pays at least this: interpreter and torch start-up, reading, writing.
 With several `--like` folders (a sweep's points) it writes one output like each, to
-`FOLDER/<its name>`.
+`FOLDER/<its name>`. `--fsync` also flushes each written file to disk, as dipm does before it
+renames an output into place (without it the outputs may still be in the page cache at exit).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def main() -> None:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--like", action="append", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--fsync", action="store_true", help="flush every written file to disk")
     args = p.parse_args()
 
     import torch
@@ -50,6 +53,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         (out / CONFIG_NAME).write_text((like / CONFIG_NAME).read_text())
+        if args.fsync:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                with open(out / name, "rb") as handle:
+                    os.fsync(handle.fileno())
     print(json.dumps({"inputs": len(loaded), "tensors": len(tensors)}))
 
 
