@@ -184,3 +184,25 @@ def test_dry_run_lists_the_points_and_writes_nothing(workdir):
     assert "3 points of t" in result.out and "3 inputs checked" in result.out
     assert "t=0.0" in result.out and "t=1.0" in result.out
     assert not (workdir / "sw").exists()
+
+
+def test_a_search_through_the_command_runs_real_points(workdir):
+    """`--search optuna` on a real recipe: every trial is a written adapter folder, evaluated; the
+    metric here is read back from the adapter itself (its norm grows with t), and the best is kept."""
+    import sys
+
+    (workdir / "one.dipm").write_text('C = load("adapters/C")\nsave(t * C, "out/x")\n')
+    (workdir / "norm.py").write_text(
+        "import json, sys\nfrom safetensors.torch import load_file\n"
+        "w = load_file(sys.argv[1] + '/adapter_model.safetensors')\n"
+        "print(json.dumps({'norm': sum(float(v.norm()) for k, v in w.items() if 'lora_B' in k)}))\n")
+    result = run_main("sweep", "one.dipm", "--grid", "t=0.1:1", "--search", "optuna", "--trials", "4", "--seed", "3",
+                      "--eval", f"{sys.executable} norm.py {{adapter}}", "--maximize", "norm", "-o", "sw",
+                      cwd=workdir)
+    assert result.code == 0, result.err
+    rows = json.loads((workdir / "sw" / "sweep.json").read_text())
+    assert len(rows) == 4 and all(row["status"] == "ok" for row in rows)
+    for row in rows:
+        assert (workdir / "sw" / row["path"] / "adapter_model.safetensors").is_file()
+    best = max(rows, key=lambda row: row["metrics"]["norm"])
+    assert best["best"] and best["params"]["t"] == max(row["params"]["t"] for row in rows)
