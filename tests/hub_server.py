@@ -141,7 +141,8 @@ class FakeHub:
             server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
             server.daemon_threads = True
             server.hub, server.origin = self, origin  # type: ignore[attr-defined]
-            threading.Thread(target=server.serve_forever, name=f"fake-hf-{origin}", daemon=True).start()
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                             name=f"fake-hf-{origin}", daemon=True).start()
             self._servers.append(server)
         return self
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants
+from huggingface_hub import constants, hf_hub_download
 
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.hub import cached, cached_adapter_ids, describe, is_cached, resolve
@@ -195,6 +195,20 @@ def test_network_failure_falls_back_to_the_cache(hub, fetch):
     filled = fetch("hf://acme/style-lora")
     again = fetch("hf://acme/style-lora", endpoint=_dead_endpoint())
     assert (again.commit, again.files) == (filled.commit, filled.files)
+
+
+def test_a_cache_filled_by_another_tool_costs_one_request(hub, fetch, cache):
+    """Files put in the cache one by one (as `hf download ID FILE…` or transformers do: no listing
+    kept) are used as they are: online only the revision is looked up, and a dead network is fine."""
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        hf_hub_download("acme/style-lora", name, cache_dir=cache, endpoint=hub.url)
+    hub.requests.clear()
+    online = fetch("hf://acme/style-lora")
+    assert [(r.method, r.path) for r in hub.requests] == [("GET", "/api/models/acme/style-lora")]
+    assert online.commit == hub.commit("acme/style-lora") and online.readme_file is None
+    assert _bytes(online.folder) == {n: hub.sources["basic"][n] for n in ADAPTER - {"README.md"}}
+    cut_off = fetch("hf://acme/style-lora", endpoint=_dead_endpoint())
+    assert cut_off == online
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ huggingface_hub 2.x it takes three steps, each the library's own:
 3. Only when the commit has no safetensors weights, `hf_hub_download` fetches `adapter_model.bin`
    (pickled: the reader's §4 rules apply to it).
 
-Every file comes from the one resolved commit, even if the branch moves meanwhile. Offline
+Every file comes from the one resolved commit, even if the branch moves meanwhile; when the cache
+already holds that commit's config and safetensors, step 2 is skipped (one request in all). Offline
 (`HF_HUB_OFFLINE=1`, or `offline=True`) nothing is sent: `try_to_load_from_cache` finds the files.
 The cache location (`cache_dir`, else HF_HUB_CACHE, else HF_HOME/hub), the token (`token`, else
 HF_TOKEN, else the one `hf auth login` stored) and the endpoint (`endpoint`, else HF_ENDPOINT) are
@@ -109,12 +110,16 @@ def resolve(ref: HubRef, *, offline: bool | None = None, token: str | bool | Non
     try:
         revision = _api(endpoint, token).resolve_revision(
             ref.repo_id, revision=ref.revision, cache_dir=cache_dir, local_files_only=offline)
+        found = _from_cache(ref, revision.resolved, cache_dir)
         if offline:
-            found = _from_cache(ref, revision.resolved, cache_dir)
             if found is None:
                 tree = _cached_tree(ref, revision.resolved, cache_dir)
                 config_missing = tree is not None and ref.repo_path(CONFIG_NAME) not in tree
                 raise not_an_adapter(ref, tree) if config_missing else not_cached(attempt)
+            return found
+        if found is not None and found.weights_file.name == SAFETENSORS_NAME:
+            # The commit's files are all here (maybe put there by another tool, without the listing
+            # snapshot_download keeps): nothing to ask the Hub, whose retries would be slow if down.
             return found
         return _download(ref, revision, cache_dir=cache_dir, token=token, endpoint=endpoint, progress=progress)
     except AdapterError:
