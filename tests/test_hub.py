@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -241,7 +242,7 @@ ERRORS = [  # (source, resolve options, words in the message, words in the hint)
 
 
 @pytest.mark.parametrize(("source", "options", "said", "hinted"), ERRORS, ids=[f"{e[0]}-{e[1]}" for e in ERRORS])
-def test_errors_name_the_id_and_say_what_to_do(fetch, cache, source, options, said, hinted):
+def test_errors_name_the_id_and_say_what_to_do(fetch, cache, caplog, source, options, said, hinted):
     if options.get("endpoint") == "dead":
         options = {**options, "endpoint": _dead_endpoint()}
     with pytest.raises(AdapterError) as caught:
@@ -253,11 +254,12 @@ def test_errors_name_the_id_and_say_what_to_do(fetch, cache, source, options, sa
     for words in hinted:
         assert words in (error.hint or "")
     assert not [p for p in _snapshots(cache) if any(p.rglob("adapter_model.*"))]  # no weights were kept
+    assert "No files matched" not in caplog.text  # snapshot_download's warning, made moot by the message
 
 
 def test_offline_diagnoses_a_cached_full_model_listing(hub, fetch, monkeypatch):
     with pytest.raises(AdapterError, match="full model"):
-        fetch("hf://acme/tiny-llama")  # online: the listing is now in the cache, no file is
+        fetch("hf://acme/tiny-llama")  # online: the listing is now in the cache, no adapter file is
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(AdapterError, match="full model"):
         fetch("hf://acme/tiny-llama")
@@ -362,11 +364,14 @@ print(json.dumps({"commit": got.commit, "folder": str(got.folder)}))
 """
 
 
-def _run(hub: FakeHub, home: Path, *, offline: bool) -> subprocess.CompletedProcess:
+def _environ(hub: FakeHub, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(hub.environ(home), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def _run(hub: FakeHub, home: Path, *, offline: bool) -> subprocess.CompletedProcess:
+    env = _environ(hub, home) | ({"HF_HUB_OFFLINE": "1"} if offline else {})
     return subprocess.run([sys.executable, "-c", SCRIPT, "hf://acme/style-lora@exp%2Fv2"], env=env,
                           cwd=home.parent, capture_output=True, text=True, timeout=60)
 
@@ -380,10 +385,18 @@ def test_hf_endpoint_home_and_offline_from_the_environment(hub, tmp_path):
     assert Path(got["folder"]) == tmp_path / "home" / "hub" / "models--acme--style-lora" / "snapshots" / got["commit"]
     assert sorted(set(hub.requested_files())) == sorted(ADAPTER)
     hub.requests.clear()
-    offline = _run(hub, tmp_path / "home", offline=True)
-    assert offline.returncode == 0 and json.loads(offline.stdout) == got and hub.requests == []
     empty = _run(hub, tmp_path / "other-home", offline=True)
     assert empty.returncode == 1 and empty.stdout == "" and hub.requests == []
     assert empty.stderr.startswith("hf://acme/style-lora@exp%2Fv2: error: not in the Hugging Face cache "
                                    f"({tmp_path / 'other-home' / 'hub'}), and HF_HUB_OFFLINE=1 is set")
     assert "Traceback" not in empty.stderr
+    # The command the hint gives fills the cache (huggingface_hub's own CLI, online), then offline works.
+    command = shlex.split(empty.stderr.strip().splitlines()[-1].split("fill the cache with: ", 1)[1])
+    assert command[:2] == ["hf", "download"]
+    filled = subprocess.run([sys.executable, "-m", "huggingface_hub.cli.hf", *command[1:]],
+                            env=_environ(hub, tmp_path / "other-home"), capture_output=True, text=True, timeout=60)
+    assert filled.returncode == 0, filled.stderr
+    hub.requests.clear()
+    after = _run(hub, tmp_path / "other-home", offline=True)
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["commit"] == got["commit"] and hub.requests == []

@@ -116,7 +116,7 @@ def not_an_adapter(ref: HubRef, repo_files: Iterable[str] | None) -> AdapterErro
     if model_files:
         return AdapterError(f"this is a full model ({', '.join(model_files[:3])}), not a PEFT adapter: it has no "
                             "adapter_config.json", str(ref),
-                            hint=elsewhere or "dipm loads LoRA adapters (adapter_config.json + adapter_model.safetensors)")
+                            hint=elsewhere or f"dipm loads LoRA adapters ({CONFIG_NAME} + {SAFETENSORS_NAME})")
     if adapters:
         return AdapterError("no adapter_config.json here; the adapters are in subfolders", str(ref), hint=elsewhere)
     shown = ", ".join(here[:5]) + (", …" if len(here) > 5 else "")
