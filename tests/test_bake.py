@@ -179,6 +179,7 @@ def test_dtype_override(sharded, tmp_path):
     assert torch.equal(baked.read_tensor("model.norm.weight"), base.read_tensor("model.norm.weight").bfloat16())
 
 
+@pytest.mark.slow  # the transposed write path is also covered by the embedding in the default run
 def test_gpt2_conv1d_bakes_transposed(tmp_path):
     folder = save_model(tiny_gpt2_model(0), tmp_path / "base", shard_size="30KB")
     adapter = make_adapter(tiny_gpt2_model(0), tmp_path / "lora", seed=25, targets=("c_attn", "c_fc"),
@@ -216,3 +217,20 @@ def test_refusals(sharded, tmp_path):
         inside.rmdir()
 
 
+
+
+def test_nan_in_base_weight_names_the_tensor(sharded, tmp_path):
+    import shutil
+    import struct
+
+    folder = Path(shutil.copytree(sharded["base"], tmp_path / "base"))
+    base = open_base_model(folder)
+    entry = base.tensors["model.layers.1.mlp.gate_proj.weight"]
+    with open(folder / entry.shard, "r+b") as handle:
+        handle.seek(entry.start + 8)
+        handle.write(struct.pack("<f", float("inf")))
+    base = open_base_model(folder)
+    modules = {"model.layers.1.mlp.gate_proj": "linear"}
+    with pytest.raises(AdapterError, match="'model.layers.1.mlp.gate_proj.weight' has NaN or Inf") as caught:
+        bake(base, lora_deltas(sharded["modules"]), staging(tmp_path), modules=modules)
+    assert caught.value.path.endswith(entry.shard)

@@ -5,11 +5,13 @@ same shard names holding the same tensors, the index (recomputed sizes), `config
 tokenizer and generation files (`COPIED_FILES`). It is written into an empty folder the caller
 gives — a staging folder that the caller renames into place — and nothing else is touched.
 
-Streaming: shards are written one after the other. The changed modules of a shard are computed
-first, in groups of equal shape (so the caller's `deltas` can batch them), as W0 + ΔW in float32
-(float64 when ΔW is float64), cast once to the output dtype and held until the shard is written;
-every other tensor is copied byte for byte from the base in chunks. Peak memory is therefore
-about one shard's changed weights plus one group's float32 work, never the model.
+Streaming: shards are written one after the other, tensor by tensor. A changed module is
+computed when its turn comes, as W0 + ΔW in float32 (float64 when ΔW is float64) and cast once
+to the output dtype; the caller's `deltas` is called once per group of equal-shape modules of
+the shard (so it can batch them), and only that group's updates wait. Every other tensor is
+copied byte for byte from the base in chunks. Peak memory is therefore one group's updates
+(factors, or at most `group_bytes` of dense ones) plus about two copies of one module — never
+a shard, let alone the model (`benchmarks/bake_memory.py` measures it).
 
 Each output shard's header is known before any data is computed (a merged weight keeps its
 shape and dtype), so it is written first and the data streamed after it — unlike the adapter
@@ -70,7 +72,7 @@ COPIED_FILES: dict[str, str] = {
 }
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "NOTICE")  # the base's terms apply to a model derived from it
 COPY_CHUNK = 16 * 2**20
-DEFAULT_GROUP_BYTES = 256 * 2**20
+DEFAULT_GROUP_BYTES = 64 * 2**20  # dense float32 updates per deltas() call
 
 Delta = Union[Tensor, LowRank, DoraForm]
 """One module's update in the LoRA layout [m, n] (or a stack [G, m, n])."""
@@ -194,7 +196,12 @@ def _plan(base: BaseModel, by_key: Mapping[str, ModuleWeight], lm_head: ModuleWe
 
 def _write_shard(base: BaseModel, shard: Shard, plan: list[_Out], file: Path, deltas: DeltaSource,
                  group_bytes: int) -> None:
-    merged = _merge_shard(base, plan, deltas, group_bytes)
+    """Write one output shard: header first (known up front), then each tensor's data in turn.
+
+    A changed module is merged when its turn comes; the first member of a group triggers one
+    `deltas` call for the whole group, whose values wait (as returned: factors, or dense updates
+    of at most `group_bytes`) until their tensors are written.
+    """
     order = sorted(plan, key=lambda t: (-DTYPE_CODES[t.code][0], t.key))
     offsets, position = {}, 0
     for tensor in order:
@@ -205,11 +212,15 @@ def _write_shard(base: BaseModel, shard: Shard, plan: list[_Out], file: Path, de
         header[tensor.key] = {"dtype": tensor.code, "shape": list(tensor.shape), "data_offsets": list(offsets[tensor.key])}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
+    group_of = _groups([t for t in order if t.module is not None], group_bytes)
+    waiting: dict[str, Delta] = {}
     with open(file, "xb", buffering=0) as handle:
         _write_all(handle, len(text).to_bytes(8, "little") + text)
         for tensor in order:
-            if tensor.key in merged:
-                _write_all(handle, _bytes(merged.pop(tensor.key)))
+            if tensor.module is not None:
+                if tensor.key not in waiting:
+                    waiting.update(_call(deltas, group_of[tensor.key]))
+                _write_all(handle, _bytes(_merge(base, tensor, waiting.pop(tensor.key))))
             elif tensor.code == tensor.source.code:
                 _copy_bytes(base, tensor.source, handle)
             else:
@@ -217,22 +228,23 @@ def _write_shard(base: BaseModel, shard: Shard, plan: list[_Out], file: Path, de
         os.fsync(handle.fileno())
 
 
-def _merge_shard(base: BaseModel, plan: list[_Out], deltas: DeltaSource, group_bytes: int) -> dict[str, Tensor]:
-    """W0 + ΔW of the shard's changed modules, cast to their output dtype, in stored layout."""
-    groups: dict[tuple, list[_Out]] = {}
-    for tensor in plan:
-        if tensor.module is not None:
-            groups.setdefault((tensor.module.shape, tensor.module.kind), []).append(tensor)
-    merged: dict[str, Tensor] = {}
-    for (shape, _kind), members in groups.items():
-        per_group = max(1, group_bytes // max(1, 4 * shape[0] * shape[1]))
-        for start in range(0, len(members), per_group):
-            chunk = members[start:start + per_group]
-            merged.update(_merge_group(base, chunk, deltas))
-    return merged
+def _groups(changed: list[_Out], group_bytes: int) -> dict[str, list[_Out]]:
+    """Chunks of same-shape, same-kind changed tensors (in write order), each at most `group_bytes`
+    of float32 ΔW; maps every member's key to its chunk."""
+    by_shape: dict[tuple, list[_Out]] = {}
+    for tensor in changed:
+        by_shape.setdefault((tensor.module.shape, tensor.module.kind), []).append(tensor)
+    group_of: dict[str, list[_Out]] = {}
+    for (shape, _kind), members in by_shape.items():
+        size = max(1, group_bytes // max(1, 4 * shape[0] * shape[1]))
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            group_of.update((tensor.key, chunk) for tensor in chunk)
+    return group_of
 
 
-def _merge_group(base: BaseModel, chunk: list[_Out], deltas: DeltaSource) -> dict[str, Tensor]:
+def _call(deltas: DeltaSource, chunk: list[_Out]) -> dict[str, Delta]:
+    """Run `deltas` for one chunk; its value(s), one per tensor key."""
     names = [t.module.name for t in chunk]
     value = deltas(list(names))
     if isinstance(value, (Tensor, LowRank, DoraForm)):
@@ -241,33 +253,37 @@ def _merge_group(base: BaseModel, chunk: list[_Out], deltas: DeltaSource) -> dic
         values = list(value)
     if len(values) != len(names):
         raise ValueError(f"deltas({names}) returned {len(values)} updates")
-    out = {}
-    for tensor, delta in zip(chunk, values):
-        module = tensor.module
-        work = torch.float64 if _dtype(delta) == torch.float64 else torch.float32
-        W0 = base.read_weights([module.name], kinds=module.kind, dtype=work)[0]
-        dense = delta.dense(W0) if isinstance(delta, DoraForm) else delta.dense() if isinstance(delta, LowRank) \
-            else delta
-        if tuple(dense.shape) != module.shape:
-            raise AdapterError(f"module {module.name!r}: its update is {list(dense.shape)} but the base weight "
-                               f"{module.key!r} is {list(module.shape)} in the LoRA layout", base.path)
-        weight = W0 + dense.to(work)
-        target = DTYPE_CODES[tensor.code][1]
-        weight = (weight.mT if module.transpose else weight).to(target).contiguous()
-        if not all_finite(weight):
-            raise AdapterError(f"module {module.name!r}: W0 + ΔW has NaN or Inf values in {target}", base.path)
-        out[tensor.key] = weight
-    return out
+    return {t.key: v for t, v in zip(chunk, values)}
+
+
+def _merge(base: BaseModel, tensor: _Out, delta: Delta) -> Tensor:
+    """W0 + ΔW of one module in its stored layout and output dtype, summed in float32 (float64
+    for a float64 ΔW) and cast once. Works in place on the stored weight: about two copies of
+    the module at a time."""
+    module = tensor.module
+    work = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    # W0 is checked for NaN/Inf through the result (one pass instead of two); see below.
+    weight = base.read_weights([module.name], kinds=module.kind, dtype=work, layout="stored", check_finite=False)[0]
+    in_lora_layout = weight.mT if module.transpose else weight  # a view
+    dense = delta.dense(in_lora_layout) if isinstance(delta, DoraForm) else \
+        delta.dense() if isinstance(delta, LowRank) else delta
+    if tuple(dense.shape) != module.shape:
+        raise AdapterError(f"module {module.name!r}: its update is {list(dense.shape)} but the base weight "
+                           f"{module.key!r} is {list(module.shape)} in the LoRA layout", base.path)
+    in_lora_layout += dense.to(work)
+    del dense
+    target = DTYPE_CODES[tensor.code][1]
+    weight = weight.to(target)
+    if not all_finite(weight):
+        base.read_weights([module.name], kinds=module.kind, dtype=work)  # names W0's NaN/Inf, if it is W0's
+        raise AdapterError(f"module {module.name!r}: W0 + ΔW has NaN or Inf values in {target}", base.path)
+    return weight
 
 
 def _batched(value: Delta) -> bool:
     if isinstance(value, Tensor):
         return value.dim() == 3
     return len(value.K.batch_shape if isinstance(value, DoraForm) else value.batch_shape) == 1
-
-
-def _dtype(value: Delta) -> torch.dtype:
-    return value.dtype
 
 
 def _bytes(tensor: Tensor) -> memoryview:

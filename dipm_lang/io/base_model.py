@@ -123,12 +123,13 @@ class BaseModel:
         key = f"{name}.weight"
         if key in tensors:
             return key, False
+        heads, by_tail = self._prefix_maps()
         head, _, rest = name.partition(".")
         # Saved from the bare base model: its keys lack the head model's first component.
-        if rest and f"{rest}.weight" in tensors and not any(k.startswith(head + ".") for k in tensors):
+        if rest and f"{rest}.weight" in tensors and head not in heads:
             return f"{rest}.weight", False
         # Module names of a bare model, a file of a model with a head: one leading component more.
-        prefixed = [k for k in tensors if k.endswith("." + key) and k.count(".") == key.count(".") + 1]
+        prefixed = by_tail.get(key, [])
         if len(prefixed) == 1:
             return prefixed[0], False
         if self.tie_word_embeddings and name.rsplit(".", 1)[-1] == "lm_head":
@@ -136,6 +137,17 @@ class BaseModel:
             if embedding is not None:
                 return embedding, True
         return None, False
+
+    def _prefix_maps(self) -> tuple[frozenset[str], dict[str, list[str]]]:
+        """First components of all keys, and keys by what follows their first component."""
+        if "prefixes" not in self._cache:
+            by_tail: dict[str, list[str]] = {}
+            for key in self.tensors:
+                head, _, tail = key.partition(".")
+                if tail:
+                    by_tail.setdefault(tail, []).append(key)
+            self._cache["prefixes"] = (frozenset(k.partition(".")[0] for k in self.tensors), by_tail)
+        return self._cache["prefixes"]
 
     def input_embedding_key(self) -> str | None:
         """The tensor of the input token embedding (what a tied lm_head shares), if it can be told."""
@@ -185,24 +197,33 @@ class BaseModel:
     # --- reading --------------------------------------------------------------------------
 
     def read_weights(self, names: Sequence[str], *, kinds: ModuleKind | Mapping[str, ModuleKind] = "linear",
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
+                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     layout: Literal["lora", "stored"] = "lora", check_finite: bool = True) -> Tensor:
         """The weights of same-shape modules as one stack `[G, m, n]` in the LoRA ΔW layout.
 
-        Each tensor is read on its own (never a whole shard), converted to `dtype` once and
-        transposed where the layout asks; NaN/Inf is an AdapterError naming tensor and shard.
+        Each tensor is read on its own (never a whole shard), straight into the stack when its
+        stored dtype is `dtype`, else converted once, and transposed where the layout asks
+        (`layout="stored"` keeps the file's layout: bake adds ΔWᵀ in place there). NaN/Inf is an
+        AdapterError naming tensor and shard (`check_finite=False` leaves that to a caller that
+        checks its own result anyway).
         """
         weights = [self.weight(name, kinds if isinstance(kinds, str) else kinds.get(name, "linear"))
                    for name in names]
         if not weights:
             raise ValueError("read_weights needs at least one module")
-        shape = weights[0].shape
-        if any(w.shape != shape for w in weights):
-            raise ValueError(f"read_weights reads modules of one shape together, got {[w.shape for w in weights]}")
-        out = torch.empty(len(weights), *shape, dtype=dtype)
+        shapes = [w.shape if layout == "lora" else w.entry.shape for w in weights]
+        if any(shape != shapes[0] for shape in shapes):
+            raise ValueError(f"read_weights reads modules of one shape together, got {shapes}")
+        out = torch.empty(len(weights), *shapes[0], dtype=dtype)
         for i, weight in enumerate(weights):
-            stored = self.read_tensor(weight.key)
-            out[i].copy_(stored.mT if weight.transpose else stored)
-            if not all_finite(out[i]):
+            transpose = weight.transpose and layout == "lora"
+            if weight.entry.dtype == dtype and not transpose:
+                read_into(self.layout, weight.entry, memoryview(out[i].view(torch.uint8).numpy()).cast("B"))
+                stored = out[i]
+            else:
+                stored = self.read_tensor(weight.key)
+                out[i].copy_(stored.mT if transpose else stored)
+            if check_finite and not all_finite(out[i]):
                 what = "has NaN or Inf values" if not all_finite(stored) else f"overflows {dtype}"
                 raise AdapterError(f"module {weight.name!r}: base tensor {weight.key!r} {what}",
                                    self.path / weight.entry.shard)
