@@ -22,7 +22,7 @@ from base_models import (make_adapter, peft_merged, read_adapter, relative_error
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io import base_model as bm
-from dipm_lang.io.base_model import check_pair, open_base_model, read_pair
+from dipm_lang.io.base_model import check_base_folder, check_pair, open_base_model, read_pair
 from dipm_lang.io.base_modules import select_modules
 from dipm_lang.io.extract import extract, module_seed, rank_approximation
 
@@ -252,6 +252,22 @@ def test_broken_folders_are_refused_naming_the_file(folders, tmp_path, breaker):
     assert caught.value.path.endswith(file)
 
 
+def test_check_reads_only_config_and_index(folders, tmp_path):
+    """`check --base` validates config and index; a shard's broken header is found by open only."""
+    folder = copy(folders["sharded"], tmp_path)
+    _truncated_shard(folder)
+    assert check_base_folder(folder)["num_hidden_layers"] == 2
+    with pytest.raises(AdapterError, match="truncated"):
+        open_base_model(folder)
+    _missing_shard(folder)
+    with pytest.raises(AdapterError, match="is missing"):
+        check_base_folder(folder)
+    _quantization_config(folder)
+    (folder / _shards(folder)[1]).write_bytes(b"")  # back in place, so only the config is wrong
+    with pytest.raises(AdapterError, match="quantized"):
+        check_base_folder(folder)
+
+
 class _Marker:
     """A pickle that would create a file if unpickled with code execution."""
 
@@ -396,6 +412,21 @@ def test_select_modules_follows_peft_rules(folders):
     gpt2 = open_base_model(folders["gpt2"])
     chosen = select_modules(gpt2)
     assert len(chosen.modules) == 8 and all(gpt2.weight(n).conv1d for n in chosen.modules)
+
+
+def test_select_modules_without_the_architecture(folders, tmp_path):
+    """An architecture transformers cannot build: names and shapes decide, and the selection says so."""
+    folder = copy(folders["sharded"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="someone-elses-llama", architectures=["SomeonesLlamaForCausalLM"])
+    (folder / "config.json").write_text(json.dumps(config))
+    base = open_base_model(folder)
+    assert base.module_types() is None
+    selection = select_modules(base)
+    assert not selection.exact and len(selection.modules) == 14 and "lm_head" not in selection.modules
+    explicit = select_modules(base, ["embed_tokens", "input_layernorm"])
+    assert explicit.modules == {"model.embed_tokens": "embedding"}
+    assert set(explicit.refused) == {"model.layers.0.input_layernorm", "model.layers.1.input_layernorm"}
 
 
 def svd_lowrank(W: torch.Tensor, rank: int, *, seed: int, tolerance: float, exact: bool):

@@ -121,11 +121,12 @@ def bake(base: BaseModel, deltas: DeltaSource, out_dir: str | Path, *,
     weights = [base.weight(name, kind) for name, kind in kinds.items()]
     by_key: dict[str, ModuleWeight] = {}
     for weight in weights:
-        if weight.key in by_key and not (weight.tied or by_key[weight.key].tied):
+        if weight.tied:  # a tied lm_head gets a tensor of its own (see _untie)
+            continue
+        if weight.key in by_key:
             raise AdapterError(f"modules {by_key[weight.key].name!r} and {weight.name!r} both map to base tensor "
                                f"{weight.key!r}", base.path)
-        if not weight.tied:
-            by_key[weight.key] = weight
+        by_key[weight.key] = weight
     untie, lm_head = _untie(base, weights, by_key)
     plans = _plan(base, by_key, lm_head, lm_head is not None and lm_head.name in kinds, dtype)
 
@@ -160,7 +161,7 @@ def _untie(base: BaseModel, weights: Sequence[ModuleWeight], by_key: Mapping[str
         return False, None
     tied = next((w for w in weights if w.tied), None)
     embedding = base.input_embedding_key()
-    lm_stored = base._resolve("lm_head")
+    lm_stored = base.resolve("lm_head")
     changes_tied_pair = tied is not None or (embedding in by_key) or (lm_stored[0] in by_key and not lm_stored[1])
     if not changes_tied_pair:
         return False, None

@@ -104,17 +104,23 @@ class ModelLayout:
 
 def read_layout(folder: Path) -> ModelLayout:
     """Validate the weights of a model folder from its index and safetensors headers."""
-    single = folder / SAFE_WEIGHTS_NAME
+    index, names = weights_files(folder)
+    shards = [_read_header(folder, name, index is not None) for name in names]
+    layout = _layout(folder, shards, index)
+    if index is not None:
+        _check_index(layout, index["weight_map"], folder / SAFE_INDEX_NAME)
+    return layout
+
+
+def weights_files(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the parsed index or None, the shard file names) — from the index alone, each shard only
+    stat'ed. Pickled or missing weights are refused here."""
+    if (folder / SAFE_WEIGHTS_NAME).exists():
+        return None, [_existing(folder, SAFE_WEIGHTS_NAME, False)]
     index_file = folder / SAFE_INDEX_NAME
-    if single.exists():
-        return _layout(folder, [_read_header(folder, SAFE_WEIGHTS_NAME)], None)
     if index_file.exists():
         index = _read_index(index_file)
-        weight_map: dict[str, str] = index["weight_map"]
-        shards = [_read_header(folder, name, index_file) for name in sorted(set(weight_map.values()))]
-        layout = _layout(folder, shards, index)
-        _check_index(layout, weight_map, index_file)
-        return layout
+        return index, [_existing(folder, name, True) for name in sorted(set(index["weight_map"].values()))]
     pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES)) \
         if folder.is_dir() else []
     if pickles:
@@ -124,6 +130,15 @@ def read_layout(folder: Path) -> ModelLayout:
     hint = f"found {', '.join(others[:3])}, but save_pretrained names its weights model*.safetensors" if others else None
     raise AdapterError(f"no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME}: not a model folder as save_pretrained "
                        "writes it", folder, hint=hint)
+
+
+def _existing(folder: Path, name: str, indexed: bool) -> str:
+    file = folder / name
+    if not file.exists():
+        raise AdapterError(f"shard {name} is missing (the index names it)" if indexed else "missing", file)
+    if not file.is_file():
+        raise AdapterError("not a regular file", file)
+    return name
 
 
 def _layout(folder: Path, shards: list[tuple[Shard, list[TensorEntry]]], index: dict[str, Any] | None
@@ -207,13 +222,9 @@ def _plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
-def _read_header(folder: Path, name: str, index_file: Path | None = None) -> tuple[Shard, list[TensorEntry]]:
+def _read_header(folder: Path, name: str, indexed: bool) -> tuple[Shard, list[TensorEntry]]:
     """Parse and check one shard's header; its entries come back in stored order."""
-    file = folder / name
-    if not file.exists():
-        raise AdapterError(f"shard {name} is missing (the index names it)" if index_file else "missing", file)
-    if not file.is_file():
-        raise AdapterError("not a regular file", file)
+    file = folder / _existing(folder, name, indexed)
     try:
         with open(file, "rb") as handle:
             stat = os.fstat(handle.fileno())

@@ -26,14 +26,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from dipm_lang.errors import AdapterError
-from dipm_lang.io.base_layout import CONFIG_NAME, ModelLayout, TensorEntry, read_json, read_layout
+from dipm_lang.io.base_layout import CONFIG_NAME, ModelLayout, TensorEntry, read_json, read_layout, weights_files
 from dipm_lang.io.finite import all_finite
+
+if TYPE_CHECKING:
+    from dipm_lang.io.base_modules import ModuleTypes
 
 ModuleKind = Literal["linear", "embedding"]
 
@@ -101,7 +104,7 @@ class BaseModel:
         """The stored weight of PEFT module `name`, or an AdapterError naming the module and the tensor."""
         if kind not in ("linear", "embedding"):
             raise ValueError(f"kind must be 'linear' or 'embedding', got {kind!r}")
-        key, tied = self._resolve(name)
+        key, tied = self.resolve(name)
         if key is None:
             close = difflib.get_close_matches(f"{name}.weight", list(self.tensors), n=1)
             raise AdapterError(f"module {name!r}: the base model has no tensor {name + '.weight'!r}", self.path,
@@ -113,12 +116,13 @@ class BaseModel:
         if entry.dtype is None or not entry.dtype.is_floating_point or entry.itemsize < 2:
             raise AdapterError(f"module {name!r}: base tensor {key!r} is stored as {entry.code}, a quantized "
                                "format", self.path / entry.shard, hint=_UNQUANTIZED_HINT)
-        conv1d = kind == "linear" and not tied and name in self._conv1d_modules()
+        conv1d = kind == "linear" and not tied and name in self.conv1d_modules()
         return ModuleWeight(name, kind, key, entry, transpose=conv1d or kind == "embedding", tied=tied,
                             conv1d=conv1d)
 
-    def _resolve(self, name: str) -> tuple[str | None, bool]:
-        """(tensor key, tied) for module `name`; (None, False) when nothing fits."""
+    def resolve(self, name: str) -> tuple[str | None, bool]:
+        """(tensor key, tied) for PEFT module `name` by the mapping rules above; (None, False) when
+        nothing fits. `weight` adds the checks and the layout."""
         tensors = self.tensors
         key = f"{name}.weight"
         if key in tensors:
@@ -160,14 +164,23 @@ class BaseModel:
             self._cache["input_embedding"] = found[0] if len(found) == 1 else None
         return self._cache["input_embedding"]
 
-    def _conv1d_modules(self) -> frozenset[str]:
+    def module_types(self) -> ModuleTypes | None:
+        """Layer classes by module name, from the architecture built on the meta device (cached;
+        None when transformers cannot build it). See `base_modules`."""
+        if "types" not in self._cache:
+            from dipm_lang.io.base_modules import build_module_types
+
+            self._cache["types"] = build_module_types(self.path)
+        return self._cache["types"]
+
+    def conv1d_modules(self) -> frozenset[str]:
         """Names of transformers `Conv1D` layers (only some architectures have any)."""
         if "conv1d" not in self._cache:
-            from dipm_lang.io.base_modules import CONV1D_MODEL_TYPES, module_types
+            from dipm_lang.io.base_modules import CONV1D_MODEL_TYPES
 
             names: frozenset[str] = frozenset()
             if self.model_type in CONV1D_MODEL_TYPES:
-                types = module_types(self)
+                types = self.module_types()
                 if types is None:
                     raise AdapterError(f"cannot tell which layers of this {self.model_type} model are Conv1D "
                                        "(stored transposed): transformers could not build it from config.json",
@@ -270,18 +283,10 @@ def open_base_model(path: str | Path) -> BaseModel:
     weights (refused, with how to convert), a missing shard, an index that does not describe its
     shards, duplicate tensors, malformed headers, and quantized weights.
     """
-    folder = Path(path).expanduser().resolve()
-    if not folder.is_dir():
-        raise AdapterError("base model folder not found" if not folder.exists() else
-                           "not a folder; give the model folder (with config.json)", folder)
+    folder = _folder(path)
     layout = read_layout(folder)
-    config_file = folder / CONFIG_NAME
-    if not config_file.exists():
-        raise AdapterError(f"missing {CONFIG_NAME}; not a model folder as save_pretrained writes it", config_file)
-    config = read_json(config_file, CONFIG_NAME)
-    if not isinstance(config, dict):
-        raise AdapterError("config.json must be a JSON object", config_file)
-    _check_unquantized(config, layout, config_file)
+    config = _read_config(folder)
+    _check_unquantized(config, layout, folder / CONFIG_NAME)
     return BaseModel(
         path=folder,
         config=config,
@@ -293,13 +298,41 @@ def open_base_model(path: str | Path) -> BaseModel:
     )
 
 
-def _check_unquantized(config: Mapping[str, Any], layout: ModelLayout, config_file: Path) -> None:
+def check_base_folder(path: str | Path) -> dict[str, Any]:
+    """The cheap check of `dipm check --base DIR` (SPEC §7.8): config.json and the shard index
+    only — shards are stat'ed, not opened. Returns the config."""
+    folder = _folder(path)
+    weights_files(folder)
+    config = _read_config(folder)
+    _check_unquantized(config, None, folder / CONFIG_NAME)
+    return config
+
+
+def _folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise AdapterError("base model folder not found" if not folder.exists() else
+                           "not a folder; give the model folder (with config.json)", folder)
+    return folder
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    config_file = folder / CONFIG_NAME
+    if not config_file.exists():
+        raise AdapterError(f"missing {CONFIG_NAME}; not a model folder as save_pretrained writes it", config_file)
+    config = read_json(config_file, CONFIG_NAME)
+    if not isinstance(config, dict):
+        raise AdapterError("config.json must be a JSON object", config_file)
+    return config
+
+
+def _check_unquantized(config: Mapping[str, Any], layout: ModelLayout | None, config_file: Path) -> None:
     quantization = config.get("quantization_config") or _text_config(config).get("quantization_config")
     if quantization:
         method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
         raise AdapterError(f"the base model is quantized (quantization_config, quant_method {method!r}); "
                            "W0 + ΔW needs the full-precision weights", config_file, hint=_UNQUANTIZED_HINT)
-    for key, entry in layout.tensors.items():
+    for key, entry in (layout.tensors if layout else {}).items():
         if key.endswith(_QUANTIZED_SUFFIXES) or any(marker in key for marker in _QUANTIZED_MARKERS):
             raise AdapterError(f"the base model is quantized (tensor {key!r}); W0 + ΔW needs the "
                                "full-precision weights", layout.folder / entry.shard, hint=_UNQUANTIZED_HINT)

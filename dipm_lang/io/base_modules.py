@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,22 +48,14 @@ class ModuleTypes:
     output_embedding: str | None  # the output layer (lm_head), which "all-linear" leaves out
 
 
-def module_types(base: BaseModel) -> ModuleTypes | None:
-    """The layer types of `base`'s architecture, or None when transformers cannot build it.
-
-    Remote code is never run (`trust_remote_code` stays off); weights are never read.
-    """
-    cache = base._cache
-    if "types" not in cache:
-        cache["types"] = _build_on_meta(base)
-    return cache["types"]
-
-
-def _build_on_meta(base: BaseModel) -> ModuleTypes | None:
+def build_module_types(folder: Path) -> ModuleTypes | None:
+    """The layer types of the architecture config.json describes, or None when transformers cannot
+    build it. Remote code is never run (`trust_remote_code` stays off); no weights are read.
+    (Cached per model by `BaseModel.module_types`.)"""
     try:
         import transformers
 
-        config = transformers.AutoConfig.from_pretrained(str(base.path), trust_remote_code=False)
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
         architecture = next(iter(getattr(config, "architectures", None) or []), None)
         model_class = getattr(transformers, architecture, None) if architecture else None
         with torch.device("meta"):
@@ -91,7 +84,7 @@ def select_modules(base: BaseModel, target_modules: str | Sequence[str] = ALL_LI
 
     Raises AdapterError when a list of targets matches no module (PEFT raises then too).
     """
-    found = module_types(base)
+    found = base.module_types()
     candidates = _candidates(base, found)
     output = found.output_embedding if found else _guess_output(base)
     selected: dict[str, ModuleKind] = {}
@@ -126,7 +119,7 @@ def _candidates(base: BaseModel, found: ModuleTypes | None) -> dict[str, str]:
     if found is not None:
         out = {}
         for name, layer in found.types.items():
-            key, _ = base._resolve(name)
+            key, _ = base.resolve(name)
             if key is not None:
                 out[name] = layer
         return out
@@ -155,12 +148,12 @@ def _refusal(base: BaseModel, name: str, layer: str) -> str | None:
         if layer == "Vector" or "Norm" in layer:
             return f"{layer}: a vector weight (norm or scale), which LoRA has no layer for"
         return f"{layer}: PEFT's LoRA targets Linear, Conv1D and Embedding layers; dipm_lang writes only those"
-    key, _ = base._resolve(name)
+    key, _ = base.resolve(name)
     entry = base.tensors[key]
     if len(entry.shape) != 2:
         return f"{layer} with a {len(entry.shape)}-D weight"
     if entry.dtype is None or not entry.dtype.is_floating_point or entry.itemsize < 2:
         return f"weight stored as {entry.code} (quantized)"
-    if layer == "Conv1D" and name not in base._conv1d_modules():
+    if layer == "Conv1D" and name not in base.conv1d_modules():
         return "Conv1D in an architecture dipm_lang does not know to store it transposed"
     return None
