@@ -236,6 +236,8 @@ def test_algebra_against_dense(batch, monkeypatch):
     assert torch.allclose(D.row_norms(x, W0), torch.linalg.vector_norm(X, dim=-1), rtol=1e-12)
     assert torch.allclose(D.row_dots(x, y, W0), (X * Y).sum(-1), rtol=1e-12, atol=1e-12)
     assert torch.allclose(D.matrix_norm(x, W0), torch.linalg.vector_norm(X, dim=(-2, -1)), rtol=1e-12)
+    assert torch.allclose(D.weight_row_norms(x, W0), torch.linalg.vector_norm(W0 + X, dim=-1), rtol=1e-12)
+    assert torch.allclose(D.weight_row_norms(y.K, W0), torch.linalg.vector_norm(W0 + y.K.dense(), dim=-1), rtol=1e-12)
     assert torch.allclose(x.merged(W0), W0 + X, rtol=1e-12, atol=1e-12)
 
 

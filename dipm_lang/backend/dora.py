@@ -47,6 +47,7 @@ __all__ = [
     "DoraFactors",
     "row_norms",
     "row_dots",
+    "weight_row_norms",
     "matrix_norm",
     "combine_rows",
     "dora_update",
@@ -223,6 +224,12 @@ def row_dots(x: DoraForm | LowRank, y: DoraForm | LowRank, W0: Tensor) -> Tensor
     for (rows, bx), (_, by) in zip(_row_blocks(x, W0), _row_blocks(y, W0)):
         out[..., rows] = (bx * by).sum(-1)
     return out
+
+
+def weight_row_norms(x: DoraForm | LowRank, W0: Tensor) -> Tensor:
+    """‖row_i(W0 + x)‖ for an update x: Mag[out] of the weight, DoRA's own axis (PEFT's
+    `get_weight_norm`)."""
+    return row_norms(_as_form(x).plus_base(), W0)
 
 
 def matrix_norm(x: DoraForm | LowRank, W0: Tensor) -> Tensor:

@@ -87,23 +87,23 @@ def select_modules(base: BaseModel, target_modules: str | Sequence[str] = ALL_LI
     found = base.module_types()
     candidates = _candidates(base, found)
     output = found.output_embedding if found else _guess_output(base)
+    all_linear = isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR
     selected: dict[str, ModuleKind] = {}
     refused: dict[str, str] = {}
     for name, layer in candidates.items():
         if exclude_modules and _matches(exclude_modules, name):
             continue
-        if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
-            if layer in ("Linear", "Conv1D") and name != output:
-                selected[name] = "linear"
-            continue
-        if not _matches(target_modules, name):
+        if all_linear:
+            if layer not in ("Linear", "Conv1D") or name == output:
+                continue
+        elif not _matches(target_modules, name):
             continue
         reason = _refusal(base, name, layer)
         if reason:
             refused[name] = reason
         else:
             selected[name] = _KINDS[layer]
-    if not selected and not refused and not (isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR):
+    if not selected and not refused and not all_linear:
         raise AdapterError(f"target_modules {target_modules!r:.200} match no module of the base model", base.path)
     return Selection(selected, refused, exact=found is not None)
 
