@@ -34,6 +34,20 @@ FLUX = dict(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, atte
 CLIP = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
             max_position_embeddings=16, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
+# Default fixtures adapt a representative subset (attention, feed-forward, 1×1 and 3×3 convolutions,
+# samplers, shortcuts, embeddings) so the default test run stays fast; `full=True` adapts every layer.
+SD_SUBSET = (r"conv_in|conv_out|time_embedding\.linear_1|down_blocks\.0\.(attentions\.0\.(proj_in|transformer_blocks\.0\."
+             r"(attn1\.to_q|attn2\.to_k|attn1\.to_out\.0|ff\.net\.0\.proj))|resnets\.0\.(conv1|time_emb_proj)|"
+             r"downsamplers\.0\.conv)|down_blocks\.2\.resnets\.0\.conv_shortcut|mid_block\.(attentions\.0\."
+             r"transformer_blocks\.0\.attn2\.to_v|resnets\.1\.conv2)|up_blocks\.0\.(resnets\.2\.conv2|upsamplers\.0\.conv)|"
+             r"up_blocks\.3\.attentions\.2\.(proj_out|transformer_blocks\.0\.ff\.net\.2)")
+SDXL_SUBSET = (r"conv_in|time_embedding\.linear_2|add_embedding\.linear_1|down_blocks\.0\.(resnets\.1\.conv1|"
+               r"downsamplers\.0\.conv)|down_blocks\.1\.(attentions\.0\.(proj_in|transformer_blocks\.0\.attn1\.to_q)|"
+               r"resnets\.0\.conv_shortcut)|down_blocks\.2\.attentions\.1\.transformer_blocks\.1\.attn2\.to_k|"
+               r"mid_block\.attentions\.0\.proj_out|up_blocks\.0\.(attentions\.2\.transformer_blocks\.1\.ff\.net\.2|"
+               r"upsamplers\.0\.conv)|up_blocks\.1\.resnets\.2\.time_emb_proj|up_blocks\.2\.resnets\.2\.conv2|out")
+TEXT_SUBSET = r"(text_model\.)?encoder\.layers\.(0\.self_attn\.(q_proj|out_proj)|0\.mlp\.fc1|1\.self_attn\.v_proj)"
+
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "time_emb_proj", "conv", "conv_in", "conv_out"]
 UNET_LINEAR_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
@@ -70,6 +84,14 @@ def clip_text(seed: int = 0, projection: bool = False):
     config = transformers.CLIPTextConfig(**CLIP)
     model = transformers.CLIPTextModelWithProjection(config) if projection else transformers.CLIPTextModel(config)
     return model.eval()
+
+
+def _unet(full: bool):
+    return UNET_TARGETS if full else SD_SUBSET
+
+
+def _text(full: bool):
+    return TEXT_TARGETS if full else TEXT_SUBSET
 
 
 @dataclass
@@ -142,18 +164,18 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 # --- diffusers-written files ---------------------------------------------------------------------
 
-def sd_diffusers_peft(root: Path, seed: int = 1) -> Built:
+def sd_diffusers_peft(root: Path, seed: int = 1, full: bool = False) -> Built:
     """SD 1.x LoRA+LoCon on UNet and text encoder, saved by diffusers' `save_lora_weights` with the
     LoraConfig as `lora_adapter_metadata` (alpha ≠ rank, a rank_pattern, so scales matter)."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin as StableDiffusionPipeline
     from peft import LoraConfig
 
     unet = sd_unet()
     text = clip_text()
     base = base_weights(unet, "unet") | base_weights(text, "text_encoder")
-    unet_config = LoraConfig(r=4, lora_alpha=6, target_modules=UNET_TARGETS, init_lora_weights=False,
+    unet_config = LoraConfig(r=4, lora_alpha=6, target_modules=_unet(full), init_lora_weights=False,
                              rank_pattern={"conv_shortcut": 2}, alpha_pattern={"to_k": 3})
-    text_config = LoraConfig(r=2, lora_alpha=8, target_modules=TEXT_TARGETS, init_lora_weights=False)
+    text_config = LoraConfig(r=2, lora_alpha=8, target_modules=_text(full), init_lora_weights=False)
     add_adapter(unet, unet_config, seed)
     add_adapter(text, text_config, seed + 1)
     folder = root / "sd_diffusers_peft"
@@ -164,18 +186,18 @@ def sd_diffusers_peft(root: Path, seed: int = 1) -> Built:
     return Built(folder / "pytorch_lora_weights.safetensors", deltas, base)
 
 
-def sd_diffusers_scripts(root: Path, seed: int = 3) -> Built:
+def sd_diffusers_scripts(root: Path, seed: int = 3, full: bool = False) -> Built:
     """The keys diffusers' training scripts write (`convert_state_dict_to_diffusers` of PEFT's state
     dict: `….to_q.lora.down.weight` next to `….proj_in.lora_A.weight`), no metadata: scale 1."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin as StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
 
     unet = sd_unet()
     text = clip_text()
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=UNET_TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=_unet(full), init_lora_weights=False)
     add_adapter(unet, config, seed)
-    add_adapter(text, LoraConfig(r=4, lora_alpha=4, target_modules=TEXT_TARGETS, init_lora_weights=False), seed + 1)
+    add_adapter(text, LoraConfig(r=4, lora_alpha=4, target_modules=_text(full), init_lora_weights=False), seed + 1)
     folder = root / "sd_diffusers_scripts"
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=convert_state_dict_to_diffusers(peft_state_dict(unet)),
@@ -184,7 +206,7 @@ def sd_diffusers_scripts(root: Path, seed: int = 3) -> Built:
     return Built(folder / "pytorch_lora_weights.safetensors", deltas)
 
 
-def sd_kohya_converted(root: Path, seed: int = 5) -> Built:
+def sd_kohya_converted(root: Path, seed: int = 5, full: bool = False) -> Built:
     """An SD 1.x kohya file made by diffusers' `convert_state_dict_to_kohya` (`lora_unet_`,
     `lora_te1_`, alpha = rank as an int64 tensor) plus kohya's metadata naming the base model."""
     from diffusers.utils import convert_state_dict_to_kohya
@@ -192,8 +214,8 @@ def sd_kohya_converted(root: Path, seed: int = 5) -> Built:
 
     unet = sd_unet()
     text = clip_text()
-    add_adapter(unet, LoraConfig(r=3, lora_alpha=3, target_modules=UNET_TARGETS, init_lora_weights=False), seed)
-    add_adapter(text, LoraConfig(r=3, lora_alpha=3, target_modules=TEXT_TARGETS, init_lora_weights=False), seed + 1)
+    add_adapter(unet, LoraConfig(r=3, lora_alpha=3, target_modules=_unet(full), init_lora_weights=False), seed)
+    add_adapter(text, LoraConfig(r=3, lora_alpha=3, target_modules=_text(full), init_lora_weights=False), seed + 1)
     state = {f"unet.{k}": v for k, v in peft_state_dict(unet).items()}
     state |= {f"text_encoder.{k}": v for k, v in peft_state_dict(text).items()}
     path = _save(root / "sd_kohya_converted.safetensors", convert_state_dict_to_kohya(state),
@@ -273,7 +295,7 @@ def lycoris_keys(state: dict[str, torch.Tensor], prefix: str, alpha: float | Non
     return out
 
 
-def sdxl_kohya(root: Path, seed: int = 7) -> Built:
+def sdxl_kohya(root: Path, seed: int = 7, full: bool = False) -> Built:
     """An SDXL LoRA/LoCon in kohya's own layout: sgm UNet names, `lora_te1_`/`lora_te2_`, alpha ≠ rank."""
     from peft import LoraConfig
 
@@ -281,7 +303,8 @@ def sdxl_kohya(root: Path, seed: int = 7) -> Built:
     te1, te2 = clip_text(1), clip_text(2, projection=True)
     base = base_weights(unet, "unet") | base_weights(te1, "text_encoder") | base_weights(te2, "text_encoder_2")
     rank, alpha = 4, 2.0
-    for model, offset, targets in ((unet, 0, UNET_TARGETS), (te1, 1, TEXT_TARGETS), (te2, 2, TEXT_TARGETS)):
+    for model, offset, targets in ((unet, 0, UNET_TARGETS if full else SDXL_SUBSET), (te1, 1, _text(full)),
+                                   (te2, 2, _text(full))):
         add_adapter(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False),
                     seed + offset)
     tensors = lycoris_keys(peft_state_dict(unet), "lora_unet", alpha, sgm=True)
@@ -294,13 +317,13 @@ def sdxl_kohya(root: Path, seed: int = 7) -> Built:
     return Built(path, deltas, base)
 
 
-def sd_lycoris(root: Path, algo: str, seed: int = 11) -> Built:
+def sd_lycoris(root: Path, algo: str, seed: int = 11, full: bool = False) -> Built:
     """A LyCORIS LoHa or LoKr of the SD 1.x UNet (Linear and convolution modules) in kohya keys,
     from PEFT's LoHa/LoKr tuners (scale alpha / r, LyCORIS' alpha / dim)."""
     from peft import LoHaConfig, LoKrConfig
 
     unet = sd_unet()
-    targets = ["to_q", "to_k", "to_out.0", "proj_in", "ff.net.0.proj", "conv1", "conv_shortcut", "time_emb_proj"]
+    targets = _unet(full)
     if algo == "loha":
         config = LoHaConfig(r=3, alpha=5, target_modules=targets, init_weights=False)
         alpha = 5
@@ -316,24 +339,25 @@ def sd_lycoris(root: Path, algo: str, seed: int = 11) -> Built:
     return Built(path, peft_deltas(unet, "unet"))
 
 
-def flux_kohya(root: Path, seed: int = 13) -> Path:
+def flux_kohya(root: Path, seed: int = 13, hidden: int = 16, mlp: int = 64, blocks: tuple[int, int] = (2, 2)) -> Path:
     """A Flux LoRA in sd-scripts' layout (`lora_unet_double_blocks_0_img_attn_qkv`, fused single-block
-    `linear1`, `final_layer_adaLN_modulation_1`, `lora_te1_`), random factors, alpha ≠ rank."""
+    `linear1`, `final_layer_adaLN_modulation_1`, `lora_te1_`), random factors, alpha ≠ rank.
+    diffusers' converter assumes Flux.1's widths (hidden 3072, MLP 12288); pass them to compare."""
     gen = torch.Generator().manual_seed(seed)
-    hidden, mlp, rank = 16, 64, 4
+    rank = 4
     shapes = {}
-    for i in range(FLUX["num_layers"]):
+    for i in range(blocks[0]):
         for side in ("img", "txt"):
             shapes[f"double_blocks_{i}_{side}_attn_qkv"] = (3 * hidden, hidden)
             shapes[f"double_blocks_{i}_{side}_attn_proj"] = (hidden, hidden)
             shapes[f"double_blocks_{i}_{side}_mlp_0"] = (mlp, hidden)
             shapes[f"double_blocks_{i}_{side}_mlp_2"] = (hidden, mlp)
             shapes[f"double_blocks_{i}_{side}_mod_lin"] = (6 * hidden, hidden)
-    for i in range(FLUX["num_single_layers"]):
+    for i in range(blocks[1]):
         shapes[f"single_blocks_{i}_linear1"] = (3 * hidden + mlp, hidden)
         shapes[f"single_blocks_{i}_linear2"] = (hidden, hidden + mlp)
         shapes[f"single_blocks_{i}_modulation_lin"] = (3 * hidden, hidden)
-    shapes["img_in"] = (hidden, 4)
+    shapes["img_in"] = (hidden, 64 if hidden == 3072 else 4)
     shapes["txt_in"] = (hidden, 16)
     shapes["final_layer_adaLN_modulation_1"] = (2 * hidden, hidden)
     shapes["final_layer_linear"] = (4, hidden)
@@ -342,7 +366,8 @@ def flux_kohya(root: Path, seed: int = 13) -> Path:
         name = f"lora_unet_{body}"
         tensors[f"{name}.lora_down.weight"] = torch.randn(rank, n, generator=gen)
         tensors[f"{name}.lora_up.weight"] = torch.randn(m, rank, generator=gen)
-        tensors[f"{name}.alpha"] = torch.tensor(2.0)
+        if not body.startswith("final_layer"):  # diffusers' converter ignores final-layer alphas ("TODO: alphas")
+            tensors[f"{name}.alpha"] = torch.tensor(2.0)
     for layer in range(CLIP["num_hidden_layers"]):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             name = f"lora_te1_text_model_encoder_layers_{layer}_self_attn_{proj}"
@@ -354,7 +379,7 @@ def flux_kohya(root: Path, seed: int = 13) -> Path:
 
 def flux_diffusers_peft(root: Path, seed: int = 17) -> Built:
     """A Flux LoRA by PEFT on the tiny transformer, saved by diffusers' `FluxPipeline.save_lora_weights`."""
-    from diffusers import FluxPipeline
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin as FluxPipeline
     from peft import LoraConfig
 
     model = flux_transformer()

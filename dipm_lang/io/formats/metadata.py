@@ -32,7 +32,8 @@ def output_metadata(template: Mapping[str, str] | None, *, template_format: str 
                     family: str, ranks: Mapping[str, int], alphas: Mapping[str, float],
                     conv_modules: set[str], extra: Mapping[str, str]) -> dict[str, str]:
     """Metadata for a written file. `ranks`/`alphas`: per written kohya/diffusers module name;
-    `conv_modules`: which of those are convolutions (kohya's separate `conv_dim`)."""
+    `conv_modules`: which of those are k×k convolutions with k > 1 (kohya's separate `conv_dim`;
+    1×1 convolutions count with the Linear layers, as in sd-scripts' `networks/lora.py`)."""
     source = dict(template or {})
     out = {k: v for k, v in source.items() if k.startswith(("ss_", "modelspec.")) and k not in _STALE}
     linear = [name for name in ranks if name not in conv_modules]

@@ -89,7 +89,8 @@ def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format:
         template.metadata if template is not None else None,
         template_format=template.format if template is not None else None, output_format=format, family=family,
         ranks={e.name: e.rank for e in entries}, alphas={e.name: e.alpha for e in entries},
-        conv_modules={e.name for e in entries if e.down.dim() == 4}, extra=dict(metadata_extra or {}))
+        conv_modules={e.name for e in entries if e.down.dim() == 4 and tuple(e.down.shape[2:]) != (1, 1)},
+        extra=dict(metadata_extra or {}))
     tensors = _tensors(entries, format)
     _write(path, tensors, metadata)
     return path
@@ -128,12 +129,10 @@ def _kernel(name: str, value: LowRank, family: str, spec: ModuleSpec | None, pat
     return kernel
 
 
-def _shaped(name: str, value: LowRank, family: str, spec: ModuleSpec | None, path: Path,
-            dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _shaped(name: str, value: LowRank, family: str, spec: ModuleSpec | None,
+            path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(up, down) in the stored shapes: 4-D for convolutions."""
     B, A = value.B, value.A
-    if dtype is not None:
-        B, A = B.to(dtype), A.to(dtype)
     kernel = _kernel(name, value, family, spec, path)
     if kernel is not None:
         k = A.shape[0]
@@ -169,7 +168,7 @@ def _kohya_entries(values: dict[str, LowRank], family: str, template: FormatAdap
             module = spec.key
         else:
             module = _default_name(name, family, style)
-        up, down = _shaped(name, value, family, spec, path, dtype)
+        up, down = _shaped(name, value, family, spec, path)
         entries.append(_kohya_entry(module, up, down, dtype))
     for body, present in fused.items():
         entries.append(_fused_entry(body, present, values, specs, family, dtype, path))
@@ -177,7 +176,9 @@ def _kohya_entries(values: dict[str, LowRank], family: str, template: FormatAdap
 
 
 def _kohya_entry(module: str, up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype | None) -> _Entry:
-    up, scale = _balanced(up, down, dtype)
+    up, scale = _balanced(up, down, dtype)  # before the cast: float16 would flush small entries
+    if dtype is not None:
+        up, down = up.to(dtype), down.to(dtype)
     return _Entry(module, up, down, down.shape[0] * scale)
 
 
@@ -242,8 +243,6 @@ def _fused_entry(body: str, present: dict[int, str], values: dict[str, LowRank],
     if kohya.SWAPPED in parts:
         half = B.shape[0] // 2
         B = torch.cat([B[half:], B[:half]])
-    if dtype is not None:
-        B, A = B.to(dtype), A.to(dtype)
     prefix = kohya.WRITE_PREFIXES[family]["transformer"]
     return _kohya_entry(f"{prefix}_{body}", B, A, dtype)
 
@@ -252,7 +251,9 @@ def _diffusers_entries(values: dict[str, LowRank], family: str, specs: Mapping[s
                        dtype: torch.dtype | None, path: Path) -> list[_Entry]:
     entries = []
     for name, value in values.items():
-        up, down = _shaped(name, value, family, specs.get(name), path, dtype)
+        up, down = _shaped(name, value, family, specs.get(name), path)
+        if dtype is not None:
+            up, down = up.to(dtype), down.to(dtype)
         entries.append(_Entry(name, up, down, float(down.shape[0])))
     return entries
 
