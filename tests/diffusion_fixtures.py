@@ -36,11 +36,13 @@ CLIP = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_atten
 
 # Default fixtures adapt a representative subset (attention, feed-forward, 1×1 and 3×3 convolutions,
 # samplers, shortcuts, embeddings) so the default test run stays fast; `full=True` adapts every layer.
-SD_SUBSET = (r"conv_in|conv_out|time_embedding\.linear_1|down_blocks\.0\.(attentions\.0\.(proj_in|transformer_blocks\.0\."
+SD_SUBSET = (r"conv_in|conv_out|time_embedding\.linear_1"
+             r"|down_blocks\.0\.(attentions\.0\.(proj_in|transformer_blocks\.0\."
              r"(attn1\.to_q|attn2\.to_k|attn1\.to_out\.0|ff\.net\.0\.proj))|resnets\.0\.(conv1|time_emb_proj)|"
              r"downsamplers\.0\.conv)|down_blocks\.2\.resnets\.0\.conv_shortcut|mid_block\.(attentions\.0\."
-             r"transformer_blocks\.0\.attn2\.to_v|resnets\.1\.conv2)|up_blocks\.0\.(resnets\.2\.conv2|upsamplers\.0\.conv)|"
-             r"up_blocks\.3\.attentions\.2\.(proj_out|transformer_blocks\.0\.ff\.net\.2)")
+             r"transformer_blocks\.0\.attn2\.to_v|resnets\.1\.conv2)"
+             r"|up_blocks\.0\.(resnets\.2\.conv2|upsamplers\.0\.conv)"
+             r"|up_blocks\.3\.attentions\.2\.(proj_out|transformer_blocks\.0\.ff\.net\.2)")
 SDXL_SUBSET = (r"conv_in|time_embedding\.linear_2|add_embedding\.linear_1|down_blocks\.0\.(resnets\.1\.conv1|"
                r"downsamplers\.0\.conv)|down_blocks\.1\.(attentions\.0\.(proj_in|transformer_blocks\.0\.attn1\.to_q)|"
                r"resnets\.0\.conv_shortcut)|down_blocks\.2\.attentions\.1\.transformer_blocks\.1\.attn2\.to_k|"

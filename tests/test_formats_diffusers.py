@@ -259,7 +259,8 @@ def test_full_size_flux_tree_fits_and_has_the_lbw_blocks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("builder, family", [
-    (fx.sd_diffusers_peft, "sd1"), (fx.sdxl_kohya, "sdxl"), (lambda root, full: fx.sd_lycoris(root, "loha", full=full), "sd1"),
+    (fx.sd_diffusers_peft, "sd1"), (fx.sdxl_kohya, "sdxl"),
+    (lambda root, full: fx.sd_lycoris(root, "loha", full=full), "sd1"),
     (lambda root, full: fx.sd_lycoris(root, "lokr", full=full), "sd1"),
 ])
 def test_every_layer_adapted_reads_writes_and_loads(tmp_path, builder, family):

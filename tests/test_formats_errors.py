@@ -90,7 +90,8 @@ def test_refused_lycoris_algorithms(tmp_path, tensors, words):
 
 
 def test_diffusers_dora_bias_and_embeddings(tmp_path):
-    base = {"unet.conv_in.lora_A.weight": torch.zeros(2, 4, 3, 3), "unet.conv_in.lora_B.weight": torch.zeros(8, 2, 1, 1)}
+    base = {"unet.conv_in.lora_A.weight": torch.zeros(2, 4, 3, 3),
+            "unet.conv_in.lora_B.weight": torch.zeros(8, 2, 1, 1)}
     _fails(_file(tmp_path, base | {"unet.conv_in.lora_magnitude_vector": torch.ones(8)}), "DoRA")
     _fails(_file(tmp_path, base | {"unet.conv_in.lora_B.bias": torch.ones(8)}, name="b.safetensors"), "bias")
 
@@ -104,8 +105,8 @@ def test_diffusers_dora_bias_and_embeddings(tmp_path):
     ({Q + ".hada_w1_a": torch.zeros(8, 2), Q + ".hada_w1_b": torch.zeros(2, 8), Q + ".hada_w2_a": torch.zeros(6, 2),
       Q + ".hada_w2_b": torch.zeros(2, 8)}, ("different shapes",)),
     ({Q + ".lokr_w1": torch.zeros(2, 2), Q + ".lokr_w2_a": torch.zeros(4, 2)}, ("lokr_w2",)),
-    ({Q + ".lora_down.weight": torch.zeros(2, 8, dtype=torch.int32), Q + ".lora_up.weight": torch.zeros(8, 2, dtype=torch.int32)},
-     ("floating-point",)),
+    ({Q + ".lora_down.weight": torch.zeros(2, 8, dtype=torch.int32),
+      Q + ".lora_up.weight": torch.zeros(8, 2, dtype=torch.int32)}, ("floating-point",)),
     ({Q + ".lora_down.weight": torch.zeros(2, 8, dtype=torch.float16), Q + ".lora_up.weight": torch.zeros(8, 2)},
      ("share one",)),
     (_lora(Q) | {Q + ".alpha": torch.tensor([1.0, 2.0])}, ("one number",)),
@@ -150,8 +151,8 @@ def test_ambiguous_family_needs_metadata_or_family_argument(tmp_path):
 
 def test_metadata_conflicts_and_unsupported_models(tmp_path):
     _fails(_file(tmp_path, _lora(Q), {"ss_base_model_version": "sdxl_base_v1-0"}), "metadata naming SDXL")
-    _fails(_file(tmp_path, _lora(Q), {"modelspec.architecture": "stable-diffusion-3-medium/lora"}, name="s.safetensors"),
-           "stable-diffusion-3-medium")
+    sd3 = {"modelspec.architecture": "stable-diffusion-3-medium/lora"}
+    _fails(_file(tmp_path, _lora(Q), sd3, name="s.safetensors"), "stable-diffusion-3-medium")
     _fails(_file(tmp_path, _lora(Q), {"ss_base_model_version": "sd_v1", "modelspec.architecture": "flux-1-dev/lora"},
                  name="t.safetensors"), "two model families")
 
@@ -182,8 +183,8 @@ def test_write_refusals(tmp_path):
         with pytest.raises(AdapterError, match=words):
             write_lora_file(out, {name: value}, format=fmt, family="sd1")
     with pytest.raises(AdapterError, match="not a module of SDXL"):
-        write_lora_file(out, {name.replace("down_blocks.0", "down_blocks.1").replace("attentions.0", "attentions.5"): value},
-                        format="kohya", family="sdxl")
+        elsewhere = name.replace("down_blocks.0", "down_blocks.1").replace("attentions.0", "attentions.5")
+        write_lora_file(out, {elsewhere: value}, format="kohya", family="sdxl")
     with pytest.raises(AdapterError, match="NaN or Inf"):
         write_lora_file(out, {name: LowRank(torch.full((8, 2), float("nan")), torch.randn(2, 8))}, format="kohya",
                         family="sd1")

@@ -36,13 +36,16 @@ def lora_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("f") / "lora.safetensors"
     t = {}
     q = U + "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    t[q + ".lora_down.weight"], t[q + ".lora_up.weight"], t[q + ".alpha"] = _rand(4, 32, seed=1), _rand(32, 4, seed=2), torch.tensor(2.0)
+    t |= {q + ".lora_down.weight": _rand(4, 32, seed=1), q + ".lora_up.weight": _rand(32, 4, seed=2),
+          q + ".alpha": torch.tensor(2.0)}
     c = U + "down_blocks_0_resnets_0_conv1"  # 3×3 LoCon
-    t[c + ".lora_down.weight"], t[c + ".lora_up.weight"], t[c + ".alpha"] = _rand(3, 32, 3, 3, seed=3), _rand(32, 3, 1, 1, seed=4), torch.tensor(6.0)
+    t |= {c + ".lora_down.weight": _rand(3, 32, 3, 3, seed=3), c + ".lora_up.weight": _rand(32, 3, 1, 1, seed=4),
+          c + ".alpha": torch.tensor(6.0)}
     p = U + "down_blocks_0_attentions_0_proj_in"  # 1×1 conv, no alpha → alpha = rank
     t[p + ".lora_down.weight"], t[p + ".lora_up.weight"] = _rand(5, 32, 1, 1, seed=5), _rand(32, 5, 1, 1, seed=6)
     z = U + "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"  # alpha 0 reads as rank (kohya)
-    t[z + ".lora_down.weight"], t[z + ".lora_up.weight"], t[z + ".alpha"] = _rand(2, 32, seed=7), _rand(32, 2, seed=8), torch.tensor(0.0)
+    t |= {z + ".lora_down.weight": _rand(2, 32, seed=7), z + ".lora_up.weight": _rand(32, 2, seed=8),
+          z + ".alpha": torch.tensor(0.0)}
     return _save(path, t), t
 
 
@@ -98,7 +101,8 @@ def lycoris_file(tmp_path_factory):
     # LoHa, Linear 32×32, r1 = 3, r2 = 2 (unequal on purpose), alpha 6 → scale 6 / 3.
     a = U + "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     t |= {a + ".hada_w1_a": _rand(32, 3, seed=11), a + ".hada_w1_b": _rand(3, 32, seed=12),
-          a + ".hada_w2_a": _rand(32, 2, seed=13), a + ".hada_w2_b": _rand(2, 32, seed=14), a + ".alpha": torch.tensor(6.0)}
+          a + ".hada_w2_a": _rand(32, 2, seed=13), a + ".hada_w2_b": _rand(2, 32, seed=14),
+          a + ".alpha": torch.tensor(6.0)}
     # LoHa on a 3×3 conv, flattened factors (LyCORIS' non-Tucker conv), no alpha → scale 1.
     c = U + "down_blocks_0_resnets_0_conv1"
     t |= {c + ".hada_w1_a": _rand(32, 2, seed=15), c + ".hada_w1_b": _rand(2, 32 * 9, seed=16),
@@ -151,7 +155,8 @@ def test_loha_reads_as_rank_r1_r2_exact_factors(lycoris_file):
 @pytest.mark.parametrize("module, key, scale, rank", [
     ("transformer_blocks.0.attn1.to_k", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k", 1.5, 8 * 2),
     ("transformer_blocks.0.attn1.to_v", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v", 0.5, 1 * 8),
-    ("transformer_blocks.0.attn1.to_out.0", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0", 1.0, 2 * 16),
+    ("transformer_blocks.0.attn1.to_out.0", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0",
+     1.0, 2 * 16),
 ])
 def test_lokr_is_the_kronecker_product_of_factors(lycoris_file, module, key, scale, rank):
     path, t = lycoris_file

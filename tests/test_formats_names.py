@@ -33,7 +33,8 @@ SD_SGM = [
     ("up_blocks.0.upsamplers.0.conv", "output_blocks.2.1.conv"),
     ("up_blocks.1.attentions.0.proj_in", "output_blocks.3.1.proj_in"),
     ("up_blocks.1.upsamplers.0.conv", "output_blocks.5.2.conv"),
-    ("up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0", "output_blocks.11.1.transformer_blocks.0.attn1.to_out.0"),
+    ("up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0",
+     "output_blocks.11.1.transformer_blocks.0.attn1.to_out.0"),
     ("conv_out", "out.2"),
     ("time_embedding.linear_1", "time_embed.0"),
 ]
@@ -95,9 +96,12 @@ def test_fits(name, fits_in):
 
 @pytest.mark.parametrize("name, family, kernel", [
     ("unet.conv_in", "sd1", (3, 3)), ("unet.down_blocks.0.resnets.0.conv1", "sdxl", (3, 3)),
-    ("unet.down_blocks.1.resnets.0.conv_shortcut", "sdxl", (1, 1)), ("unet.up_blocks.1.upsamplers.0.conv", "sd2", (3, 3)),
-    ("unet.down_blocks.0.attentions.0.proj_in", "sd1", (1, 1)), ("unet.down_blocks.0.attentions.0.proj_in", "sd2", None),
-    ("unet.down_blocks.1.attentions.0.proj_out", "sdxl", None), ("unet.down_blocks.0.resnets.0.time_emb_proj", "sd1", None),
+    ("unet.down_blocks.1.resnets.0.conv_shortcut", "sdxl", (1, 1)),
+    ("unet.up_blocks.1.upsamplers.0.conv", "sd2", (3, 3)),
+    ("unet.down_blocks.0.attentions.0.proj_in", "sd1", (1, 1)),
+    ("unet.down_blocks.0.attentions.0.proj_in", "sd2", None),
+    ("unet.down_blocks.1.attentions.0.proj_out", "sdxl", None),
+    ("unet.down_blocks.0.resnets.0.time_emb_proj", "sd1", None),
     ("transformer.proj_out", "flux", None), ("text_encoder.text_model.encoder.layers.0.mlp.fc1", "sd1", None),
 ])
 def test_module_kernels(name, family, kernel):
@@ -153,7 +157,8 @@ FLUX_BFL = {
     "double_blocks_{i}_img_mlp_0": ["transformer_blocks.{i}.ff.net.0.proj"],
     "double_blocks_{i}_img_mlp_2": ["transformer_blocks.{i}.ff.net.2"],
     "double_blocks_{i}_img_mod_lin": ["transformer_blocks.{i}.norm1.linear"],
-    "double_blocks_{i}_txt_attn_qkv": ["transformer_blocks.{i}.attn.add_q_proj", "transformer_blocks.{i}.attn.add_k_proj",
+    "double_blocks_{i}_txt_attn_qkv": ["transformer_blocks.{i}.attn.add_q_proj",
+                                       "transformer_blocks.{i}.attn.add_k_proj",
                                        "transformer_blocks.{i}.attn.add_v_proj"],
     "double_blocks_{i}_txt_attn_proj": ["transformer_blocks.{i}.attn.to_add_out"],
     "double_blocks_{i}_txt_mlp_0": ["transformer_blocks.{i}.ff_context.net.0.proj"],

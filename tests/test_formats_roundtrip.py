@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dipm_lang.backend.lowrank import LowRank
-from dipm_lang.io.formats import open_lora_file, write_lora_file, writable_format
+from dipm_lang.errors import AdapterError
+from dipm_lang.io.formats import open_lora_file, weights_file, write_lora_file, writable_format
 
 META = {"ss_base_model_version": "sd_v1", "ss_network_dim": "4", "ss_network_alpha": "2.0",
         "ss_network_module": "networks.lora", "ss_network_args": json.dumps({"conv_dim": "3", "conv_alpha": "6.0"}),
@@ -44,7 +45,8 @@ def sd_kohya(tmp_path_factory):
     _lora(t, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", _rand(4, 24, seed=3),
           _rand(32, 4, seed=4), 2.0)
     _lora(t, "lora_unet_down_blocks_0_resnets_0_conv1", _rand(3, 32, 3, 3, seed=5), _rand(32, 3, 1, 1, seed=6), 6.0)
-    _lora(t, "lora_unet_down_blocks_0_attentions_0_proj_in", _rand(4, 32, 1, 1, seed=7), _rand(32, 4, 1, 1, seed=8), 4.0)
+    _lora(t, "lora_unet_down_blocks_0_attentions_0_proj_in", _rand(4, 32, 1, 1, seed=7), _rand(32, 4, 1, 1, seed=8),
+          4.0)
     _lora(t, "lora_te_text_model_encoder_layers_0_self_attn_q_proj", _rand(4, 16, seed=9), _rand(16, 4, seed=10), 1.0)
     return _save(tmp_path_factory.mktemp("rt") / "sd.safetensors", t, META)
 
@@ -137,12 +139,14 @@ def loha_file(tmp_path_factory):
     t = {}
     q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     t |= {q + ".hada_w1_a": _rand(32, 2, seed=20), q + ".hada_w1_b": _rand(2, 32, seed=21),
-          q + ".hada_w2_a": _rand(32, 2, seed=22), q + ".hada_w2_b": _rand(2, 32, seed=23), q + ".alpha": torch.tensor(1.0)}
+          q + ".hada_w2_a": _rand(32, 2, seed=22), q + ".hada_w2_b": _rand(2, 32, seed=23),
+          q + ".alpha": torch.tensor(1.0)}
     c = "lora_unet_down_blocks_0_resnets_0_conv1"
     t |= {c + ".hada_w1_a": _rand(32, 2, seed=24), c + ".hada_w1_b": _rand(2, 288, seed=25),
           c + ".hada_w2_a": _rand(32, 2, seed=26), c + ".hada_w2_b": _rand(2, 288, seed=27)}
     k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
-    t |= {k + ".lokr_w1": _rand(4, 4, seed=28), k + ".lokr_w2_a": _rand(8, 2, seed=29), k + ".lokr_w2_b": _rand(2, 8, seed=30)}
+    t |= {k + ".lokr_w1": _rand(4, 4, seed=28), k + ".lokr_w2_a": _rand(8, 2, seed=29),
+          k + ".lokr_w2_b": _rand(2, 8, seed=30)}
     meta = {"ss_base_model_version": "sd_v1", "ss_network_module": "lycoris.kohya",
             "ss_network_args": json.dumps({"algo": "loha"}), "modelspec.architecture": "stable-diffusion-v1/lycoris"}
     return _save(tmp_path_factory.mktemp("rt") / "loha.safetensors", t, meta)
@@ -160,8 +164,9 @@ def test_lycoris_is_written_as_exact_lora_and_locon(loha_file, tmp_path):
     assert (conv.kind, conv.kernel, conv.rank, conv.n) == ("conv", (3, 3), 4, 288)  # written as a 3×3 LoCon
     keys, metadata = _keys(out)
     with safe_open(str(out), framework="pt") as handle:
-        assert list(handle.get_slice("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight").get_shape()) == [4, 32, 3, 3]
-        assert list(handle.get_slice("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight").get_shape()) == [32, 4, 1, 1]
+        conv1 = "lora_unet_down_blocks_0_resnets_0_conv1"
+        assert list(handle.get_slice(conv1 + ".lora_down.weight").get_shape()) == [4, 32, 3, 3]
+        assert list(handle.get_slice(conv1 + ".lora_up.weight").get_shape()) == [32, 4, 1, 1]
     assert metadata["ss_network_module"] == "networks.lora" and "ss_network_args" not in metadata
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
 
@@ -186,7 +191,8 @@ def test_flux_fused_modules_read_as_diffusers_modules(flux_file):
     path, t = flux_file
     source = open_lora_file(path)
     assert source.family == "flux"
-    up, down = t["lora_unet_single_blocks_1_linear1.lora_up.weight"].double(), t["lora_unet_single_blocks_1_linear1.lora_down.weight"].double()
+    linear1 = "lora_unet_single_blocks_1_linear1"
+    up, down = t[linear1 + ".lora_up.weight"].double(), t[linear1 + ".lora_down.weight"].double()
     rows = {"attn.to_q": (0, H), "attn.to_k": (H, 2 * H), "attn.to_v": (2 * H, 3 * H), "proj_mlp": (3 * H, 3 * H + MLP)}
     for part, (start, stop) in rows.items():
         name = f"transformer.single_transformer_blocks.1.{part}"
@@ -195,7 +201,8 @@ def test_flux_fused_modules_read_as_diffusers_modules(flux_file):
         delta = source.read([name], dtype=torch.float64)
         torch.testing.assert_close(delta.B[0] @ delta.A[0], 2.0 * up[start:stop] @ down, rtol=1e-12, atol=0)
     # BFL (shift, scale) → diffusers (scale, shift): diffusers' swap_scale_shift on the up weight
-    up, down = t["lora_unet_final_layer_adaLN_modulation_1.lora_up.weight"].double(), t["lora_unet_final_layer_adaLN_modulation_1.lora_down.weight"].double()
+    final = "lora_unet_final_layer_adaLN_modulation_1"
+    up, down = t[final + ".lora_up.weight"].double(), t[final + ".lora_down.weight"].double()
     shift, scale = up.chunk(2, dim=0)
     delta = source.read(["transformer.norm_out.linear"], dtype=torch.float64)
     torch.testing.assert_close(delta.B[0] @ delta.A[0], torch.cat([scale, shift]) @ down, rtol=1e-12, atol=0)
@@ -279,3 +286,10 @@ def test_rank_zero_modules_are_left_out(sd_kohya, tmp_path):
     back = open_lora_file(write_lora_file(tmp_path / "o.safetensors", modules, format="kohya", family="sd1",
                                           template=source))
     assert q not in back.modules and len(back.modules) == len(source.modules) - 1
+
+
+def test_weights_file_for_an_output_path(tmp_path):
+    assert weights_file(tmp_path / "a.safetensors", "kohya") == tmp_path / "a.safetensors"
+    assert weights_file(tmp_path / "out", "diffusers") == tmp_path / "out" / "pytorch_lora_weights.safetensors"
+    with pytest.raises(AdapterError, match="one .safetensors file"):
+        weights_file(tmp_path / "out", "kohya")

@@ -11,10 +11,10 @@ output keeps), `blocks` (sd-webui-lora-block-weight's block tables).
 from dipm_lang.io.formats.adapter import FormatAdapter, ModuleSpec, open_lora_file
 from dipm_lang.io.formats.blocks import block_of, block_vector, block_weights, component_weights
 from dipm_lang.io.formats.names import FAMILIES, check_same_family, component_of, role_of
-from dipm_lang.io.formats.write import DIFFUSERS_WEIGHTS_NAME, writable_format, write_lora_file
+from dipm_lang.io.formats.write import DIFFUSERS_WEIGHTS_NAME, weights_file, writable_format, write_lora_file
 
 __all__ = [
     "FAMILIES", "DIFFUSERS_WEIGHTS_NAME", "FormatAdapter", "ModuleSpec", "block_of", "block_vector", "block_weights",
-    "check_same_family", "component_of", "component_weights", "open_lora_file", "role_of", "writable_format",
-    "write_lora_file",
+    "check_same_family", "component_of", "component_weights", "open_lora_file", "role_of", "weights_file",
+    "writable_format", "write_lora_file",
 ]

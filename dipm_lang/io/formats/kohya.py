@@ -24,13 +24,14 @@ KEY = re.compile(r"(?P<module>(?P<prefix>lora_unet|lora_transformer|lora_te[0-9]
 """A kohya-layout key: module name, its prefix and body, and the tensor suffix."""
 
 # Prefix → component, per family (what each family's kohya files use; `lora_te1_` also appears in
-# SD 1.x files converted by diffusers' `convert_state_dict_to_kohya`).
+# SD 1.x files converted by diffusers' `convert_state_dict_to_kohya`). `lora_te_` stays SD 1.x/2.x's:
+# diffusers' Flux converter takes it too, but then every SD text-encoder LoRA would also fit Flux.
 READ_PREFIXES: dict[str, dict[str, str]] = {
     "sd1": {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder"},
     "sd2": {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder"},
     "sdxl": {"lora_unet": "unet", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"},
-    "flux": {"lora_unet": "transformer", "lora_transformer": "transformer", "lora_te": "text_encoder",
-             "lora_te1": "text_encoder", "lora_te3": "text_encoder_2"},
+    "flux": {"lora_unet": "transformer", "lora_transformer": "transformer", "lora_te1": "text_encoder",
+             "lora_te3": "text_encoder_2"},
 }
 WRITE_PREFIXES: dict[str, dict[str, str]] = {
     "sd1": {"unet": "lora_unet", "text_encoder": "lora_te"},

@@ -72,7 +72,8 @@ _UNET_PART = re.compile(
 _UNET_SAMPLER = re.compile(r"(?:down_blocks\.(?P<down>\d+)\.downsamplers|up_blocks\.(?P<up>\d+)\.upsamplers)\.0\.conv")
 _RESNET_INNER = ("conv1", "conv2", "time_emb_proj", "conv_shortcut")
 _ATTENTION_INNER = re.compile(
-    r"proj_in|proj_out|transformer_blocks\.(?P<depth>\d+)\.(?:attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|ff\.net\.(?:0\.proj|2))")
+    r"proj_in|proj_out"
+    r"|transformer_blocks\.(?P<depth>\d+)\.(?:attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|ff\.net\.(?:0\.proj|2))")
 _UNET_TOP = ("conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2")
 _ADD_EMBEDDING = ("add_embedding.linear_1", "add_embedding.linear_2")
 
@@ -223,7 +224,8 @@ def diffusers_to_sgm(path: str, family: str) -> str | None:
 
 # --- text encoders and the Flux transformer ----------------------------------------------------
 
-_CLIP = re.compile(r"text_model\.encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|mlp\.(?:fc1|fc2))"
+_CLIP = re.compile(r"text_model\.encoder\.layers\.\d+\."
+                   r"(?:self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|mlp\.(?:fc1|fc2))"
                    r"|text_projection")
 _T5 = re.compile(r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.[qkvo]"
                  r"|encoder\.block\.\d+\.layer\.1\.DenseReluDense\.(?:wi|wi_0|wi_1|wo)")

@@ -51,6 +51,19 @@ def writable_format(input_format: str) -> str:
     return "diffusers" if input_format.startswith("diffusers") else "kohya"
 
 
+def weights_file(path: str | Path, format: str) -> Path:
+    """The file to write for an output `path`: a `.safetensors` path as it is; for diffusers a
+    folder path gets `pytorch_lora_weights.safetensors` inside (what `load_lora_weights(folder)`
+    reads). kohya's layout is one file, so its path must end in `.safetensors`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path
+    if format == "diffusers":
+        return path / DIFFUSERS_WEIGHTS_NAME
+    raise AdapterError("a kohya LoRA is one .safetensors file; give a path ending in .safetensors "
+                       "(or write format='diffusers' to a folder)", path)
+
+
 def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format: str, family: str,
                     template: FormatAdapter | None = None, metadata_extra: Mapping[str, str] | None = None,
                     dtype: torch.dtype | None = None) -> Path:
