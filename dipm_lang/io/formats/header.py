@@ -2,12 +2,11 @@
 
 `safetensors.safe_open` parses and validates the header (offsets, sizes, dtypes) and maps the file
 without reading tensor data; we keep its answers as plain values so that everything after this
-works from the header alone. Only scalars (kohya's `.alpha`) are read, on request.
+works from the header alone (`adapter` then reads only the `.alpha` scalars).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,24 +66,3 @@ def _dtype(code: str, name: str, path: Path) -> torch.dtype:
         raise AdapterError(f"tensor {name!r} has dtype {code}, which dipm does not read", path)
     return dtype
 
-
-def read_scalar(path: Path, name: str) -> float:
-    """The value of a one-element tensor (an `.alpha`), checked to be a finite number."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        value = handle.get_tensor(name)
-    if value.numel() != 1:
-        raise AdapterError(f"{name!r} must hold one number, it has shape {list(value.shape)}", path)
-    number = float(value.reshape(()).item())
-    if not math.isfinite(number):
-        raise AdapterError(f"{name!r} is {number}", path)
-    return number
-
-
-def read_tensor(path: Path, name: str) -> torch.Tensor:
-    """One tensor's data."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return handle.get_tensor(name)
