@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "passes": {"ir", "errors"},
     "backend": {"ir", "errors"},
     "ops": {"ir", "backend", "safety", "errors"},
-    "io": {"backend", "ir", "safety", "errors"},
+    "io": {"backend", "ir", "safety", "errors", "version"},
     "frontend": {"ir", "ops", "io", "safety", "errors"},
     "compiler": {"frontend", "passes", "ops", "ir", "safety", "errors"},
     "run": {"io", "backend", "ops", "ir", "safety", "errors", "version"},

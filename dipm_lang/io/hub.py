@@ -186,7 +186,7 @@ def cached_adapter_ids(*, cache_dir: str | Path | None = None) -> list[str]:
 def _api(endpoint: str | None, token: str | bool | None) -> Any:
     from huggingface_hub import HfApi
 
-    from dipm_lang import __version__
+    from dipm_lang.version import __version__
 
     return HfApi(endpoint=endpoint, token=token, library_name="dipm_lang", library_version=__version__)
 
@@ -197,7 +197,7 @@ def _download(ref: HubRef, revision: Any, *, cache_dir: str | Path | None, token
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    from dipm_lang import __version__
+    from dipm_lang.version import __version__
 
     options = dict(repo_id=ref.repo_id, revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint,
                    library_name="dipm_lang", library_version=__version__,

@@ -29,8 +29,8 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.finite import all_finite
-from dipm_lang.io.formats import detect
-from dipm_lang.io.formats import names as family_names
+import dipm_lang.io.formats.detect as detect
+import dipm_lang.io.formats.names as family_names
 from dipm_lang.io.formats.factors import lokr_factors, loha_factors, lora_factors
 from dipm_lang.io.formats.header import read_header
 from dipm_lang.io.peft_config import LoraSettings, parse_settings

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from dipm_lang.errors import UsageError
-from dipm_lang.io.formats import names
+import dipm_lang.io.formats.names as names
 
 LBW_COMMIT = "b403cb7300f288360023c2a1978b86a361934e24"
 

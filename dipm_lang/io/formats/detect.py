@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from dipm_lang.errors import AdapterError
-from dipm_lang.io.formats import kohya, names
+import dipm_lang.io.formats.kohya as kohya
+import dipm_lang.io.formats.names as names
 from dipm_lang.io.formats.factors import FactorShape, ShapeError, lokr_shape, loha_shape, lora_shape
 from dipm_lang.io.formats.header import FLOAT_DTYPES, Header
 

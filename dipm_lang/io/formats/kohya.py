@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dipm_lang.io.formats import names
+import dipm_lang.io.formats.names as names
 
 KEY = re.compile(r"(?P<module>(?P<prefix>lora_unet|lora_transformer|lora_te[0-9]?)_(?P<body>[A-Za-z0-9_]+))"
                  r"\.(?P<tensor>.+)")

@@ -36,7 +36,8 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.finite import all_finite
-from dipm_lang.io.formats import kohya, names
+import dipm_lang.io.formats.kohya as kohya
+import dipm_lang.io.formats.names as names
 from dipm_lang.io.formats.adapter import FormatAdapter, ModuleSpec
 from dipm_lang.io.formats.metadata import output_metadata
 from dipm_lang.io.safetensors_file import DTYPE_CODES, SafetensorsWriter, header_bound
