@@ -142,6 +142,8 @@ def _static_options(kind: S.Kind) -> list[Any]:
         return [kind.high if kind.high is not None else 1.0]
     if isinstance(kind, S.Choice):
         return list(kind.values)
+    if isinstance(kind, S.Flag):
+        return [False, True]
     if isinstance(kind, S.Text):  # Path too
         return [None] if kind.optional else ["x"]
     if isinstance(kind, (S.Numbers, Pattern, Layers)):
@@ -495,6 +497,8 @@ class Generator:
             return pick(draw, values)
         if isinstance(kind, S.Choice):
             return pick(draw, kind.values)
+        if isinstance(kind, S.Flag):
+            return draw(st.booleans())
         if isinstance(kind, Pattern):
             return pick(draw, PATTERNS)
         if isinstance(kind, Layers):
@@ -614,6 +618,8 @@ def literal(value: Any):
         return ListExpr(tuple(literal(v) for v in value))
     if value is None:
         raise AssertionError("none is written by leaving the argument out")
+    if isinstance(value, bool):
+        return Name("true" if value else "false")
     return number_literal(float(value))
 
 

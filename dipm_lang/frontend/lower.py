@@ -26,6 +26,7 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.resources import stdlib_dir
+from dipm_lang.ir.constants import BOOLEANS
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
@@ -504,6 +505,8 @@ class Lowerer:
                 self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
+        if expr.id in BOOLEANS:  # exact=true: after every binding, so a user's own `true` wins
+            return self.make("const", (), {"value": BOOLEANS[expr.id]}, NUM, expr.span)
         if module.function(expr.id) is not None or expr.id in self.functions:
             raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
         if self.free_numbers and expr.id not in STATEMENT_KEYWORDS:

@@ -478,6 +478,18 @@ class Choice(Static):
         return text
 
 
+class Flag(Static):
+    """A yes/no switch (`exact=true`): `true`/`false` — the language's names for 1 and 0 — become a
+    bool attribute; any other value is an error."""
+
+    label = "Bool"
+
+    def convert(self, t: Typing, param: str, value: Any) -> bool:
+        if isinstance(value, (bool, int, float)) and value in (0, 1):
+            return bool(value)
+        t.fail(param, f"'{param}' must be true or false, got {_listed(value)}")
+
+
 class Text(Static):
     """A string (`optional`: or none)."""
 
