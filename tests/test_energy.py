@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapters import make_peft_adapter, peft_deltas
+from adapters import exact_sum, make_peft_adapter, peft_deltas
 from clitools import run_main
 
 F64 = torch.float64
@@ -33,17 +33,8 @@ def trio(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def combined(trio) -> dict[str, torch.Tensor]:
-    """ΔW of H + T − 0.5·U per module, in float64: each input's s·B·A from its own file, with the
-    scale PEFT gives it (float64 throughout, so the numerical rank is the true one)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, weight in (("H", 1.0), ("T", 1.0), ("U", -0.5)):
-        folder = trio / "adapters" / name
-        files = load_file(str(folder / "adapter_model.safetensors"))
-        for module, (_, scale, _, _) in peft_deltas(folder).items():
-            B = files[f"base_model.model.{module}.lora_B.weight"].to(F64)
-            A = files[f"base_model.model.{module}.lora_A.weight"].to(F64)
-            out[module] = out.get(module, 0) + weight * scale * (B @ A)
-    return out
+    """ΔW of H + T − 0.5·U per module, in float64, from the files and PEFT's scales."""
+    return exact_sum([(trio / "adapters" / name, weight) for name, weight in (("H", 1.0), ("T", 1.0), ("U", -0.5))])
 
 
 def reference(W: torch.Tensor, energy: float | None, max_rank: int | None) -> tuple[int, torch.Tensor, float]:

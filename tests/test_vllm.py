@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import vllm_reference
-from adapters import make_peft_adapter, peft_deltas, write_raw_adapter
+from adapters import exact_sum, make_peft_adapter, peft_deltas, write_raw_adapter
 from clitools import run_main
 
 F64 = torch.float64
@@ -38,16 +38,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def exact(root: Path, weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Σ wᵢ·sᵢ·Bᵢ·Aᵢ per module in float64, from the files and PEFT's scales."""
-    out: dict[str, torch.Tensor] = {}
-    for name, weight in weights.items():
-        folder = root / "adapters" / name
-        files = load_file(str(folder / "adapter_model.safetensors"))
-        for module, (_, scale, _, _) in peft_deltas(folder).items():
-            B = files[f"base_model.model.{module}.lora_B.weight"].to(F64)
-            A = files[f"base_model.model.{module}.lora_A.weight"].to(F64)
-            out[module] = out.get(module, 0) + weight * scale * (B @ A)
-    return out
+    return exact_sum([(root / "adapters" / name, weight) for name, weight in weights.items()])
 
 
 def best(W: torch.Tensor, k: int) -> torch.Tensor:
