@@ -331,10 +331,10 @@ def test_exact_is_a_switch_written_true_or_false(big):
     for spelled in ("true", "True", "1"):
         program, _ = compile(ScriptText(f'save(ties_svd([X, Y], density=0.5, exact={spelled}), "o")\n', "<t>"),
                              {k: str(big[k]) for k in "XY"}, verify=True)
-        assert "exact=true" in print_program(program)
+        assert "exact=True" in print_program(program)
     program, _ = compile(ScriptText('save(ties_svd([X, Y], density=0.5, exact=false), "o")\n', "<t>"),
                          {k: str(big[k]) for k in "XY"})
-    assert "exact=false" in print_program(program)
+    assert "exact=False" in print_program(program)
     with pytest.raises(DipmTypeError, match="'exact' must be true or false, got 0.5") as failure:
         compile(ScriptText('save(ties_svd([X, Y], density=0.5, exact=0.5), "o")\n', "<t>"),
                 {k: str(big[k]) for k in "XY"})

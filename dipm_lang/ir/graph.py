@@ -55,8 +55,6 @@ def format_attr(value: Any, relative_to: Path | None = None) -> str:
             except ValueError:
                 pass
         return format_string(value)
-    if isinstance(value, bool):
-        return str(value).lower()  # the language's own spelling (exact=true)
     if isinstance(value, float):
         return format_number(value)
     if is_schedule(value):
