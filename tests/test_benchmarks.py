@@ -175,7 +175,7 @@ def test_svd_baselines_quick(tmp_path: Path) -> None:
         assert row["dipm_exact_error"] == pytest.approx(row["optimal_error"], rel=1e-4), row
         assert row["error_ratio"] == pytest.approx(row["dipm_error"] / row["optimal_error"])
         if not row["method"].startswith("dare"):
-            assert row["merge_max_rel_diff"] < 1e-5, row
+            assert row["merge_rel_diff"] < 1e-5, row
     for target in results["targets"]:
         bound = float(re.search(r"\d+(?:\.\d+)?", target["goal"]).group())
         met = target["value"] >= bound if target["goal"].startswith("≥") else target["value"] <= bound
