@@ -223,18 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     _warm_up(args.rank)
     points = [(method, proj) for method in args.methods for proj in args.modules]
     points += [tuple(p.split(":")) for p in args.also if tuple(p.split(":")) not in points]
+    text = ""
     for method, proj in points:
         m, n = dims[proj]
         log(f"[svd_baselines] {method} {proj} {m}×{n}")
         results["rows"].append(measure(method, proj, m, n, args.rank, repeats, not args.no_exact, log))
+        text = write(results, args)  # after every point: a long run stopped early keeps what it measured
+    print(text)
+    return 0
+
+
+def write(results: dict, args: argparse.Namespace) -> str:
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["targets"] = targets(results["rows"], args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "svd_baselines.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)
     (args.out / "svd_baselines.md").write_text(text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
