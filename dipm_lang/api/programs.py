@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dipm_lang.api.values import (AdapterValue, InputValue, attach_sources, detached, run_options,
                                   split_inputs)
@@ -207,7 +207,15 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
     node = program.results[RESULT]
     if node.type.kind not in ("Delta", "Dir", "Mag"):  # pragma: no cover - the lowering checks it
         raise DipmTypeError(f"this expression is a {node.type}; expected an update or magnitudes")
+    from dipm_lang.errors import ExecutionError
+    from dipm_lang.ir.full_weights import Carry
+    from dipm_lang.run.full_weights import carried_outputs
+
     the_plan = plan(program, options, check_outputs=False, memory=memory)
+    try:  # what saving the value writes of its inputs' full-weight modules and biases (SPEC §7.4)
+        full: Any = carried_outputs(node, node, program, the_plan.inputs, Carry(the_plan.layers), list(the_plan.modules))
+    except ExecutionError as refusal:
+        full = refusal  # the value is fine; only saving it needs a choice (raised by AdapterValue.save)
     result = execute(the_plan, options)
     modules = {name: detached(value) for name, value in result.results[RESULT].items()}
     metadata = provenance(program, the_plan)
@@ -215,4 +223,4 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
         metadata["dipm_numbers"] = json.dumps(dict(numbers), sort_keys=True)
     return AdapterValue(str(node.type), modules, template=output_template(list(the_plan.inputs.values())),
                         recipe=recipe, metadata=metadata, out_dtype=the_plan.out_dtype,
-                        input_paths=file_inputs(the_plan.inputs.values()))
+                        input_paths=file_inputs(the_plan.inputs.values()), full=full)

@@ -37,7 +37,8 @@ class AdapterValue(Mapping[str, Any]):
 
     def __init__(self, type: str, modules: Mapping[str, Any], *, template: AdapterInfo | None = None,
                  recipe: str = "", metadata: Mapping[str, str] | None = None,
-                 out_dtype: torch.dtype | None = None, input_paths: list[Path] | None = None):
+                 out_dtype: torch.dtype | None = None, input_paths: list[Path] | None = None,
+                 full: Any = ()):
         self.type = type
         self.modules: dict[str, Any] = dict(modules)
         self.recipe = recipe
@@ -45,6 +46,8 @@ class AdapterValue(Mapping[str, Any]):
         self._metadata = dict(metadata or {})
         self._out_dtype = out_dtype
         self._input_paths = list(input_paths or [])
+        # The full-weight modules and biases saving writes (io.full.FullOutput), or the refusal to raise then
+        self._full = full
 
     @property
     def kind(self) -> str:
@@ -99,6 +102,8 @@ class AdapterValue(Mapping[str, Any]):
         from dipm_lang.run.outputs import OutputSummary, to_output
 
         self._need_update("save")
+        if isinstance(self._full, Exception):
+            raise self._full
         for name, value in (("rank", rank), ("max_rank", max_rank)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be a positive whole number, got {value!r}")
@@ -124,7 +129,8 @@ class AdapterValue(Mapping[str, Any]):
             modules[name] = to_output(value)
         written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
                                 recipe=self.recipe, force=force, inputs=self._input_paths, target=target,
-                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors)
+                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors,
+                                full=self._full, full_dtype=torch_dtype(dtype) if dtype is not None else None)
         ranks = [v.rank for v in modules.values() if v.rank > 0]
         cuts = rank is not None or by_energy
         error = (math.sqrt(dropped / total) if total > 0 else 0.0) if cuts else None
