@@ -49,6 +49,13 @@ class AdapterValue(Mapping[str, Any]):
         # The full-weight modules and biases saving writes (io.full.FullOutput), or the refusal to raise then
         self._full = full
 
+    def full_tensors(self) -> dict[str, tuple[Any, torch.Tensor]]:
+        """The full-weight modules and biases (SPEC §7.4) the value carries: name → (what it is, the
+        tensor, in the inputs' dtype). Raises the refusal when the recipe does not say which."""
+        if isinstance(self._full, Exception):
+            raise self._full
+        return {out.name: (out.tensor, out.value(out.stored_dtype)) for out in self._full}
+
     @property
     def kind(self) -> str:
         """`Delta`, `Dir` or `Mag` (the type without its `by`)."""
@@ -116,6 +123,9 @@ class AdapterValue(Mapping[str, Any]):
             raise UsageError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         if target == "vllm" and vllm_max_rank_problem(max_rank):
             raise UsageError(vllm_max_rank_problem(max_rank))
+        if target == "vllm" and self._full:
+            from dipm_lang.run.full_weights import check_target
+            check_target(self._full, target)
         out_dtype = torch_dtype(dtype) if dtype is not None else (self._out_dtype or torch_dtype("float32"))
         cut = rank if max_rank is None or rank is None else min(rank, max_rank)
         by_energy = rank is None and (energy is not None or max_rank is not None)
@@ -192,6 +202,15 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
     if isinstance(value, AdapterValue):
         if not value.is_update:
             raise DipmTypeError(f"only an update (Delta or Dir) can become an adapter; this value is {value.type}")
+        if isinstance(value._full, Exception):
+            raise value._full
+        if value._full:
+            from dipm_lang.run.full_weights import describe
+
+            names = [out.name for out in value._full]
+            raise UsageError(f"the value carries full-weight modules or biases ({describe(names)}),"
+                             " which add_to_peft_model cannot add (PEFT shares biases between adapters); save() it "
+                             "as a folder, or add drop_full(x)")
         modules = value.modules
     else:
         modules = dict(value)
@@ -292,7 +311,8 @@ def _memory_adapter(name: str, value: Any) -> MemoryAdapter:
             raise UsageError(f"input '{name}': a {value.type} cannot be an input; inputs are updates")
         template = value._template
         kinds = {m: info.kind for m, info in template.modules.items()} if template else {}
-        return M.from_modules(name, value.modules, config=template.config if template else {}, kinds=kinds)
+        return M.from_modules(name, value.modules, config=template.config if template else {}, kinds=kinds,
+                              full=value.full_tensors())
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
         return M.from_peft(value[0], value[1], label=name)
     if isinstance(value, Mapping):

@@ -166,8 +166,10 @@ class FullOutput:
         return self.tensor.name
 
     @property
-    def stored_dtypes(self) -> set[torch.dtype]:
-        return {source.full[self.name].dtype for source, _ in self.terms}
+    def stored_dtype(self) -> torch.dtype:
+        """The inputs' dtype of the tensor where they agree, else float32."""
+        stored = {source.full[self.name].dtype for source, _ in self.terms}
+        return stored.pop() if len(stored) == 1 else torch.float32
 
     def value(self, dtype: torch.dtype) -> torch.Tensor:
         """The tensor to write, in `dtype`: each input's tensor read once (checked for NaN/Inf), summed

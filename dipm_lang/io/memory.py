@@ -66,11 +66,13 @@ class MemoryAdapter(AdapterInfo):
 
 
 def from_modules(label: str, modules: Mapping[str, Any], *, config: Mapping[str, Any] | None = None,
-                 kinds: Mapping[str, str] | None = None) -> MemoryAdapter:
+                 kinds: Mapping[str, str] | None = None,
+                 full: Mapping[str, tuple[FullTensor, torch.Tensor]] | None = None) -> MemoryAdapter:
     """An in-memory input from module name → `LowRank` (scale folded into `B`, so scale 1).
 
     Zero-rank modules are left out (they mean "no update there"). `config` supplies the
-    base model and task type the writer copies into outputs; `kinds` marks embedding modules.
+    base model and task type the writer copies into outputs; `kinds` marks embedding modules;
+    `full` are full-weight modules and biases (name → (what it is, the tensor)) the input carries.
     """
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     scales: dict[str, float] = {}
@@ -86,7 +88,7 @@ def from_modules(label: str, modules: Mapping[str, Any], *, config: Mapping[str,
             continue
         factors[name] = (value.B, value.A)
         scales[name] = 1.0
-    return _build(label, factors, scales, dict(config or {}), dict(kinds or {}))
+    return _build(label, factors, scales, dict(config or {}), dict(kinds or {}), full=full)
 
 
 def from_peft(model: Any, adapter_name: str | None = None, *, label: str | None = None) -> MemoryAdapter:

@@ -353,9 +353,7 @@ class AdapterStage:
 
 def _stored_dtype(out: FullOutput) -> torch.dtype:
     """The inputs' dtype of a full-weight tensor (float32 where they differ, or for float8)."""
-    stored = out.stored_dtypes
-    dtype = stored.pop() if len(stored) == 1 else torch.float32
-    return dtype if dtype in OUTPUT_DTYPES else torch.float32
+    return out.stored_dtype if out.stored_dtype in OUTPUT_DTYPES else torch.float32
 
 
 def imbalance(x: LowRank) -> float:

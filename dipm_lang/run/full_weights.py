@@ -27,9 +27,10 @@ from dipm_lang.ir.full_weights import Carry
 
 TOLERANCE = 1e-9  # coefficients that sum to 1 up to rounding (0.1 + 0.2 + 0.7)
 
-CHOICES = ("say what the output keeps: keep_full(x, H) keeps input H's (bit for bit), drop_full(x) "
-           "writes none (the base model's stay); affine recipes such as 0.5*H + 0.5*T, multitask, transfer, "
-           "detox and unlearn combine them themselves")
+CHOICES = ("full-weight modules and biases are whole tensors, not updates, and the base model is not known, so "
+           "only affine recipes (Σ cᵢ·inputᵢ with Σ cᵢ = 1: 0.5*H + 0.5*T, multitask, transfer, detox, unlearn) "
+           "combine them; otherwise say what the output keeps: keep_full(x, H) keeps input H's (bit for bit), "
+           "drop_full(x) writes none (the base model's own are used)")
 
 
 def full_tensors(sources: Sequence[tuple[str, AdapterSource]]) -> dict[str, dict[str, FullTensor]]:
@@ -66,8 +67,20 @@ def plan_full_weights(program: Program, infos: Mapping[str, AdapterSource], laye
     if not full_tensors(list(infos.items())):
         return {}
     carry = Carry(layers)
-    return {id(save): carried_outputs(save.args[0], save, program, infos, carry, lora_modules)
-            for save in program.roots}
+    outputs = {}
+    for save in program.roots:
+        outputs[id(save)] = carried_outputs(save.args[0], save, program, infos, carry, lora_modules)
+        check_target(outputs[id(save)], save.attr("target"), program.spans.get(save))
+    return outputs
+
+
+def check_target(outputs: Sequence[FullOutput], target: str | None, span: Span | None = None) -> None:
+    """vLLM serves neither full-weight modules nor adapter biases (io/vllm.py): say so before any work."""
+    if target == "vllm" and outputs:
+        raise ExecutionError(f"vLLM serves no full-weight modules or biases, and this output would carry "
+                             f"{describe([out.name for out in outputs])}", span,
+                             hint="save drop_full(x) to leave them out (the base model's own weights are used "
+                                  "there), or merge them into the base model and serve that")
 
 
 def carried_outputs(value: Node, at: Node, program: Program, infos: Mapping[str, AdapterSource], carry: Carry,
