@@ -73,11 +73,13 @@ def combined(parts: list[tuple[Path, float]]) -> dict[str, torch.Tensor]:
 
 
 def hand_logits(parts: list[tuple[Path, float]], tokens: torch.Tensor, *, base_config=None,
-                full: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """The logits of Σ cᵢ·inputᵢ done by hand on the transformers model: W += Σ cᵢ·sᵢ·Bᵢ·Aᵢ (s = alpha/r
-    from each config), and every full-weight tensor set to `full` (default: Σ cᵢ·tensorᵢ)."""
-    model = tiny_llama(0, **dict(base_config or {}))
-    assert model.lm_head.weight is not model.model.embed_tokens.weight  # untied: each is its own tensor
+                full: dict[str, torch.Tensor] | None = None, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """The logits of Σ cᵢ·inputᵢ done by hand on the transformers model (default the tiny Llama):
+    W += Σ cᵢ·sᵢ·Bᵢ·Aᵢ (s = alpha/r from each config), and every full-weight tensor set to `full`
+    (default: Σ cᵢ·tensorᵢ)."""
+    if model is None:
+        model = tiny_llama(0, **dict(base_config or {}))
+        assert model.lm_head.weight is not model.model.embed_tokens.weight  # untied: each is its own tensor
     params = dict(model.named_parameters())
     deltas: dict[str, torch.Tensor] = {}
     for folder, c in parts:
@@ -177,6 +179,37 @@ def test_average_equals_the_hand_made_average_under_peft(root, tokens):
     assert all(torch.equal(full_of(root / "avg_b")[k], v) for k, v in combined(bias_parts).items())
     torch.testing.assert_close(peft_logits(root / "avg_b", tokens, base_config=WITH_BIASES),
                                hand_logits(bias_parts, tokens, base_config=WITH_BIASES), rtol=1e-4, atol=1e-5)
+
+
+def test_a_classifier_score_head_is_averaged_under_peft(tmp_path, tokens):
+    """task_type="SEQ_CLS": PEFT adds the `score` head to modules_to_save by itself."""
+    import peft
+    import transformers
+
+    from adapters import TINY_LLAMA
+
+    def classifier() -> torch.nn.Module:
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(**TINY_LLAMA, num_labels=3, pad_token_id=0)
+        return transformers.LlamaForSequenceClassification(config).eval()
+
+    for name, seed in (("A", 1), ("B", 2)):
+        model = peft.get_peft_model(classifier(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                  task_type="SEQ_CLS"))
+        noise = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.add_(0.1 * torch.randn(param.shape, generator=noise))
+        model.save_pretrained(str(tmp_path / name))
+    result = run(tmp_path, 'save(0.25 * load("A") + 0.75 * load("B"), "avg")\n')
+    assert result.code == 0, result
+    assert config(tmp_path / "avg")["modules_to_save"] == ["score"] and set(full_of(tmp_path / "avg")) == {"score.weight"}
+    loaded = peft.PeftModel.from_pretrained(classifier(), str(tmp_path / "avg"))
+    with torch.no_grad():
+        logits = loaded(input_ids=tokens % 63 + 1).logits.double()
+    parts = [(tmp_path / "A", 0.25), (tmp_path / "B", 0.75)]
+    torch.testing.assert_close(logits, hand_logits(parts, tokens % 63 + 1, model=classifier()), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("level", ["0", "2"])

@@ -117,22 +117,12 @@ class Carry:
             return NOTHING  # numbers, strings, lists: carry nothing of their own
         if op in LINEAR:
             return self._linear(node, module, get)
-        if op == "lincomb":
-            parts = []
-            for arg, coeff in zip(args, node.attr("coeffs")):
-                k = self._number_value(coeff, module)
-                if k is None:
-                    return self._block(node)
-                parts.append(get(arg).scaled(k))
-            return Carried.sum(parts)
-        if op == "linear":
-            parts = []
-            for item, weight in zip(args[0].args, node.attr("weights")):
-                k = self._number_value(weight, module)
-                if k is None:
-                    return self._block(node)
-                parts.append(get(item).scaled(k))
-            return Carried.sum(parts)
+        if op in ("lincomb", "linear"):  # Σ kᵢ·xᵢ: the fused form, and PEFT's linear by its weights
+            items, weights = (args, node.attr("coeffs")) if op == "lincomb" else (args[0].args, node.attr("weights"))
+            ks = [self._number_value(weight, module) for weight in weights]
+            if any(k is None for k in ks):
+                return self._block(node)
+            return Carried.sum([get(item).scaled(k) for item, k in zip(items, ks)])  # type: ignore[arg-type]
         if op == "select":
             return get(args[0]) if self._matches(node, module) else NOTHING
         if op == "replace":
