@@ -282,6 +282,8 @@ def test_check_success(cli):
 def test_set_binds_inputs_and_overrides_strings_as_written(cli, tmp_path):
     # --set by=in is the string "in", not a path; an adapter path given on the command line resolves
     # against the working directory (here tmp_path), not the script's folder (tmp_path/sub)
+    # (the folder adapters/ exists there, so adapters/x is a path in it, not a Hub id: SPEC §7.5)
+    (tmp_path / "adapters").mkdir()
     text = 'by = "out"\nh = load("adapters/h")\nsave(dir(h, by=by), "o")\n'
     code, out, _ = cli(text, "--set", "by=in", "--set", "h=adapters/x", command="explain", name="sub/s.dipm")
     assert code == 0

@@ -12,7 +12,8 @@ from dipm_lang.errors import printable
 def register(sub, commands) -> None:
     p = sub.add_parser("inspect", help="per-module and per-layer statistics of adapters; direction cosines "
                                        "between them")
-    p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path, help="PEFT LoRA adapter folders")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path,
+                   help="PEFT LoRA adapter folders, or Hugging Face Hub ids (ORG/NAME, hf://ORG/NAME@REVISION/SUBFOLDER)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--plot", metavar="OUT.png", type=usable_path, help="draw heat maps (layer × module type) of norms and cosines")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file")

@@ -404,7 +404,9 @@ def model_card(name: str, recipe: str, base_model: str | None, metadata: Mapping
         inputs = json.loads(metadata.get("dipm_inputs", "{}"))
     except ValueError:
         inputs = {}
-    lines += [f"- `{name}`: `{entry.get('source', name)}`, sha256 `{entry.get('sha256', '?')}`"
+    lines += [f"- `{name}`: `{entry.get('source', name)}`"
+              + (f" at commit `{entry['commit']}`" if entry.get("commit") else "")  # a Hub input (SPEC §7.5)
+              + f", sha256 `{entry.get('sha256', '?')}`"
               for name, entry in sorted(inputs.items())] or ["- (none)"]
     try:
         numbers = json.loads(metadata.get("dipm_numbers", "{}"))
