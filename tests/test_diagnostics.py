@@ -342,6 +342,7 @@ def test_explain_text(cli):
 
 
 def test_explain_dot(cli, tmp_path):
+    (tmp_path / "adapters").mkdir()  # adapters/h is then a path in it, not a Hub id (SPEC §7.5)
     code, out, _ = cli(SHARED, "--dot", "plan.dot", command="explain")
     assert code == 0
     dot = (tmp_path / "plan.dot").read_text()
