@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import types
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,15 @@ def test_inspect_takes_hub_ids(offline, hub, work, peft_adapters):
     assert unlabelled[0] == unlabelled[1] and unlabelled[0]
     text = run_main("inspect", STYLE, cwd=work)
     assert text.code == 0 and f"commit {hub.commit('acme/style-lora')[:12]}" in text.out
+    # vLLM's rules, on the cached files: the same verdicts as on the local folders, named by the ids
+    served = run_main("inspect", "--json", "--target", "vllm", "--max-rank", "1", STYLE, BRANCH, cwd=work)
+    local = run_main("inspect", "--json", "--target", "vllm", "--max-rank", "1", str(peft_adapters["basic"]),
+                     str(peft_adapters["rslora"]), cwd=work)
+    assert (served.code, served.err) == (local.code, local.err)
+    got, expected = json.loads(served.out)["adapters"], json.loads(local.out)["adapters"]
+    assert [a.pop("adapter") for a in got] == [STYLE, BRANCH]
+    assert got == [{k: v for k, v in a.items() if k != "adapter"} for a in expected]
+    assert any(a["refusals"] for a in got) and hub.requests == []  # rank 4 > --max-lora-rank 1
 
 
 def test_the_python_api_takes_hub_ids(offline, hub, work, peft_adapters, monkeypatch):
@@ -235,7 +245,7 @@ def test_the_python_api_takes_hub_ids(offline, hub, work, peft_adapters, monkeyp
 
 def test_the_repl_loads_inspects_and_completes_hub_ids(offline, hub, work, monkeypatch):
     monkeypatch.chdir(work)
-    session = Session(RunOptions(device="cpu"), out=__import__("io").StringIO(), err=__import__("io").StringIO())
+    session = Session(RunOptions(device="cpu"), out=StringIO(), err=StringIO())
     session.handle(f'h = load("{STYLE}")')
     session.handle(f":load t {BRANCH}")
     session.handle("h + t")
@@ -389,10 +399,15 @@ def test_the_sandbox_refuses_hub_ids_unless_allowed(offline, hub, work):
     assert refused["config"].first.startswith("r.yaml:2:3: error: input 'H': acme/style-lora is an adapter")
     assert all("--allow-hub" in r.err for r in refused.values())
     assert not (work / "out").exists()
-    session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(work)), out=__import__("io").StringIO(),
-                      err=__import__("io").StringIO())
+    session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(work)), out=StringIO(),
+                      err=StringIO())
     session.handle(f":load h {STYLE}")
     assert session.errors == 1 and "a network source the sandbox" in session.err.getvalue()
+    session = Session(RunOptions(device="cpu", sandbox=Sandbox.at(work, allow_hub=True)),
+                      out=StringIO(), err=StringIO())
+    session.handle(f":load h {STYLE}")
+    session.handle(f'g = load("{BRANCH}")')
+    assert session.errors == 0, session.err.getvalue()
     allowed = run_main("run", "s.dipm", "--sandbox", ".", "--allow-hub", cwd=work)
     assert allowed.code == 0, allowed.err
     assert run_main("run", "r.yaml", "--sandbox", ".", "--allow-hub", "--force", cwd=work).code == 0

@@ -172,7 +172,8 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
     `expr` is a single dipm expression (standard-library functions in scope), e.g.
     `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
     keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory), Hugging
-    Face Hub adapters (`"org/name"`, `"hf://org/name@revision/subfolder"`: SPEC §7.5), `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
+    Face Hub adapters (`"org/name"`, `"hf://org/name@revision/subfolder"`: SPEC §7.5),
+    `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
     `(peft_model, "adapter_name")` — and numbers: `evaluate("transfer(C, T, t=t)", C=…, T=…, t=0.3)`
     (to compute it for many numbers, `compile` it once). The result must be an update (Delta, Dir)
     or magnitudes (Mag); it is computed in `dtype` (default float32) on `device` (default cpu).
