@@ -143,7 +143,7 @@ def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, InputValue
     Text that is one expression (`"transfer(C, T, t=t)"`) compiles to a program whose call gives
     that value; anything else is a script, whose call runs its saves. Names the text uses but
     never defines are inputs when `inputs` names them and numbers otherwise, given at each call
-    (`program(t=0.3)`). `inputs`: NAME → an adapter (a path relative to the working directory, an
+    (`program(t=0.3)`). `inputs`: NAME → an adapter (a path relative to the working directory, a Hub id, an
     `AdapterValue`, a `PeftModel` …, as for `evaluate`) makes NAME an input or overrides the path
     of `NAME = load(…)`; NAME → None declares an input whose adapter is given to each call;
     strings and numbers override bindings of that type, as `--set` does. `file` names the text
@@ -171,7 +171,8 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
 
     `expr` is a single dipm expression (standard-library functions in scope), e.g.
     `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
-    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory),
+    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory), Hugging
+    Face Hub adapters (`"org/name"`, `"hf://org/name@revision/subfolder"`: SPEC §7.5),
     `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
     `(peft_model, "adapter_name")` — and numbers: `evaluate("transfer(C, T, t=t)", C=…, T=…, t=0.3)`
     (to compute it for many numbers, `compile` it once). The result must be an update (Delta, Dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from dipm_lang.errors import DipmTypeError, UsageError
+from dipm_lang.io.hub_ref import hub_input
 
 if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` must be cheap
     import torch
@@ -291,7 +292,11 @@ def split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dict
     for name, value in inputs.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise UsageError(f"input names must be identifiers, got {name!r}")
-        if isinstance(value, (str, os.PathLike)):
+        if isinstance(value, str):  # a folder, or a Hub id (`"org/name"`, `"hf://org/name@rev"`: SPEC §7.5)
+            hub = hub_input(value, base_dir=Path.cwd())
+            paths[name] = str(hub) if hub is not None else str(Path(os.path.expanduser(value)).resolve())
+            continue
+        if isinstance(value, os.PathLike):
             paths[name] = str(Path(os.path.expanduser(os.fspath(value))).resolve())
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):  # a Num: t, λ, a weight …

@@ -156,8 +156,10 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     if problem:
         raise AdapterError(problem, repr(str(path))[:200])
     folder = Path(path).expanduser().resolve()
-    if not folder.exists():
-        raise AdapterError("adapter folder not found", folder)
+    if not folder.exists():  # the Hub reading was not taken either (SPEC §7.5): say how to write one
+        raise AdapterError("adapter folder not found", folder,
+                           hint="an adapter on the Hugging Face Hub is written hf://ORG/NAME[@REVISION][/SUBFOLDER], "
+                                "or ORG/NAME when no local folder ORG exists")
     if not folder.is_dir():
         raise AdapterError("not a folder; give the adapter folder (with adapter_config.json)", folder)
 

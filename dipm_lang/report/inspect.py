@@ -22,7 +22,8 @@ from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
 from dipm_lang.io.atomic import staged_file
-from dipm_lang.io.reader import open_adapter, read_module
+from dipm_lang.io.reader import read_module
+from dipm_lang.io.sources import open_input
 from dipm_lang.ir.modules import layer_order, natural_key, split_module
 from dipm_lang.report.summary import fmt, layer_table, ordered_kinds
 
@@ -190,12 +191,14 @@ class Source:
 
 
 def adapter_source(path: str | Path, label: str | None = None) -> Source:
-    """An adapter folder, validated up front; modules are read one at a time."""
-    info = open_adapter(path)
+    """An adapter folder or Hub id (SPEC §7.5), validated up front; modules are read one at a time."""
+    info = open_input(str(path))
     config = info.config
     meta = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
             "use_rslora": bool(config.get("use_rslora", False)), "base_model": info.base_model,
             "dtype": str(info.dtype).removeprefix("torch.")}
+    if getattr(info, "commit", None):  # from the Hub: the commit its revision resolved to
+        meta["commit"] = info.commit
     modules = {name: (m.shape, m.rank, m.scale) for name, m in info.modules.items()}
     if info.full:
         meta["full_weights"] = full_weight_stats(info)
@@ -298,6 +301,8 @@ def _adapter_text(index: int, adapter: AdapterStats) -> str:
     facts.append(str(meta.get("dtype", "")))
     if meta.get("base_model"):
         facts.append(f"base {meta['base_model']}")
+    if meta.get("commit"):
+        facts.append(f"commit {meta['commit'][:12]}")
     facts.append(f"‖ΔW‖_F {fmt(adapter.norm)}")
     head.append("    " + " · ".join(f for f in facts if f))
     rows = [["module", "shape", "rank", "scale", "‖ΔW‖_F", "row norm min", "mean", "max"]]

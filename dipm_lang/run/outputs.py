@@ -144,13 +144,18 @@ def provenance(program: Program, the_plan: Plan,
                digest: Callable[[AdapterSource], str] = lambda info: info.sha256, *,
                save: Node | None = None) -> dict[str, str]:
     """Safetensors metadata: the recipe's hash and each input by name, label (a folder's base name or
-    a Hub id — never a local path) and content hash (`digest`); for a `save`, the numbers given from
-    outside (`--set t=0.3`, a sweep's point) when there were any. The same recipe, inputs and numbers
-    give the same metadata from any working folder."""
+    a Hub id — never a local path) and content hash (`digest`), and for a Hub input the commit its
+    revision resolved to; for a `save`, the numbers given from outside (`--set t=0.3`, a sweep's
+    point) when there were any. The same recipe, inputs and numbers give the same metadata from any
+    working folder (and from the Hub or, offline, from its cache)."""
     inputs = {}
     for node in load_nodes(program):
         info = the_plan.inputs[node.attr("path")]
-        inputs[node.attr("name") or info.label] = {"source": info.label, "sha256": digest(info)}
+        entry = {"source": info.label, "sha256": digest(info)}
+        commit = getattr(info, "commit", None)  # Hub inputs (io/hub_source.py)
+        if commit is not None:
+            entry["commit"] = commit
+        inputs[node.attr("name") or info.label] = entry
     metadata = {
         "dipm_lang_version": __version__,
         "dipm_script_sha256": hashlib.sha256(recipe_text(program).encode("utf-8")).hexdigest(),

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from dipm_lang.errors import AdapterError, ExecutionError, Span, UsageError, did_you_mean
+from dipm_lang.io.hub_ref import is_hub_path
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
@@ -121,8 +122,8 @@ def at_load(error: AdapterError, span: Span | None) -> AdapterError:
     if span is None:
         return error
     hint = error.hint
-    if hint is None and error.path and "not found" in error.message:
-        hint = near_names(Path(error.path))
+    if error.path and "not found" in error.message and not is_hub_path(error.path):
+        hint = near_names(Path(error.path)) or hint  # a typo's near name first
     moved = AdapterError(f"{error.path}: {error.message}" if error.path else error.message, hint=hint)
     moved.span = span
     return moved
@@ -156,7 +157,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     `recover` first cleans up what killed runs left next to each output (`writer.recover_stale`).
     """
     infos: dict[str, AdapterSource] = {}
-    open_ = opener or (lambda path: open_source(path, memory))
+    open_ = opener or (lambda path: open_source(path, memory, progress=options.progress))
     for node in load_nodes(program):
         path = node.attr("path")
         if path is None:
@@ -164,7 +165,9 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
                              program.spans.get(node))
         if path not in infos:
-            if options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
+            if options.sandbox is not None and is_hub_path(path):  # the lowering checked it too
+                options.sandbox.check_hub(path, "load", program.spans.get(node))
+            elif options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
                 options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
             try:
                 infos[path] = open_(path)
