@@ -498,7 +498,7 @@ class Generator:
         if isinstance(kind, S.Choice):
             return pick(draw, kind.values)
         if isinstance(kind, S.Flag):
-            return draw(st.booleans())
+            return pick(draw, (False, True))
         if isinstance(kind, Pattern):
             return pick(draw, PATTERNS)
         if isinstance(kind, Layers):
