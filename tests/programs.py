@@ -31,7 +31,7 @@ not on types):
 - `/`: the divisor is a nonzero literal (dividing by a zero number is a compile-time error); in
   numeric mode a magnitude divisor is `max(m, 0.5)`, so no unit divides by zero.
 - `Weights` (`mix`, `mean`): positive literals, so a mean never divides by a zero sum.
-- Schedules (`ramp`, `where`) stand wherever a number does; a schedule divisor is a ramp of
+- Schedules (`ramp`, `where`, `lbw`, `strengths`) stand wherever a number does; a schedule divisor is a ramp of
   nonzero points, and in numeric mode a ramp's `layers=` is left out or at least `INPUT_LAYERS`.
 - The standard library's defs (`STDLIB`, checked against stdlib/*.dipm by a test) and one `def` of
   the script itself (`blend`): defs are not operators, their parameter types are listed here.
@@ -52,7 +52,8 @@ from dipm_lang.ir.node import Node
 from dipm_lang.ir.operator import Operator, OperatorTable
 from dipm_lang.ir.types import BY_VALUES, DELTA, NUM, SCHEDULE, Type, dir_t, factor_t, list_t, mag_t
 from dipm_lang.ops import OPERATORS
-from dipm_lang.ops.schedules import NumberOrSchedule, Values
+from dipm_lang.ir.blocks import PRESETS
+from dipm_lang.ops.schedules import BlockWeights, NumberOrSchedule, Values
 from dipm_lang.ops.selection import Layers, Pattern
 
 # ---- what a script can write ----------------------------------------------------------------
@@ -65,6 +66,12 @@ written as operators."""
 
 EXPLICIT = ("load", "save", "factor", "lora")
 """Operators drawn by the explicit strategies below instead of the generic walk."""
+
+IMAGE_MODEL_ONLY = ("lbw",)
+"""Operators whose programs run only on LoRAs of image models (block weights need a model family): the
+numeric tests' adapters are language-model ones, so numeric programs leave them out (tests/test_lora_files.py
+runs them)."""
+
 
 BASE_TYPES: tuple[Type, ...] = (DELTA, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES), NUM,
                                 SCHEDULE, factor_t("A"), factor_t("B"))
@@ -150,6 +157,8 @@ def _static_options(kind: S.Kind) -> list[Any]:
         return [(0.0, 1.0)]
     if isinstance(kind, NumberOrSchedule):
         return [1.0]
+    if isinstance(kind, BlockWeights):
+        return ["ALL"]
     raise GeneratorGap(f"no static strategy for the parameter kind {type(kind).__name__}")
 
 
@@ -289,7 +298,7 @@ class Generator:
         self.stdlib = stdlib
         self.signatures: dict[Type, list[Signature]] = {}
         for op in written_operators(operators):
-            if op.name in ("load", "save"):
+            if op.name in ("load", "save") or (numeric and op.name in IMAGE_MODEL_ONLY):
                 continue
             sigs = probe(op)
             if not sigs:
@@ -504,6 +513,10 @@ class Generator:
             return [pick(draw, LITERALS) for _ in range(draw(st.integers(1, 4)))]
         if isinstance(kind, NumberOrSchedule):  # where's branches
             return pick(draw, LITERALS)
+        if isinstance(kind, BlockWeights):  # a preset, or a vector of one of LBW's lengths
+            if draw(st.booleans()):
+                return pick(draw, sorted(PRESETS))
+            return [pick(draw, LITERALS) for _ in range(pick(draw, (12, 17, 20, 26, 61)))]
         raise GeneratorGap(f"no static strategy for {param.name}: {type(kind).__name__}")
 
     # ---- the explicit strategies ------------------------------------------------------------------

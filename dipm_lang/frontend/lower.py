@@ -343,7 +343,8 @@ class Lowerer:
             if name in self.external:
                 self.used_external.add(name)
                 path = self._external_path(name)
-            node = self.make("load", (), {"path": path, "name": name}, node.type, self.spans.get(node))
+            node = self.make("load", (), {**dict(node.attrs), "path": path, "name": name}, node.type,
+                             self.spans.get(node))  # keeps family=
             self.inputs[name] = node
         elif name in self.external:
             self.used_external.add(name)

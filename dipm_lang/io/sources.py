@@ -2,7 +2,8 @@
 
 The runtime plans and reads every input through `AdapterSource`, whatever holds it — a PEFT
 folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), and as they arrive the
-Hub, other file formats and base weights. `open_source` turns a `load` path into a source.
+Hub, other file formats and base weights. `open_source` turns a `load` path into a source; LoRA files of image models
+(kohya, diffusers, LyCORIS) are `io/lora_files.py`'s.
 """
 
 from __future__ import annotations
@@ -60,13 +61,20 @@ def is_memory_key(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(MEMORY_PREFIX) and path.endswith(">")
 
 
-def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None) -> AdapterSource:
-    """The source a `load` path names: an in-memory input by its key, else an adapter folder."""
+def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
+                family: str | None = None) -> AdapterSource:
+    """The source a `load` path names: an in-memory input by its key, a LoRA file of an image model
+    (a `.safetensors` file, a diffusers folder, or any folder with `family=`; SPEC §7.10), else a
+    PEFT adapter folder."""
     if is_memory_key(path):
         if memory is None or path not in memory:
             raise UsageError(f"{path}: no such in-memory input")
         return memory[path]
-    from dipm_lang.io.reader import open_adapter  # torch: only when a folder is really opened
+    from dipm_lang.io.lora_files import is_lora_path, open_lora_source  # torch: only when really opened
+
+    if family is not None or is_lora_path(path):
+        return open_lora_source(path, family=family)
+    from dipm_lang.io.reader import open_adapter
 
     return open_adapter(path)
 

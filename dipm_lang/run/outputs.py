@@ -16,9 +16,12 @@ from typing import Any, Callable
 import torch
 
 from dipm_lang.backend.lowrank import LowRank
-from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.lora_output import LoraFileStage
+from dipm_lang.io.sources import AdapterSource, file_inputs
 from dipm_lang.io.writer import AdapterStage, StagedOutput
 from dipm_lang.ir.node import Node, Program
+from dipm_lang.run import image_models
+from dipm_lang.run.options import RunOptions
 from dipm_lang.run.planning import Plan, load_nodes
 from dipm_lang.safety.privacy import private_text
 from dipm_lang.version import __version__
@@ -34,7 +37,7 @@ class OutputSummary:
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, staged: StagedOutput, stage: AdapterStage, dtype: torch.dtype,
+    def of(cls, staged: StagedOutput, stage: AdapterStage | LoraFileStage, dtype: torch.dtype,
            relative_error: float | None) -> "OutputSummary":
         ranks = [rank for rank, _ in stage.ranks.values()]
         return cls(staged.destination, len(ranks), ranks, str(dtype).removeprefix("torch."), relative_error,
@@ -85,6 +88,21 @@ def output_template(infos: list[AdapterSource]) -> AdapterSource | None:
     for info in reversed(infos):
         modules.update(info.modules)
     return dataclasses.replace(infos[0], modules=modules)
+
+
+def output_stage(program: Program, save: Node, the_plan: Plan, template: AdapterSource | None,
+                 options: RunOptions) -> AdapterStage | LoraFileStage:
+    """The stage that writes `save`: a PEFT adapter folder, or a LoRA file of an image model in the format
+    `run/image_models.py` chooses (SPEC §7.10). Created before any work, so a bad output fails first."""
+    inputs = file_inputs(the_plan.inputs.values())
+    target = image_models.output_target(program, save, the_plan.inputs, the_plan.family)
+    if target is None:
+        return AdapterStage(save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
+                            metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
+                            force=options.force, inputs=inputs)
+    return LoraFileStage(target.destination, format=target.format, family=target.family, template=target.template,
+                         dtype=the_plan.out_dtype, compute_dtype=the_plan.dtype, force=options.force, inputs=inputs,
+                         file=target.file, span=program.spans.get(save))
 
 
 def to_output(value: Any) -> LowRank:
