@@ -31,6 +31,7 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError, ExecutionError, Span
 from dipm_lang.io.atomic import check_file_output
+from dipm_lang.io.card import model_card
 from dipm_lang.io.formats import names
 from dipm_lang.io.formats.adapter import FormatAdapter
 from dipm_lang.io.formats.peft_folder import COMPONENT_KEY, FAMILY_KEY
@@ -38,7 +39,7 @@ from dipm_lang.io.formats.write import write_lora_file, write_tensors
 from dipm_lang.io.layout import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, SAFETENSORS_NAME
 from dipm_lang.io.reader import KEY_PREFIX
 from dipm_lang.io.writer import (OUTPUT_DTYPES, StagedOutput, apply_umask, build_config, discard_staged, faithful,
-                                 model_card, prepare_output, recover_stale, staging_folder, write_text)
+                                 prepare_output, recover_stale, staging_folder, write_text)
 from dipm_lang.ir.modules import natural_key
 
 RECIPE_KEY = "dipm_recipe"
@@ -60,8 +61,10 @@ class LoraFileStage:
         recover_stale(self.destination)
         check_output(self.destination, file=file, inputs=inputs, force=force)
         self.values: dict[str, LowRank] = {}
-        self.kept: dict[str, float] = {}  # module -> the input's scale, for factors that are an input's own
+        self.input_scales: dict[str, float] = {}  # module -> the input's scale, for factors that are an input's own
         self.ranks: dict[str, tuple[int, str]] = {}
+        self.kept: dict[str, int] = {}  # `AdapterStage`'s: ranks before padding (a LoRA file is never padded)
+        self.target: str | None = None  # `AdapterStage`'s serving target: none for a LoRA file
         self.zeros: dict[str, tuple[int, int]] = {}
         self.rebalanced: list[str] = []
         self._staged: StagedOutput | None = None
@@ -84,13 +87,15 @@ class LoraFileStage:
                 continue
             self.values[name] = value
             if verbatim and self.template is not None and name in self.template.modules and self._narrowing():
-                self.kept[name] = self.template.modules[name].scale
+                self.input_scales[name] = self.template.modules[name].scale
 
     def _narrowing(self) -> bool:
         return self.dtype.itemsize < self.compute_dtype.itemsize
 
-    def finish(self, *, metadata: Mapping[str, str], recipe: str) -> StagedOutput:
-        """Write the output into a hidden staging folder; nothing is visible until `commit_staged`."""
+    def finish(self, *, metadata: Mapping[str, str], recipe: str,
+               errors: Mapping[str, float] | None = None) -> StagedOutput:
+        """Write the output into a hidden staging folder; nothing is visible until `commit_staged`.
+        `errors` (energy=: each module's relative error dropped) go into a PEFT output's model card."""
         warnings = []
         values = dict(self.values)
         if not values:
@@ -108,12 +113,12 @@ class LoraFileStage:
         try:
             extra = dict(metadata)
             if self.format == "peft":
-                self._write_peft(temp, values, extra, recipe)
+                self._write_peft(temp, values, extra, recipe, errors or {})
             else:
                 extra[RECIPE_KEY] = recipe
                 target = temp / (self.destination.name if self.file else DIFFUSERS_WEIGHTS_NAME)
                 write_lora_file(target, values, format=self.format, family=self.family, template=self.template,
-                                metadata_extra=extra, dtype=self.dtype, scales=self.kept)
+                                metadata_extra=extra, dtype=self.dtype, scales=self.input_scales)
             apply_umask(temp)
         except BaseException as exc:
             self.discard()
@@ -127,7 +132,8 @@ class LoraFileStage:
             discard_staged([self._staged])
             self._staged = None
 
-    def _write_peft(self, folder: Path, values: Mapping[str, LowRank], metadata: dict[str, str], recipe: str) -> None:
+    def _write_peft(self, folder: Path, values: Mapping[str, LowRank], metadata: dict[str, str], recipe: str,
+                    errors: Mapping[str, float]) -> None:
         components = sorted({names.component_of(name) for name in values})
         if len(components) != 1:
             raise ExecutionError(f"a PEFT adapter holds one model's modules, but the result has modules of "
@@ -154,7 +160,9 @@ class LoraFileStage:
         ranks = {names.split_component(name)[1]: rank for name, rank in self.ranks.items()}
         config = build_config(ranks, None)
         write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        write_text(folder / "README.md", model_card(self.destination.name, recipe, None, metadata))
+        card = model_card(self.destination.name, recipe, None, metadata, errors=errors,
+                          ranks={name: rank for name, (rank, _) in self.ranks.items()})
+        write_text(folder / "README.md", card)
 
     def _kernel(self, name: str, value: LowRank) -> tuple[int, ...] | None:
         spec = self.template.modules.get(name) if self.template is not None else None

@@ -428,16 +428,19 @@ class Int(Static):
 
 class Real(Static):
     """A number in an interval (`density` in [0, 1]; DARE's (0, 1]); `schedules` admits a schedule
-    whose pieces lie in the interval."""
+    whose pieces lie in the interval; `optional` admits none (`energy=` left out)."""
 
     label = "Num"
 
     def __init__(self, low: float | None = None, high: float | None = None, *, open_low: bool = False,
-                 why: str = "", schedules: bool = False):
+                 why: str = "", schedules: bool = False, optional: bool = False):
         self.low, self.high, self.open_low, self.why = low, high, open_low, why
         self.schedules = schedules
+        self.optional = optional
 
     def convert(self, t: Typing, param: str, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
         if is_schedule(value):
             _schedule_allowed(t, param, value, self.schedules)
             for piece in (bounds(value) or ()):
@@ -461,7 +464,7 @@ def _schedule_allowed(t: Typing, param: str, value: Any, allowed: bool) -> None:
 
 
 class Choice(Static):
-    """One of a few strings (`majority_sign_method`); `optional` admits none (`save`'s `format=` left out)."""
+    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=`, `format=` left out)."""
 
     def __init__(self, values: Sequence[str], aliases: Mapping[str, str] | None = None, optional: bool = False):
         self.values = tuple(values)

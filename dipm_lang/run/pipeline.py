@@ -19,7 +19,7 @@ from dipm_lang.run.options import RunOptions
 from dipm_lang.run.planning import plan, schedule_values
 from dipm_lang.run.progress import Progress
 from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_stage, output_template, peak_memory_mb,
-                                   provenance, recipe_text, to_output)
+                                   provenance, recipe_text, to_output, truncates)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -55,9 +55,10 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         for save in result.saves:
             stage = stages[id(save.node)]
             staged.append(stage.finish(metadata=provenance(program, the_plan, save=save.node),
-                                       recipe=recipe_text(program)))
+                                       recipe=recipe_text(program), errors=save.errors))
             summary.outputs.append(OutputSummary.of(staged[-1], stage, the_plan.out_dtype,
-                                                    save.relative_error if save.node.attr("rank") is not None else None))
+                                                    save.relative_error if truncates(save.node) else None,
+                                                    errors=save.errors))
         commit_staged(staged)
     except BaseException:
         discard_staged(staged)
