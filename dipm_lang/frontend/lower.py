@@ -317,7 +317,7 @@ class Lowerer:
 
     def bind_input(self, name: str, path: str, module: "Module", span: Span | None = None) -> Node:
         """`name = load(path)` without source text (the REPL's `:load NAME PATH`)."""
-        node = self.make("load", (), {"path": path, "name": name}, DELTA, span)
+        node = self.make("load", (), {"path": path, "family": None, "name": name}, DELTA, span)
         self.inputs[name] = node
         module.values[name] = node
         module.functions.pop(name, None)
@@ -502,7 +502,8 @@ class Lowerer:
                 self.given_numbers[expr.id] = number
                 return self.make("const", (), {"value": number}, NUM, expr.span)
             if expr.id not in self.inputs:
-                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
+                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "family": None,
+                                                                   "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
         if module.function(expr.id) is not None or expr.id in self.functions:
