@@ -441,6 +441,9 @@ BAD = {  # name → (script, exit code, message, line:col of the caret or None)
     "format of a language model": ('save(load("llm"), "o.safetensors", format="kohya")', 1,
                                    "writes LoRA files of image models", "1:1"),
     "peft of two components": ('save(load("SD1"), "o", format="peft")', 1, "holds one model's modules", "1:1"),
+    "vllm target": ('save(load("SD1"), "o.safetensors", target="vllm")', 1, "serves language-model adapters", "1:1"),
+    "vllm target and format": ('save(load("SD1"), "o.safetensors", target="vllm", format="kohya")', 2,
+                               "writes a PEFT adapter folder, not a kohya file", "1:COL"),
     "peft of a text encoder": ('save(component(load("SD1"), "clip"), "o", format="peft")', 1,
                                "writes UNet or transformer adapters", "1:1"),
 }
@@ -455,6 +458,8 @@ def test_bad_input_is_positioned_and_writes_nothing(files, tmp_path, case):
     before = snapshot(tmp_path)
     result = run_main("run", "s.dipm", cwd=tmp_path)
     assert (result.code, message in result.err) == (code, True), result.err
+    if where.endswith(":COL"):  # at an argument after the (long) input path: its column varies
+        where = where[:-4] + f":{script.index(chr(34) + 'kohya') + 1}"
     assert result.err.startswith(f"s.dipm:{where}: error: "), result.err
     assert "Traceback" not in result.err and "^" in result.err
     assert snapshot(tmp_path) == before  # nothing written, every input as it was
@@ -470,3 +475,70 @@ def test_an_existing_output_file_needs_force(files, tmp_path):
     assert run(tmp_path, script.replace("0.5", "0.25"), "--force").code == 0
     assert (tmp_path / "o.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors", "s.dipm"]  # no staging left behind
+
+
+# --- configs, the Python API, energy ranks, what the CLI shows ----------------------------------------
+
+def energy_reference(W: torch.Tensor, energy: float) -> tuple[int, torch.Tensor]:
+    """SPEC §7.6 from a float64 SVD: the smallest rank whose singular values keep `energy` of ‖W‖², and W cut to it."""
+    s = torch.linalg.svdvals(W)
+    total, kept = float((s ** 2).sum()), 0.0
+    for k, value in enumerate(s.tolist(), start=1):
+        kept += value ** 2
+        if kept >= energy * total * (1 - 1e-12):
+            return k, best_rank(W, k)
+    return len(s), W
+
+
+def test_a_config_with_block_weights_and_energy_ranks(files, tmp_path):
+    """A YAML recipe over a kohya file: `lbw` in the expression, `energy:` per output — each module keeps the
+    smallest rank holding 90 % of its energy (kohya's resize_lora --dynamic_method), the run prints the
+    block-weight vector per block, and the summary the ranks."""
+    K = files["kohya"]
+    (tmp_path / "r.yaml").write_text(f"inputs:\n  K: {K.path}\noutputs:\n  o.safetensors:\n"
+                                     "    expr: lbw(\"OUTALL\") * K\n    energy: 0.9\n")
+    result = run_main("run", "r.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert 'schedule lbw("OUTALL"), per block:' in result.out
+    assert re.search(r"^\s+OUT11\s+1$", result.out, re.M) and re.search(r"^\s+IN01\s+0$", result.out, re.M)
+    written = open_lora_file(tmp_path / "o.safetensors")
+    got = deltas(tmp_path / "o.safetensors")
+    expected = {}
+    for name, delta in K.deltas.items():
+        block = block_id(name)
+        weight = 1.0 if block is None else PRESETS["OUTALL"][BLOCKID17.index(block)] if block in BLOCKID17 else 0.0
+        if weight:
+            expected[name] = energy_reference(weight * delta, 0.9)
+    assert set(got) == set(expected)  # the modules weighted 0 are left out
+    for name, (rank, value) in expected.items():
+        assert written.modules[name].rank == rank, name
+        close(got[name], value, name)
+
+
+def test_the_python_api_writes_image_model_values_in_their_format(files, tmp_path):
+    import dipm_lang
+    from dipm_lang.errors import DipmError
+
+    K, D = files["kohya"], files["diffusers"]
+    value = dipm_lang.evaluate("0.5 * K + strengths(model=1, clip=0) * D", K=str(K.path), D=str(D.path.parent))
+    value.save(tmp_path / "o.safetensors")
+    value.save(tmp_path / "d", format="diffusers")
+    assert open_source(str(tmp_path / "o.safetensors")).format == "kohya"  # the first input's format
+    assert (tmp_path / "d" / "pytorch_lora_weights.safetensors").is_file()
+    for out in ("o.safetensors", "d"):
+        got = deltas(tmp_path / out)
+        for name in K.deltas:
+            reference = 0.5 * K.deltas[name] + (0 if name.startswith("text_encoder") else D.deltas[name])
+            close(got[name], reference, f"{out}: {name}")
+    with pytest.raises(DipmError, match="serves language-model adapters"):
+        value.save(tmp_path / "v", target="vllm")
+    with pytest.raises(DipmError, match="a kohya LoRA is one file"):
+        value.save(tmp_path / "k", format="kohya")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "k").exists()
+
+
+def test_inspect_reads_a_lora_file_under_canonical_names(files, tmp_path):
+    result = run_main("inspect", str(files["sdxl"].path), cwd=tmp_path)
+    assert result.code == 0, result.err
+    for name in files["sdxl"].deltas:
+        assert name in result.out

@@ -38,7 +38,8 @@ from dipm_lang.io.formats.peft_folder import COMPONENT_KEY, FAMILY_KEY
 from dipm_lang.io.formats.write import write_lora_file, write_tensors
 from dipm_lang.io.layout import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, SAFETENSORS_NAME
 from dipm_lang.io.reader import KEY_PREFIX
-from dipm_lang.io.writer import (OUTPUT_DTYPES, StagedOutput, apply_umask, build_config, discard_staged, faithful,
+from dipm_lang.io.writer import (OUTPUT_DTYPES, StagedOutput, apply_umask, build_config, commit_staged, discard_staged,
+                                 faithful,
                                  prepare_output, recover_stale, staging_folder, write_text)
 from dipm_lang.ir.modules import natural_key
 
@@ -180,3 +181,19 @@ def check_output(destination: Path, *, file: bool, inputs: Sequence[str | Path],
     else:
         prepare_output(destination, inputs=inputs, force=force)
 
+
+
+def write_lora_output(destination: str | Path, modules: Mapping[str, LowRank], *, format: str, family: str,
+                      template: FormatAdapter | None, file: bool, dtype: torch.dtype, metadata: Mapping[str, str],
+                      recipe: str, force: bool, inputs: Sequence[str | Path] = (),
+                      errors: Mapping[str, float] | None = None) -> Path:
+    """Write one image-model LoRA output atomically (stage + commit; the Python API's `value.save`)."""
+    stage = LoraFileStage(destination, format=format, family=family, template=template, dtype=dtype,
+                          compute_dtype=dtype, force=force, inputs=inputs, file=file)
+    try:
+        stage.add(modules)
+        staged = stage.finish(metadata=metadata, recipe=recipe, errors=errors)
+    except BaseException:
+        stage.discard()
+        raise
+    return commit_staged([staged])[0]

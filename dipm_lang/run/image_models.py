@@ -78,22 +78,32 @@ def first_lora_input(node: Node, sources: Mapping[str, Any]) -> LoraFileSource |
 def output_target(program: Program, save: Node, sources: Mapping[str, Any], family: str | None) -> Target | None:
     """How `save` writes (see the module docstring); None for a PEFT folder of a language model
     (`io/writer.py`'s `AdapterStage`, as before image-model LoRAs)."""
-    chosen = save.attr("format")
-    span = program.spans.get(save)
+    source = first_lora_input(save, sources) or next(
+        (s for s in sources.values() if isinstance(s, LoraFileSource)), None)
+    return choose_target(save.attr("path"), save.attr("format"), source, family, program.spans.get(save),
+                         serving=save.attr("target"))
+
+
+def choose_target(path: str | Path, chosen: str | None, source: LoraFileSource | None, family: str | None,
+                  span: Span | None = None, *, serving: str | None = None) -> Target | None:
+    """Where and how an output at `path` is written: `chosen` (format=) or the format of `source` (the
+    template input); None for a PEFT folder of a language model. Shared by scripts and the Python API.
+    `serving` (target=, a language-model server) is refused for image models."""
     if family is None:
         if chosen in (None, "peft"):
             return None
         raise ExecutionError(f"format={chosen!r} writes LoRA files of image models, and no input of this program "
                              "is one", span)
-    source = first_lora_input(save, sources) or next(
-        (s for s in sources.values() if isinstance(s, LoraFileSource)), None)
+    if serving is not None:
+        raise ExecutionError(f"target={serving!r} serves language-model adapters; these are LoRAs of "
+                             f"{FAMILY_TITLES[family]}", span)
     template = source.adapter if source is not None else None
     if chosen is None:
         if template is None:
             chosen = "diffusers"
         else:
             chosen = "peft" if template.format == "peft" else writable_format(template.format)
-    path = Path(save.attr("path"))
+    path = Path(path)
     file = path.suffix == ".safetensors"
     if file and chosen == "peft":
         raise ExecutionError("a PEFT adapter is a folder (adapter_config.json + adapter_model.safetensors): give "
