@@ -201,9 +201,11 @@ def test_merges_and_dipm_recipes_load_in_diffusers_as_the_dense_reference(files,
     K, D = files["kohya"], files["diffusers"]
     script = (f'K = load("{K.path}")\nD = load("{D.path.parent}")\n'
               'save(0.6 * K + 0.4 * D, "linear.safetensors")\n'
-              'save(transfer(K, D, t=0.3), "transfer", format="diffusers")\n')
+              'save(transfer(K, D, t=0.3), "transfer", format="diffusers")\n'
+              'save(0.4 * D + 0.6 * K, "first_d")\n')
     assert run(tmp_path, script).code == 0
     assert open_lora_file(tmp_path / "linear.safetensors").format == "kohya"
+    assert open_source(str(tmp_path / "first_d")).format == "diffusers"  # the first input the expression reaches
     base = fx.base_weights(fx.sd_unet(), "unet") | fx.base_weights(fx.clip_text(), "text_encoder")
     references = {
         "linear.safetensors": {n: 0.6 * K.deltas[n] + 0.4 * D.deltas[n] for n in K.deltas},
@@ -542,3 +544,24 @@ def test_inspect_reads_a_lora_file_under_canonical_names(files, tmp_path):
     assert result.code == 0, result.err
     for name in files["sdxl"].deltas:
         assert name in result.out
+
+
+def test_the_repl_loads_and_saves_lora_files(files, tmp_path, monkeypatch):
+    import io
+
+    from dipm_lang.repl.session import Session
+
+    monkeypatch.chdir(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    session = Session(out=out, err=err)
+    for line in (f'K = load("{files["lokr"].path}")', 'save(lbw("OUTS") * K, "r.safetensors")'):
+        session.handle(line)
+    assert err.getvalue() == "" and "wrote 1 adapter" in out.getvalue()
+    got = deltas(tmp_path / "r.safetensors")
+    for name, delta in files["lokr"].deltas.items():
+        block = block_id(name)
+        weight = 1.0 if block is None else PRESETS["OUTS"][BLOCKID17.index(block)] if block in BLOCKID17 else 0.0
+        if weight:
+            close(got[name], weight * delta, name)
+        else:
+            assert name not in got, name
