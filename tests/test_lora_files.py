@@ -498,9 +498,15 @@ def test_a_config_with_block_weights_and_energy_ranks(files, tmp_path):
     block-weight vector per block, and the summary the ranks."""
     K = files["kohya"]
     (tmp_path / "r.yaml").write_text(f"inputs:\n  K: {K.path}\noutputs:\n  o.safetensors:\n"
-                                     "    expr: lbw(\"OUTALL\") * K\n    energy: 0.9\n")
+                                     "    expr: lbw(\"OUTALL\") * K\n    energy: 0.9\n"
+                                     "  d:\n    expr: K\n    format: diffusers\n")
     result = run_main("run", "r.yaml", cwd=tmp_path)
     assert result.code == 0, result.err
+    assert open_source(str(tmp_path / "d")).format == "diffusers"  # `format:` as save's format=
+    (tmp_path / "bad.yaml").write_text(f"inputs:\n  K: {K.path}\noutputs:\n  e:\n    expr: K\n    format: koyha\n")
+    bad = run_main("run", "bad.yaml", cwd=tmp_path)
+    assert bad.code == 2 and bad.err.startswith("bad.yaml:6:5: error: ") and "kohya" in bad.err, bad.err
+    assert not (tmp_path / "e").exists()
     assert 'schedule lbw("OUTALL"), per block:' in result.out
     assert re.search(r"^\s+OUT11\s+1$", result.out, re.M) and re.search(r"^\s+IN01\s+0$", result.out, re.M)
     written = open_lora_file(tmp_path / "o.safetensors")
