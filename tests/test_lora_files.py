@@ -571,3 +571,37 @@ def test_the_repl_loads_and_saves_lora_files(files, tmp_path, monkeypatch):
             close(got[name], weight * delta, name)
         else:
             assert name not in got, name
+
+
+def lycoris_delta(tensors: dict[str, torch.Tensor], module: str) -> torch.Tensor:
+    """ΔW of one module of a LoHa/LoKr file from LyCORIS' formulas (`functional/loha.py`, `lokr.py::make_kron`),
+    flattened to out × in·kh·kw, in float64: scale alpha / dim, dim = hada_w1_b's rows / lokr_w2_a's columns."""
+    t = {key[len(module) + 1:]: value.double() for key, value in tensors.items() if key.startswith(module + ".")}
+    if "hada_w1_a" in t:
+        W = (t["hada_w1_a"] @ t["hada_w1_b"].flatten(1)) * (t["hada_w2_a"] @ t["hada_w2_b"].flatten(1))
+        dim = t["hada_w1_b"].shape[0]
+    else:
+        W = torch.kron(t["lokr_w1"], t["lokr_w2_a"] @ t["lokr_w2_b"].flatten(1))
+        dim = t["lokr_w2_a"].shape[1]
+    return float(t["alpha"]) / dim * W
+
+
+@pytest.mark.parametrize("fmt", ["loha", "lokr"])
+def test_lycoris_outputs_hold_the_result_exactly(files, tmp_path, fmt):
+    """format="loha" / "lokr": a DiPM recipe over a LoCon and a LoHa input written as LyCORIS; each module,
+    computed from the file with LyCORIS' own formulas (and read back by dipm), is the float64 reference."""
+    K, L = files["kohya"], files["loha"]
+    script = f'save(transfer(load("{K.path}"), load("{L.path}"), t=0.6), "o.safetensors", format="{fmt}")\n'
+    assert run(tmp_path, script).code == 0
+    tensors = load_file(str(tmp_path / "o.safetensors"))
+    written = open_lora_file(tmp_path / "o.safetensors")
+    assert written.format == fmt
+    with safe_open(str(tmp_path / "o.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    assert json.loads(meta["ss_network_args"]) == {"algo": fmt} and meta["ss_network_module"] == "lycoris.kohya"
+    got = deltas(tmp_path / "o.safetensors")
+    assert set(L.deltas) <= set(K.deltas) and {names.module_kernel(n, "sd1") for n in L.deltas} >= {(3, 3), None}
+    for name, delta in L.deltas.items():  # the UNet modules both have (the LoHa file has no text encoder)
+        reference = transfer_reference(K.deltas[name], delta, 0.6)
+        close(lycoris_delta(tensors, written.modules[name].key), reference, name)
+        close(got[name], reference, name)

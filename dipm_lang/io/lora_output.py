@@ -7,7 +7,7 @@ PEFT folder of one component — staged like every output, committed with the ot
 tensor), and image-model LoRAs are small next to the language-model adapters the streaming writer is for.
 
 What is written, per format:
-- kohya / diffusers: `io.formats.write_lora_file` — the template input's names, kernels (LoCon) and
+- kohya / diffusers / loha / lokr: `io.formats.write_lora_file` — the template input's names, kernels (LoCon) and
   fusing, `.alpha` per module (kohya), its `ss_*` / `modelspec.*` metadata where it still holds, and the
   provenance (recipe, input hashes; no local paths). A module copied from an input (`save(load(x))`)
   into a narrower dtype than it was computed in keeps the input's scale as its alpha, so its stored

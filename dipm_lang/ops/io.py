@@ -21,9 +21,9 @@ from dipm_lang.ir.types import DELTA, UNIT
 from dipm_lang.ops.backend import D, L, R
 
 
-OUTPUT_FORMATS = ("kohya", "diffusers", "peft")
+OUTPUT_FORMATS = ("kohya", "diffusers", "peft", "loha", "lokr")
 """save's format=: kohya's single file, diffusers' LoRA file (a folder unless the path ends in .safetensors),
-a PEFT adapter folder (SPEC §7.10)."""
+a PEFT adapter folder, or LyCORIS LoHa / LoKr in kohya's layout (the low-rank result held exactly; SPEC §7.10)."""
 
 
 def _ranks(ctx, rank, one: bool = False):
@@ -103,8 +103,8 @@ OPERATORS = [
                       Param("target", Choice(TARGETS, optional=True), None),
                       Param("format", Choice(OUTPUT_FORMATS, optional=True), None)),
              UNIT, "Write x as a PEFT adapter folder, or for image-model LoRAs in the first input's format (a "
-                   "path ending in .safetensors is one file; format= chooses \"kohya\", \"diffusers\" or "
-                   "\"peft\"); rank=N keeps the best rank-N approximation, energy=e "
+                   "path ending in .safetensors is one file; format= chooses \"kohya\", \"diffusers\", "
+                   "\"peft\", \"loha\" or \"lokr\"); rank=N keeps the best rank-N approximation, energy=e "
                    "per module the smallest rank keeping the fraction e of its energy, max_rank=N caps "
                    "either; target=\"vllm\" writes what vLLM serves.",
              # the value written, and the squared error dropped / total (for the run's report);

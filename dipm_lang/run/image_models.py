@@ -108,7 +108,8 @@ def choose_target(path: str | Path, chosen: str | None, source: LoraFileSource |
     if file and chosen == "peft":
         raise ExecutionError("a PEFT adapter is a folder (adapter_config.json + adapter_model.safetensors): give "
                              "a folder path, or format=\"kohya\" / \"diffusers\" for one .safetensors file", span)
-    if not file and chosen == "kohya":
-        raise ExecutionError("a kohya LoRA is one file: give a path ending in .safetensors (or format=\"diffusers\" "
+    if not file and chosen in ("kohya", "loha", "lokr"):
+        what = "a kohya LoRA" if chosen == "kohya" else f"a LyCORIS {chosen} file"
+        raise ExecutionError(f"{what} is one file: give a path ending in .safetensors (or format=\"diffusers\" "
                              "or \"peft\" to write a folder)", span)
     return Target(chosen, family, template, path, file)

@@ -43,7 +43,11 @@ from dipm_lang.io.formats.metadata import output_metadata
 from dipm_lang.io.layout import DIFFUSERS_WEIGHTS_NAME
 from dipm_lang.io.safetensors_file import DTYPE_CODES, SafetensorsWriter, header_bound
 
-OUTPUT_FORMATS = ("kohya", "diffusers")
+OUTPUT_FORMATS = ("kohya", "diffusers", "loha", "lokr")
+LYCORIS_OUTPUTS = ("loha", "lokr")
+"""LyCORIS layouts a low-rank result is written in exactly, for tools that want them: each module's B·A as
+LoHa `(B A) ⊙ (1 1ᵀ)` (`hada_w2_a`, `hada_w2_b` of ones, rank 1) or LoKr `[1] ⊗ (B A)` (`lokr_w1` = [[1]]),
+kohya's key names and `.alpha` (scale alpha / rank, as LyCORIS' dim is B A's inner size)."""
 
 
 def writable_format(input_format: str) -> str:
@@ -77,10 +81,6 @@ def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format:
     an input's own with that scale folded into B — stored as B / scale with alpha = rank · scale, so an
     input copied in its own dtype keeps its stored bits. Modules of rank 0 are left out (ΔW = 0)."""
     path = Path(path)
-    if format in ("loha", "lokr", "lycoris"):
-        raise AdapterError(f"cannot write format {format!r}: a low-rank result is in general not a "
-                           f"{'Hadamard' if format == 'loha' else 'Kronecker'} product; write format='kohya' "
-                           "(LoRA/LoCon in kohya's layout holds it exactly)", path)
     if format not in OUTPUT_FORMATS:
         raise AdapterError(f"unknown LoRA file format {format!r}; formats: {', '.join(OUTPUT_FORMATS)}", path)
     if family not in names.FAMILIES:
@@ -97,7 +97,7 @@ def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format:
             values[name] = value
     if not values:
         raise AdapterError("has no module with a nonzero rank to write", path)
-    if format == "kohya":
+    if format in ("kohya", *LYCORIS_OUTPUTS):
         entries = _kohya_entries(values, family, template, out_dtype, path, scales or {})
     else:
         entries = _diffusers_entries(values, family, template, out_dtype, path)
@@ -292,7 +292,18 @@ def _diffusers_entries(values: dict[str, LowRank], family: str, template: Format
 def _tensors(entries: list[_Entry], format: str) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for entry in entries:
-        if format == "kohya":
+        if format in LYCORIS_OUTPUTS:
+            up, down = entry.up.reshape(entry.up.shape[0], -1), entry.down.reshape(entry.rank, -1)  # 2-D, as LyCORIS
+            one = torch.ones((), dtype=up.dtype)
+            if format == "loha":
+                tensors[f"{entry.name}.hada_w1_a"], tensors[f"{entry.name}.hada_w1_b"] = up, down
+                tensors[f"{entry.name}.hada_w2_a"] = one.expand(up.shape[0], 1).contiguous()
+                tensors[f"{entry.name}.hada_w2_b"] = one.expand(1, down.shape[1]).contiguous()
+            else:
+                tensors[f"{entry.name}.lokr_w1"] = one.reshape(1, 1).clone()
+                tensors[f"{entry.name}.lokr_w2_a"], tensors[f"{entry.name}.lokr_w2_b"] = up, down
+            tensors[f"{entry.name}.alpha"] = torch.tensor(entry.alpha, dtype=torch.float32)
+        elif format == "kohya":
             tensors[f"{entry.name}.lora_up.weight"] = entry.up
             tensors[f"{entry.name}.lora_down.weight"] = entry.down
             tensors[f"{entry.name}.alpha"] = torch.tensor(entry.alpha, dtype=torch.float32)
