@@ -1,9 +1,10 @@
 """Where a program's adapters come from: one interface for every kind of input.
 
 The runtime plans and reads every input through `AdapterSource`, whatever holds it — a PEFT
-folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), and as they arrive the
-Hub, other file formats and base weights. `open_source` turns a `load` path into a source; LoRA files of image models
-(kohya, diffusers, LyCORIS) are `io/lora_files.py`'s.
+folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), an adapter on the
+Hugging Face Hub (`io/hub_source.py`, `hf://` load paths), and as they arrive other file formats
+and base weights. `open_source` turns a `load` path into a source; LoRA files of image
+models (kohya, diffusers, LyCORIS) are `io/lora_files.py`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dipm_lang.errors import UsageError
+from dipm_lang.io.hub_ref import is_hub_path
 
 if TYPE_CHECKING:
     import torch
@@ -62,14 +64,19 @@ def is_memory_key(path: Any) -> bool:
 
 
 def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
-                family: str | None = None) -> AdapterSource:
-    """The source a `load` path names: an in-memory input by its key, a LoRA file of an image model
-    (a `.safetensors` file, a diffusers folder, or any folder with `family=`; SPEC §7.10), else a
-    PEFT adapter folder."""
+                family: str | None = None, progress: bool | None = None) -> AdapterSource:
+    """The source a `load` path names: an in-memory input by its key, a Hub adapter by its `hf://`
+    id (`progress`: huggingface_hub's download bars; None: when stderr is a terminal), a LoRA file
+    of an image model (a `.safetensors` file, a diffusers folder, or any folder with `family=`;
+    SPEC §7.10), else a PEFT adapter folder."""
     if is_memory_key(path):
         if memory is None or path not in memory:
             raise UsageError(f"{path}: no such in-memory input")
         return memory[path]
+    if is_hub_path(path):
+        from dipm_lang.io.hub_source import open_hub  # huggingface_hub: only for Hub inputs
+
+        return open_hub(path, progress=progress)
     from dipm_lang.io.lora_files import is_lora_path, open_lora_source  # torch: only when really opened
 
     if family is not None or is_lora_path(path):
@@ -77,6 +84,15 @@ def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
     from dipm_lang.io.reader import open_adapter
 
     return open_adapter(path)
+
+
+def open_input(text: str, *, base_dir: Path | None = None, progress: bool | None = None) -> AdapterSource:
+    """An adapter named as a user types it (`dipm inspect`, the REPL's `:inspect`): a folder, or a
+    Hub id by SPEC §7.5's rule (relative paths against `base_dir`, default the working folder)."""
+    from dipm_lang.io.hub_ref import hub_input
+
+    ref = hub_input(text, base_dir=Path.cwd() if base_dir is None else base_dir)
+    return open_source(str(ref) if ref is not None else text, progress=progress)
 
 
 def file_inputs(sources: Sequence[AdapterSource] | Any) -> list[Path]:

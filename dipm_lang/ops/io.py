@@ -88,12 +88,13 @@ def _check_save(t: Typing) -> None:
 
 
 OPERATORS = [
-    Operator("load", (Param("path", Path(optional=True), None),
+    Operator("load", (Param("path", Path(optional=True, hub=True), None),
                       Param("family", Choice(tuple(FAMILY_TITLES), optional=True), None),
                       Param("name", Text(optional=True), None, internal=True)), DELTA,
-             "Read a PEFT LoRA adapter folder, or a LoRA file of an image model (kohya, diffusers, LyCORIS "
-             "LoHa/LoKr .safetensors); family= (\"sd1\", \"sd2\", \"sdxl\", \"flux\") settles a file whose "
-             "model family is ambiguous. load() without a path is an input given from outside (--set NAME=PATH).",
+             "Read a PEFT LoRA adapter folder, an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
+             "or ORG/NAME when no such local folder exists), or a LoRA file of an image model (kohya, diffusers, "
+             "LyCORIS LoHa/LoKr .safetensors; family= (\"sd1\", \"sd2\", \"sdxl\", \"flux\") settles a file whose "
+             "model family is ambiguous). load() without a path is an input given from outside (--set NAME=PATH).",
              factored=lambda ctx, node: ctx.load(node)),
     Operator("save", (Param("x", Update()), Param("path", Path()),
                       Param("rank", Int(minimum=1, optional=True, schedules=True), None),
