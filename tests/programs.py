@@ -66,8 +66,11 @@ written as operators."""
 EXPLICIT = ("load", "save", "factor", "lora")
 """Operators drawn by the explicit strategies below instead of the generic walk."""
 
-BASE_TYPES: tuple[Type, ...] = (DELTA, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES), NUM,
-                                SCHEDULE, factor_t("A"), factor_t("B"))
+SPACES = (None, "A", "B")
+"""Whose units a Dir or Mag holds: an update's, or a factor's (SPEC §7.3)."""
+DIRS = tuple(dir_t(b, of) for of in SPACES for b in BY_VALUES)
+MAGS = tuple(mag_t(b, of) for of in SPACES for b in BY_VALUES)
+BASE_TYPES: tuple[Type, ...] = (DELTA, *DIRS, *MAGS, NUM, SCHEDULE, factor_t("A"), factor_t("B"))
 
 INPUT_LAYERS = 8
 """At least the layer count of the numeric tests' adapters: a ramp's `layers=` there is never smaller."""
@@ -111,14 +114,16 @@ class Signature:
 def _operand_options(kind: S.Kind) -> list[Type]:
     if isinstance(kind, S.Update):
         return [DELTA]  # a Dir stands wherever a Delta does: the drawing may give one
+    if isinstance(kind, S.Decouplable):
+        return [DELTA, factor_t("A"), factor_t("B")]
     if isinstance(kind, S.Anything):
         return list(BASE_TYPES)
     if isinstance(kind, S.DirOf):
-        return [dir_t(b) for b in BY_VALUES]
+        return list(DIRS)
     if isinstance(kind, S.MagOf):
-        return [mag_t(b) for b in BY_VALUES]
+        return list(MAGS)
     if isinstance(kind, S.MagOrNumber):
-        return [*(mag_t(b) for b in BY_VALUES), NUM]
+        return [*MAGS, NUM]
     if isinstance(kind, S.Number):
         return [NUM, SCHEDULE]  # a schedule (ramp, where) stands wherever a number does
     if isinstance(kind, S.FactorOf):
@@ -328,6 +333,8 @@ class Generator:
         wants = [want]
         if want == DELTA and not exact:
             wants += [dir_t(b) for b in BY_VALUES]
+        if want.kind == "Factor" and not exact:  # a direction of a factor stands for it (SPEC §7.3)
+            wants += [dir_t(b, want.by) for b in BY_VALUES]
         leaves = [(name, t) for t in wants for name in scope.of(t)]
         if want == DELTA:
             leaves += [(name, DELTA) for name in self.inputs.names]
@@ -336,7 +343,7 @@ class Generator:
         if want == NUM:
             leaves += [(v, NUM) for v in LITERALS]
         sigs = [s for t in wants for s in self.signatures.get(t, [])]
-        if rank_class is None and want.kind == "Factor":
+        if rank_class is None and want.factor is not None:  # factors and their Dir/Mag: one rank class
             rank_class = pick(draw, self.inputs.classes)
         if leaves and (depth <= 0 or not sigs or draw(st.integers(0, 3)) == 0):
             leaf, type_ = pick(draw, leaves)
@@ -345,7 +352,7 @@ class Generator:
             return self.stdlib_call(draw, depth, scope), DELTA
         if depth <= 0:
             sigs = self._cheap(sigs)
-        elif len(wants) > 1:  # an update: a Delta or a direction, evenly (there are many more Delta makers)
+        elif len(wants) > 1:  # an update or a factor: it or a direction, evenly (there are more makers of the first)
             kind = pick(draw, sorted({s.result.kind for s in sigs}))
             sigs = [s for s in sigs if s.result.kind == kind]
         # one operator uniformly among those that can give the type, then one of its signatures
@@ -368,7 +375,7 @@ class Generator:
         if op.name in INFIX:
             a = self.operand(draw, op, "a", sig.operand("a"), depth, scope, rank_class)
             if op.name == "div":
-                b = self.divisor(draw, sig.operand("b"), depth, scope)
+                b = self.divisor(draw, sig.operand("b"), depth, scope, rank_class)
             else:
                 b = self.operand(draw, op, "b", sig.operand("b"), depth, scope, rank_class)
             return BinOp(INFIX[op.name], a, b)
@@ -392,7 +399,8 @@ class Generator:
                 sizes[p.name] = len(items)
                 operands[p.name] = ListExpr(tuple(items))
             elif isinstance(p.kind, S.ListOf):
-                operands[p.name], sizes[p.name] = self.item_list(draw, sig.operand(p.name).item, depth, scope)
+                operands[p.name], sizes[p.name] = self.item_list(draw, sig.operand(p.name).item, depth, scope,
+                                                                 rank_class)
             elif isinstance(p.kind, S.Weights):
                 operands[p.name] = self.weights(draw, sizes[p.kind.of], p)
             else:
@@ -417,30 +425,34 @@ class Generator:
             return self.number(draw, depth, scope)
         return self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
 
-    def divisor(self, draw, type_: Type, depth: int, scope: Scope) -> Any:
+    def divisor(self, draw, type_: Type, depth: int, scope: Scope, rank_class=None) -> Any:
         if type_ == NUM:
             return Number(pick(draw, NONZERO))
         if type_ == SCHEDULE:  # zero in no module
             points = ListExpr(tuple(Number(pick(draw, NONZERO)) for _ in range(draw(st.integers(1, 3)))))
             return Call("ramp", (points,), ())
-        magnitude = self.expr(draw, type_, depth, scope)[0]
+        magnitude = self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
         if self.numeric:  # no unit divides by zero (a module an adapter lacks has zero magnitudes)
             return Call("max", (magnitude, Number(0.5)), ())
         return magnitude
 
-    def item_list(self, draw, item: Type, depth: int, scope: Scope) -> tuple[ListExpr | Call, int]:
-        """A list of `item`s: written out, or an operator that maps over lists (`dir([a, b])`)."""
+    def item_list(self, draw, item: Type, depth: int, scope: Scope, rank_class=None) -> tuple[ListExpr | Call, int]:
+        """A list of `item`s: written out, or an operator that maps over lists (`dir([a, b])`); items
+        of a factor's units from one rank class."""
         count = draw(st.integers(1, 3))
+        if rank_class is None and item.factor is not None:
+            rank_class = pick(draw, self.inputs.classes)
         mappers = [s for s in self.signatures.get(item, []) if s.op.maps_over_lists]
         if mappers and draw(st.integers(0, 3)) == 0:
             sig = pick(draw, mappers)
             first = sig.op.call_params[0]
-            inner = ListExpr(tuple(self.expr(draw, sig.operand(first.name), depth - 1, scope, exact=True)[0]
-                                   for _ in range(count)))
+            inner = ListExpr(tuple(self.expr(draw, sig.operand(first.name), depth - 1, scope, exact=True,
+                                             rank_class=rank_class)[0] for _ in range(count)))
             rest = [(p.name, self.static(draw, p, sig), p.default) for p in sig.op.call_params[1:]]
             return _write_call(draw, sig.op.name, [(first.name, inner, S.REQUIRED)] + [
                 (n, None if v is _OMIT else literal(v), d) for n, v, d in rest]), count
-        return ListExpr(tuple(self.expr(draw, item, depth, scope, exact=True)[0] for _ in range(count))), count
+        return ListExpr(tuple(self.expr(draw, item, depth, scope, exact=True, rank_class=rank_class)[0]
+                              for _ in range(count))), count
 
     def update_list(self, draw, op: Operator, kind: S.UpdateList, statics: dict, depth: int, scope: Scope) -> list:
         count = draw(st.integers(1, 3))
@@ -573,18 +585,26 @@ class Generator:
 
     def focused(self, draw, depth: int, scope: Scope) -> tuple[Any, Type]:
         """An update whose outermost operator is drawn uniformly among all the written ones that
-        make an update or magnitudes (a magnitude is recombined with a direction): so each one is
-        exercised about equally often, however deep the random trees put it."""
+        make an update, magnitudes or a factor's units (a magnitude is recombined with a direction, a
+        factor rebuilt into an update by `lora`): so each one is exercised about equally often,
+        however deep the random trees put it."""
         sigs = {}
         for result, found in self.signatures.items():
-            if result.kind in ("Delta", "Dir", "Mag"):
+            if result.kind in ("Delta", "Dir", "Mag", "Factor"):
                 for sig in found:
                     sigs.setdefault(sig.op.name, []).append(sig)
         sig = pick(draw, sigs[pick(draw, sorted(sigs))])
-        value = self.call(draw, sig, depth - 1, scope, None)
-        if sig.result.kind == "Mag":
-            return Call("recombine", (self.expr(draw, dir_t(sig.result.by), depth - 1, scope)[0], value), ()), DELTA
-        return value, sig.result
+        spaces = {t.item.factor if t.kind == "List" and t.item else t.factor for _, t in sig.operands}
+        rank_class = pick(draw, self.inputs.classes) if sig.result.factor or spaces - {None} else None
+        value, type_ = self.call(draw, sig, depth - 1, scope, rank_class), sig.result
+        if type_.kind == "Mag":
+            direction = self.expr(draw, dir_t(type_.by, type_.of), depth - 1, scope, rank_class=rank_class)[0]
+            value, type_ = Call("recombine", (direction, value), ()), (DELTA if type_.of is None else factor_t(type_.of))
+        if type_.is_factor:
+            other = self.expr(draw, factor_t("A" if type_.factor == "B" else "B"), min(depth - 1, 2), scope,
+                              rank_class=rank_class)[0]
+            value, type_ = Call("lora", (value, other) if type_.factor == "B" else (other, value), ()), DELTA
+        return value, type_
 
     def value(self, draw, want: Type, depth: int, scope: Scope) -> tuple[Any, Type | None]:
         """An expression for a binding or a save, and its type (None: an update of either kind);

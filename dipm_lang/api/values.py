@@ -53,8 +53,9 @@ class AdapterValue(Mapping[str, Any]):
 
     @property
     def is_update(self) -> bool:
-        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes."""
-        return self.kind in ("Delta", "Dir")
+        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes or a factor
+        (or a direction of one: `Dir[out] of Factor[B]`, SPEC §7.3)."""
+        return self.kind == "Delta" or (self.kind == "Dir" and " of Factor[" not in self.type)
 
     @property
     def ranks(self) -> dict[str, int]:

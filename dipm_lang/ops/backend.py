@@ -39,3 +39,4 @@ D = _lazy("dipm_lang.backend.dense")            # the dense float64 reference
 arith = _lazy("dipm_lang.backend.arith")        # + - * / on values of either backend
 merges = _lazy("dipm_lang.backend.baselines")   # PEFT's merge baselines, factored
 merges_dense = _lazy("dipm_lang.backend.baselines_dense")  # … and their dense reference
+FX = _lazy("dipm_lang.backend.factor_units")    # factors handed to the update kernels (SPEC §7.3)

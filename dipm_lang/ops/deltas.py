@@ -41,7 +41,7 @@ def _factor_dense(ctx, node, x):
 
 
 def _swapped(t: Typing) -> None:
-    if t.type("B") == factor_t("A") and t.type("A") == factor_t("B"):
+    if t.type("B").factor == "A" and t.type("A").factor == "B":
         t.fail(None, "the arguments look swapped: it takes (B, A), like ΔW = B @ A")
 
 

@@ -22,6 +22,7 @@ from dipm_lang.ir.modules import layer_index, natural_key
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
+from dipm_lang.run.factor_ranks import check_factor_ranks
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -163,6 +164,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
                 raise at_load(error, program.spans.get(node)) from None
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    check_factor_ranks(program, infos)  # so do factors that meet (lora(H.B, T.A), shift(dir(H.B), dir(T.B), t))
     check_schedules(program, modules)
     if check_outputs:
         for save in program.roots:
