@@ -205,8 +205,8 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
     from dipm_lang.run.outputs import output_template, provenance
 
     node = program.results[RESULT]
-    if node.type.kind not in ("Delta", "Dir", "Mag"):  # pragma: no cover - the lowering checks it
-        raise DipmTypeError(f"this expression is a {node.type}; expected an update or magnitudes")
+    if node.type.kind not in ("Delta", "Dir", "Mag", "Factor"):  # pragma: no cover - the lowering checks it
+        raise DipmTypeError(f"this expression is a {node.type}; expected an update, magnitudes or a factor")
     the_plan = plan(program, options, check_outputs=False, memory=memory)
     result = execute(the_plan, options)
     modules = {name: detached(value) for name, value in result.results[RESULT].items()}

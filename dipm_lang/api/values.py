@@ -30,7 +30,8 @@ class AdapterValue(Mapping[str, Any]):
     """The value of an expression: one entry per module.
 
     Updates (`Delta`, `Dir[by]`) hold a `LowRank` per module (ΔW = B @ A, scale folded into
-    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar). It is a
+    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar), factors
+    (`Factor[A]`, `Dir[in] of Factor[B]`, SPEC §7.3) the factor matrix per module. It is a
     read-only mapping module name → value; `print(value)` shows a summary (type, modules,
     ranks, Frobenius norms per layer), never a tensor dump.
     """

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dipm_lang.backend.baselines import majority_sign_mask, prune_magnitude
 from dipm_lang.backend.factored_svd import RTOL
 
 __all__ = ["compact_svd", "iso", "knots", "tsv", "aligned_factors"]
@@ -35,17 +36,6 @@ def iso(Ws: Sequence[Tensor], w: Sequence[float]) -> Tensor:
     return S.mean() * U @ Vh if S.numel() else torch.zeros_like(Ws[0])
 
 
-def _prune(Z: Tensor, density: float) -> Tensor:
-    """The int(density·N) largest |entries| of Z, and every entry tied with the smallest of them."""
-    if density >= 1:
-        return Z
-    count = int(density * Z.numel())
-    if count == 0:
-        return torch.zeros_like(Z)
-    cut = Z.abs().flatten().sort(descending=True).values[count - 1]
-    return torch.where(Z.abs() >= cut, Z, torch.zeros_like(Z))
-
-
 def knots(Ws: Sequence[Tensor], w: Sequence[float], method: str, density: float | None) -> Tensor:
     """U · merge(Z₁ … Zₙ), Zᵢ the column blocks of Σ Vᵀ from the compact SVD of [W₁ … Wₙ]."""
     n = Ws[0].shape[1]
@@ -57,9 +47,10 @@ def knots(Ws: Sequence[Tensor], w: Sequence[float], method: str, density: float 
     blocks = Z.split(n, dim=1)
     if method == "linear":
         return U @ sum(wi * Zi for wi, Zi in zip(w, blocks))
-    pruned = torch.stack([_prune(Zi, float(density)) for Zi in blocks])
-    elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(Z.dtype)  # a zero sum elects +
-    agree = (pruned.sign() == elected).to(Z.dtype)
+    # TIES as the merge baselines do it: the top density of each block (ties at the cut kept), a sign
+    # elected per entry from the sum of the pruned blocks (a zero sum elects +), the agreeing entries
+    pruned = torch.stack([prune_magnitude(Zi, float(density)) for Zi in blocks])
+    agree = majority_sign_mask(pruned, "total").to(Z.dtype)
     weights = torch.tensor([float(wi) for wi in w], dtype=Z.dtype)[:, None, None]
     return U @ ((weights * pruned * agree).sum(0) / agree.sum(0).clamp(min=1))
 
