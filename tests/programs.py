@@ -577,7 +577,11 @@ class Generator:
                 continue
             value, _ = self.value(draw, DELTA, depth, scope)
             rank = draw(st.none() | st.integers(1, 16))
-            kwargs = () if rank is None else (Keyword("rank", Number(float(rank))),)
+            # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either
+            energy = None if rank is not None else draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
+            max_rank = draw(st.none() | st.integers(1, 12))
+            kwargs = tuple(Keyword(key, Number(float(value))) for key, value in
+                           (("rank", rank), ("energy", energy), ("max_rank", max_rank)) if value is not None)
             statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
             saves += 1
             if last:

@@ -36,6 +36,7 @@ def _lazy(name: str) -> Any:
 
 L = _lazy("dipm_lang.backend.lowrank")          # factored kernels on LowRank values
 D = _lazy("dipm_lang.backend.dense")            # the dense float64 reference
+R = _lazy("dipm_lang.backend.ranks")            # rank by energy (SPEC §7.6)
 arith = _lazy("dipm_lang.backend.arith")        # + - * / on values of either backend
 merges = _lazy("dipm_lang.backend.baselines")   # PEFT's merge baselines, factored
 merges_dense = _lazy("dipm_lang.backend.baselines_dense")  # … and their dense reference

@@ -18,7 +18,7 @@ from dipm_lang.run.options import RunOptions
 from dipm_lang.run.planning import file_inputs, plan, schedule_values
 from dipm_lang.run.progress import Progress
 from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_template, peak_memory_mb, provenance,
-                                   recipe_text, to_output)
+                                   recipe_text, serving, to_output, truncates)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -42,7 +42,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
                 metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
                 force=options.force,
-                inputs=file_inputs(the_plan.inputs.values()))
+                inputs=file_inputs(the_plan.inputs.values()), **serving(save))
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:
@@ -58,9 +58,10 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         for save in result.saves:
             stage = stages[id(save.node)]
             staged.append(stage.finish(metadata=provenance(program, the_plan, save=save.node),
-                                       recipe=recipe_text(program)))
+                                       recipe=recipe_text(program), errors=save.errors))
             summary.outputs.append(OutputSummary.of(staged[-1], stage, the_plan.out_dtype,
-                                                    save.relative_error if save.node.attr("rank") is not None else None))
+                                                    save.relative_error if truncates(save.node) else None,
+                                                    errors=save.errors))
         commit_staged(staged)
     except BaseException:
         discard_staged(staged)
