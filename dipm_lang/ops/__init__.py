@@ -9,7 +9,7 @@ the REPL and the tests' operator coverage all read it from `OPERATORS`.
 from __future__ import annotations
 
 from dipm_lang.ir.operator import OperatorTable
-from dipm_lang.ops import (baselines, core, decouple, deltas, directions, fused, io, magnitudes, schedules,
+from dipm_lang.ops import (baselines, core, decouple, deltas, directions, full, fused, io, magnitudes, schedules,
                            selection, svd_merges)
 
 OPERATORS = OperatorTable.of(
@@ -23,5 +23,6 @@ OPERATORS = OperatorTable.of(
     selection.OPERATORS,   # select, replace
     baselines.OPERATORS,   # linear, ties, dare_*, magnitude_prune, svd and the *_svd merges, cat
     svd_merges.OPERATORS,  # iso, knots, tsv (SPEC §7.9), align (one shared basis of factors)
+    full.OPERATORS,        # keep_full, drop_full: what an output keeps of full-weight modules and biases
     fused.OPERATORS,       # lincomb, unit_scale (made by fusion)
 )
