@@ -31,7 +31,8 @@ class AdapterValue(Mapping[str, Any]):
     """The value of an expression: one entry per module.
 
     Updates (`Delta`, `Dir[by]`) hold a `LowRank` per module (ΔW = B @ A, scale folded into
-    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar). It is a
+    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar), factors
+    (`Factor[A]`, `Dir[in] of Factor[B]`, SPEC §7.3) the factor matrix per module. It is a
     read-only mapping module name → value; `print(value)` shows a summary (type, modules,
     ranks, Frobenius norms per layer), never a tensor dump.
     """
@@ -64,8 +65,9 @@ class AdapterValue(Mapping[str, Any]):
 
     @property
     def is_update(self) -> bool:
-        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes."""
-        return self.kind in ("Delta", "Dir")
+        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes or a factor
+        (or a direction of one: `Dir[out] of Factor[B]`, SPEC §7.3)."""
+        return self.kind == "Delta" or (self.kind == "Dir" and " of Factor[" not in self.type)
 
     @property
     def ranks(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
 from dipm_lang.run import image_models
+from dipm_lang.run.factor_ranks import check_factor_ranks
 from dipm_lang.run.full_weights import full_modules, plan_full_weights
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
 
@@ -183,6 +184,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     family = image_models.check_inputs(program, infos, schedules_of(program), at_load)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    check_factor_ranks(program, infos)  # so do factors that meet (lora(H.B, T.A), shift(dir(H.B), dir(T.B), t))
     check_schedules(program, modules)
     extra = full_modules(infos)
     full = plan_full_weights(program, infos, layer_count([*modules, *extra]), list(modules))
