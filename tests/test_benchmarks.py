@@ -206,3 +206,24 @@ def test_scale_quick(tmp_path: Path) -> None:
     assert many["adapters"] == 4 and many["inputs"] == 4
     assert many["peak_above_largest_input_mib"] == pytest.approx(many["dipm_peak_mib"] - many["largest_input_mib"])
     assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]  # tmp-scale removed
+
+
+def test_svd_merges_benchmark_small(tmp_path: Path) -> None:
+    """`python -m benchmarks.svd_merges` on small shapes, dense path in float64: a row per method and
+    shape, the factored result equal to the dense one (so the speed-up compares equal work), the
+    dense path skipped above --dense-max-entries."""
+    out = tmp_path / "svd_merges.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.svd_merges", "--shapes", "96x64,160x80", "--rank", "4",
+                           "--repeat", "1", "--dense-dtype", "float64", "--dense-max-entries", str(96 * 64),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 96×64") or
+            line.startswith("| 160×80")]
+    assert len(rows) == 8
+    for shape, method, rank, factored, f_mib, dense, d_mib, speedup, difference in (map(str.strip, r) for r in rows):
+        assert float(factored.removesuffix(" ms")) > 0, method
+        if shape == "96×64":
+            assert float(dense.removesuffix(" s")) > 0 and float(speedup.removesuffix("×")) > 0, method
+            assert float(difference) <= 1e-6, (method, difference)  # float32 output vs float64 dense
+        else:
+            assert dense == speedup == difference == "—", method

@@ -320,7 +320,7 @@ class Lowerer:
 
     def bind_input(self, name: str, path: str, module: "Module", span: Span | None = None) -> Node:
         """`name = load(path)` without source text (the REPL's `:load NAME PATH`)."""
-        node = self.make("load", (), {"path": path, "name": name}, DELTA, span)
+        node = self.make("load", (), {"path": path, "family": None, "name": name}, DELTA, span)
         self.inputs[name] = node
         module.values[name] = node
         module.functions.pop(name, None)
@@ -346,7 +346,8 @@ class Lowerer:
             if name in self.external:
                 self.used_external.add(name)
                 path = self._external_path(name)
-            node = self.make("load", (), {"path": path, "name": name}, node.type, self.spans.get(node))
+            node = self.make("load", (), {**dict(node.attrs), "path": path, "name": name}, node.type,
+                             self.spans.get(node))  # keeps family=
             self.inputs[name] = node
         elif name in self.external:
             self.used_external.add(name)
@@ -516,7 +517,8 @@ class Lowerer:
                 self.given_numbers[expr.id] = number
                 return self.make("const", (), {"value": number}, NUM, expr.span)
             if expr.id not in self.inputs:
-                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
+                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "family": None,
+                                                                   "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
         if expr.id in BOOLEANS:  # exact=true: after every binding, so a user's own `true` wins

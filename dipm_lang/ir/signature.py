@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 from dipm_lang.errors import did_you_mean
 from dipm_lang.ir.numbers import NotConstant, const_eval, format_number, format_string
 from dipm_lang.ir.schedules import bounds, is_schedule, varies
-from dipm_lang.ir.types import BY_VALUES, Type, dir_t, factor_t, mag_t
+from dipm_lang.ir.types import BY_VALUES, DELTA, Type, dir_t, factor_t, mag_t
 
 if TYPE_CHECKING:
     from dipm_lang.ir.node import Node
@@ -102,6 +102,7 @@ class Typing:
         self._warn = warn
         self.label = op.label if label is None else label
         self._vars: dict[str, tuple[str, str, Type | None]] = {}  # var -> (by, param that bound it, its type)
+        self._spaces: dict[str, tuple[str | None, str, Type]] = {}  # var -> (factor or None, param, its type)
 
     # ---- reading --------------------------------------------------------------------
 
@@ -149,6 +150,22 @@ class Typing:
     def by(self, var: str) -> str:
         return self._vars[var][0]
 
+    def bind_space(self, var: str, of: str | None, param: str, type_: Type) -> None:
+        """Unify whose units `var` holds: an update's (None) or a factor's ("A", "B"; SPEC §7.3)."""
+        bound = self._spaces.get(var)
+        if bound is None:
+            self._spaces[var] = (of, param, type_)
+            return
+        if bound[0] != of:
+            self.fail(param, f"'{bound[1]}' is {bound[2]} but '{param}' is {type_}: directions and magnitudes "
+                             "combine only with those of the same kind of value (an update, x.A or x.B)",
+                      hint="decouple both from updates, or both from the same factor (dir(x.B), mag(x.B))")
+
+    def space(self, var: str) -> str | None:
+        """The factor whose units `var` holds (None: an update's, or nothing bound it)."""
+        bound = self._spaces.get(var)
+        return None if bound is None else bound[0]
+
 
 # ---- kinds --------------------------------------------------------------------------------
 
@@ -176,8 +193,39 @@ class Update(Kind):
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if not ty.is_update:
-            hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
+            hint = ("recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag"
+                    else "lora(B, A) builds a Delta from factors" if ty.is_factor else None)
             t.fail(param, f"'{param}' must be a Delta (an adapter update), got {ty}", hint)
+
+
+class Decouplable(Kind):
+    """What `dir`, `normalize` and `mag` split: an update (Delta or Dir) or a factor (SPEC §7.3:
+    x.A, x.B, or a direction of one); binds whose units the result holds to the variable `var`."""
+
+    label = "Delta | Factor"
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def check(self, t: Typing, param: str) -> None:
+        ty = t.type(param)
+        if not (ty.is_update or ty.is_factor):
+            hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
+            t.fail(param, f"'{param}' must be a Delta or a factor (x.A, x.B), got {ty}", hint)
+        t.bind_space(self.var, ty.factor, param, ty)
+
+
+class UpdateOf(Kind):
+    """The result of `recombine`: a Delta, or the factor whose direction and magnitude it joins."""
+
+    label = "Delta | Factor"
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def result(self, t: Typing) -> Type:
+        space = t.space(self.var)
+        return DELTA if space is None else factor_t(space)
 
 
 class DirOf(Kind):
@@ -190,12 +238,14 @@ class DirOf(Kind):
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if ty.kind != "Dir":
-            hint = f"use dir(x) or normalize(x) to get a direction from a {ty}" if ty.is_update else None
+            hint = (f"use dir(x) or normalize(x) to get a direction from a {ty}" if ty.is_update or ty.is_factor
+                    else None)
             t.fail(param, f"'{param}' must be a direction Dir[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+        t.bind_space(self.var, ty.of, param, ty)
 
     def result(self, t: Typing) -> Type:
-        return dir_t(t.by(self.var))
+        return dir_t(t.by(self.var), t.space(self.var))
 
 
 class MagOf(Kind):
@@ -208,12 +258,13 @@ class MagOf(Kind):
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if ty.kind != "Mag":
-            hint = "use mag(x) to get the magnitudes of an update" if ty.is_update else None
+            hint = "use mag(x) to get the magnitudes of an update" if ty.is_update or ty.is_factor else None
             t.fail(param, f"'{param}' must be a magnitude Mag[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+        t.bind_space(self.var, ty.of, param, ty)
 
     def result(self, t: Typing) -> Type:
-        return mag_t(t.by(self.var))
+        return mag_t(t.by(self.var), t.space(self.var))
 
 
 class MagOrNumber(Kind):
@@ -229,6 +280,7 @@ class MagOrNumber(Kind):
             t.fail(param, f"'{param}' must be a Mag or a number, got {ty}")
         if ty.kind == "Mag":
             t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+            t.bind_space(self.var, ty.of, param, ty)
 
 
 class Number(Kind):
@@ -271,7 +323,7 @@ class FactorOf(Kind):
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if ty != factor_t(self.which):
+        if not (ty.is_factor and ty.factor == self.which):  # a direction of the factor stands for it
             t.fail(param, f"'{param}' must be a Factor[{self.which}] (x.{self.which}), got {ty}")
 
 
@@ -316,9 +368,11 @@ class ListOf(Kind):
         for item in node.args:
             if item.type.kind != kind:
                 t.fail(param, f"'{param}' must hold only {kind} values, found a {item.type}")
-            if item.type.by != first.by:
-                t.fail(param, f"{self.noun} of different `by` in one {t.op.name}: {first} and {item.type}")
+            if item.type.by != first.by or item.type.of != first.of:
+                what = "`by`" if item.type.by != first.by else "kinds of value (updates, x.A, x.B)"
+                t.fail(param, f"{self.noun} of different {what} in one {t.op.name}: {first} and {item.type}")
         t.bind(self.item.var, first.by, param, first)  # type: ignore[arg-type]
+        t.bind_space(self.item.var, first.of, param, first)
 
 
 class Weights(Kind):
@@ -428,7 +482,8 @@ class Int(Static):
 
 class Real(Static):
     """A number in an interval (`density` in [0, 1]; DARE's (0, 1]); `schedules` admits a schedule
-    whose pieces lie in the interval; `optional` admits none (`energy=` left out)."""
+    whose pieces lie in the interval; `optional` admits none (a parameter some settings need: `density`
+    of `knots`' linear merge, `energy=` left out)."""
 
     label = "Num"
 
@@ -464,7 +519,7 @@ def _schedule_allowed(t: Typing, param: str, value: Any, allowed: bool) -> None:
 
 
 class Choice(Static):
-    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=` left out)."""
+    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=`, `format=` left out)."""
 
     def __init__(self, values: Sequence[str], aliases: Mapping[str, str] | None = None, optional: bool = False):
         self.values = tuple(values)

@@ -1,12 +1,13 @@
-"""The decoupler and the recombiner (SPEC §3): `dir`, `normalize`, `mag`, `recombine`."""
+"""The decoupler and the recombiner (SPEC §3): `dir`, `normalize`, `mag`, `recombine` — of updates,
+and of factors (SPEC §7.3: units of `x.B` / `x.A`, kernels adapted by `factorwise`)."""
 
 from __future__ import annotations
 
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
-from dipm_lang.ir.signature import By, DirOf, MagOf, Param, Typing, Update
-from dipm_lang.ir.types import DELTA
+from dipm_lang.ir.signature import By, Decouplable, DirOf, MagOf, Param, Typing, UpdateOf
 from dipm_lang.ops.backend import D, L
+from dipm_lang.ops.factorwise import factorwise
 
 X, BY = Var("x"), Var("by")
 UNITS = Param("by", By("by"), "out")
@@ -24,9 +25,10 @@ def _dir(ctx, node, x):
 
 
 DIR = Operator(
-    "dir", (Param("x", Update()), UNITS), DirOf("by"),
-    "Direction: each unit (row, column or whole matrix) divided by its norm; zero units stay zero.",
-    factored=_dir, dense=lambda ctx, node, x: D.dir(x, node.attr("by"), ctx.eps),
+    "dir", (Param("x", Decouplable("by")), UNITS), DirOf("by"),
+    "Direction: each unit (row, column or whole matrix) divided by its norm; zero units stay zero. "
+    "Of an update, or of a factor x.A / x.B (its rows, columns or the whole factor).",
+    factored=factorwise(_dir), dense=factorwise(lambda ctx, node, x: D.dir(x, node.attr("by"), ctx.eps), wrap=False),
     simplify=(
         # dir(d, by) -> d  when d is already a Dir[by]; covers dir(dir(x)) -> dir(x)
         Rule("dir-of-dir", P("dir", X, where=lambda n: n.args[0].type == n.type), lambda x: x),
@@ -37,13 +39,15 @@ OPERATORS = [
     DIR,
     Operator("normalize", DIR.params, DirOf("by"), "Same as dir: turns any Delta into a Dir.",
              alias_of="dir", maps_over_lists=True),
-    Operator("mag", (Param("x", Update()), UNITS), MagOf("by"), "Magnitude: the norm of each unit of x.",
-             factored=lambda ctx, node, x: ctx.unit_norms(x, node.attr("by"), node.args[0]),
-             dense=lambda ctx, node, x: D.mag(x, node.attr("by")), maps_over_lists=True),
-    Operator("recombine", (Param("d", DirOf("by")), Param("m", MagOf("by"))), DELTA,
-             "Scale each unit of the direction d by the magnitude m.",
-             factored=lambda ctx, node, d, m: L.recombine(d, m, node.args[0].type.by),
-             dense=lambda ctx, node, d, m: D.recombine(d, m, node.args[0].type.by),
+    Operator("mag", (Param("x", Decouplable("by")), UNITS), MagOf("by"),
+             "Magnitude: the norm of each unit of x (an update, or a factor x.A / x.B).",
+             factored=factorwise(lambda ctx, node, x: ctx.unit_norms(x, node.attr("by"), node.args[0])),
+             dense=factorwise(lambda ctx, node, x: D.mag(x, node.attr("by")), wrap=False), maps_over_lists=True),
+    Operator("recombine", (Param("d", DirOf("by")), Param("m", MagOf("by"))), UpdateOf("by"),
+             "Scale each unit of the direction d by the magnitude m: a Delta, or a factor for a factor's "
+             "direction and magnitude.",
+             factored=factorwise(lambda ctx, node, d, m: L.recombine(d, m, node.args[0].type.by)),
+             dense=factorwise(lambda ctx, node, d, m: D.recombine(d, m, node.args[0].type.by), wrap=False),
              simplify=(
                  # recombine(dir(x, by), mag(x, by)) -> x
                  Rule("recombine-dir-mag", P("recombine", P("dir", X, by=BY), P("mag", X, by=BY)), lambda x: x),

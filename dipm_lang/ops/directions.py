@@ -1,6 +1,7 @@
 """Modulators on directions (SPEC §3, §7.1): `reverse`, `shift`, `lerp`, `mix`, `orth`.
 
-Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix.
+Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix. Directions
+of factors (SPEC §7.3) go through the same kernels (`factorwise`) and stay directions of that factor.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ops.core import is_number
 from dipm_lang.ir.signature import DirOf, ListOf, Number, Param, Weights
 from dipm_lang.ops.backend import D, L
+from dipm_lang.ops.factorwise import factorwise
 
 D_, E_, T_ = Var("d"), Var("e"), Var("t")
 TWO_DIRECTIONS = (Param("d", DirOf("by")), Param("e", DirOf("by")))
@@ -42,7 +44,8 @@ def _path(ctx, t) -> list:
 
 OPERATORS = [
     Operator("reverse", (Param("d", DirOf("by")),), DirOf("by"), "The opposite direction, -d.",
-             factored=lambda ctx, node, d: L.reverse(d), dense=lambda ctx, node, d: D.reverse(d),
+             factored=factorwise(lambda ctx, node, d: L.reverse(d)),
+             dense=factorwise(lambda ctx, node, d: D.reverse(d), wrap=False),
              simplify=(
                  # reverse(reverse(d)) -> d
                  Rule("reverse-reverse", P("reverse", P("reverse", D_)), lambda d: d),
@@ -50,8 +53,9 @@ OPERATORS = [
              maps_over_lists=True),
     Operator("shift", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "Move d toward e along the great circle by the fraction t (per-unit slerp).",
-             factored=_shift,
-             dense=lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+             factored=factorwise(_shift),
+             dense=factorwise(lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+                              wrap=False),
              simplify=(
                  # shift(d, e, 0) -> d
                  Rule("shift-0", P("shift", D_, E_, _constant(0.0)), lambda d: d),
@@ -62,8 +66,9 @@ OPERATORS = [
              )),
     Operator("lerp", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
-             factored=lambda ctx, node, d, e, t: L.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
-             dense=lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+             factored=factorwise(lambda ctx, node, d, e, t: L.mix([d, e], _path(ctx, t), node.type.by, ctx.eps)),
+             dense=factorwise(lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+                              wrap=False),
              simplify=(
                  # lerp(d, e, 0) -> d   (d is a direction: normalize(d) = d)
                  Rule("lerp-0", P("lerp", D_, E_, _constant(0.0)), lambda d: d),
@@ -74,9 +79,11 @@ OPERATORS = [
              )),
     Operator("mix", (Param("dirs", ListOf(DirOf("by"), "directions")), Param("weights", Weights("dirs"), [])),
              DirOf("by"), "normalize(sum of w_i * d_i); [] or omitted weights: all equal.",
-             factored=lambda ctx, node, dirs, w: L.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps),
-             dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps)),
+             factored=factorwise(lambda ctx, node, dirs, w: L.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by,
+                                                                   ctx.eps)),
+             dense=factorwise(lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by,
+                                                                ctx.eps), wrap=False)),
     Operator("orth", TWO_DIRECTIONS, DirOf("by"), "Remove from d its component along e, then normalize.",
-             factored=lambda ctx, node, d, e: L.orth(d, e, node.type.by, ctx.eps),
-             dense=lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps)),
+             factored=factorwise(lambda ctx, node, d, e: L.orth(d, e, node.type.by, ctx.eps)),
+             dense=factorwise(lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps), wrap=False)),
 ]

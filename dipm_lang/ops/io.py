@@ -13,11 +13,17 @@ server's `--max-lora-rank`, so it must be a value vLLM allows (ir/targets.py).
 from __future__ import annotations
 
 from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.blocks import FAMILY_TITLES
 from dipm_lang.ir.schedules import is_schedule, varies
 from dipm_lang.ir.signature import Choice, Int, Param, Path, Real, Text, Typing, Update
 from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
 from dipm_lang.ir.types import DELTA, UNIT
 from dipm_lang.ops.backend import D, L, R
+
+
+OUTPUT_FORMATS = ("kohya", "diffusers", "peft", "loha", "lokr")
+"""save's format=: kohya's single file, diffusers' LoRA file (a folder unless the path ends in .safetensors),
+a PEFT adapter folder, or LyCORIS LoHa / LoKr in kohya's layout (the low-rank result held exactly; SPEC §7.10)."""
 
 
 def _ranks(ctx, rank, one: bool = False):
@@ -72,6 +78,8 @@ def _check_save(t: Typing) -> None:
         t.fail("energy", "give rank= or energy=, not both (rank keeps N directions in every module; "
                          "energy keeps as many as each module needs)",
                hint="max_rank=N caps the ranks energy= keeps")
+    if t.value("target") is not None and t.value("format") not in (None, "peft"):
+        t.fail("format", f"target={t.value('target')!r} writes a PEFT adapter folder, not a {t.value('format')} file")
     max_rank = t.value("max_rank")
     if t.value("target") == "vllm" and not (is_schedule(max_rank) and not varies(max_rank)):
         problem = vllm_max_rank_problem(max_rank)  # a number given later is checked once it is known
@@ -80,19 +88,24 @@ def _check_save(t: Typing) -> None:
 
 
 OPERATORS = [
-    Operator("load", (Param("path", Path(optional=True, hub=True), None), Param("name", Text(optional=True), None,
-                                                                         internal=True)), DELTA,
-             "Read a PEFT LoRA adapter folder, or an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
-             "or ORG/NAME when no such local folder exists). load() without a path is an input given from "
-             "outside (--set NAME=PATH).",
+    Operator("load", (Param("path", Path(optional=True, hub=True), None),
+                      Param("family", Choice(tuple(FAMILY_TITLES), optional=True), None),
+                      Param("name", Text(optional=True), None, internal=True)), DELTA,
+             "Read a PEFT LoRA adapter folder, an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
+             "or ORG/NAME when no such local folder exists), or a LoRA file of an image model (kohya, diffusers, "
+             "LyCORIS LoHa/LoKr .safetensors; family= (\"sd1\", \"sd2\", \"sdxl\", \"flux\") settles a file whose "
+             "model family is ambiguous). load() without a path is an input given from outside (--set NAME=PATH).",
              factored=lambda ctx, node: ctx.load(node)),
     Operator("save", (Param("x", Update()), Param("path", Path()),
                       Param("rank", Int(minimum=1, optional=True, schedules=True), None),
                       Param("energy", Real(0.0, 1.0, open_low=True, optional=True, schedules=True,
                                            why=" (the fraction of each module's squared norm to keep)"), None),
                       Param("max_rank", Int(minimum=1, optional=True, schedules=True), None),
-                      Param("target", Choice(TARGETS, optional=True), None)),
-             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation, energy=e "
+                      Param("target", Choice(TARGETS, optional=True), None),
+                      Param("format", Choice(OUTPUT_FORMATS, optional=True), None)),
+             UNIT, "Write x as a PEFT adapter folder, or for image-model LoRAs in the first input's format (a "
+                   "path ending in .safetensors is one file; format= chooses \"kohya\", \"diffusers\", "
+                   "\"peft\", \"loha\" or \"lokr\"); rank=N keeps the best rank-N approximation, energy=e "
                    "per module the smallest rank keeping the fraction e of its energy, max_rank=N caps "
                    "either; target=\"vllm\" writes what vLLM serves.",
              # the value written, and the squared error dropped / total (for the run's report);

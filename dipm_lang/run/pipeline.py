@@ -10,15 +10,16 @@ import torch
 
 from dipm_lang.io.digest import FileDigest, start_all
 from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.lora_output import LoraFileStage
 from dipm_lang.io.writer import AdapterStage, StagedOutput, commit_staged, discard_staged, remove_own_staging
 from dipm_lang.ir.node import Program
 from dipm_lang.backend.executor import ExecutionResult
 from dipm_lang.run.execution import execute
 from dipm_lang.run.options import RunOptions
-from dipm_lang.run.planning import file_inputs, plan, schedule_values
+from dipm_lang.run.planning import plan, schedule_values
 from dipm_lang.run.progress import Progress
-from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_template, peak_memory_mb, provenance,
-                                   recipe_text, serving, to_output, truncates)
+from dipm_lang.run.outputs import (OutputSummary, RunSummary, output_stage, output_template, peak_memory_mb,
+                                   provenance, recipe_text, to_output, truncates)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -33,18 +34,12 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
     progress = Progress("modules", enabled=show)
     template = output_template(list(the_plan.inputs.values()))
-    stages: dict[int, AdapterStage] = {}
+    stages: dict[int, AdapterStage | LoraFileStage] = {}
     staged: list[StagedOutput] = []
     try:
         # Every output is staged before any work, and filled batch by batch as the batches finish.
         for save in program.roots:
-            stages[id(save)] = AdapterStage(
-                save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
-                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
-                force=options.force,
-                inputs=file_inputs(the_plan.inputs.values()), **serving(save),
-                full=the_plan.full.get(id(save), ()),  # full-weight modules and biases (SPEC §7.4)
-                full_dtype=the_plan.out_dtype if options.out_dtype else None)
+            stages[id(save)] = output_stage(program, save, the_plan, template, options)
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:
