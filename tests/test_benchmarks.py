@@ -208,6 +208,7 @@ def test_scale_quick(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]  # tmp-scale removed
 
 
+@pytest.mark.slow
 def test_svd_merges_benchmark_small(tmp_path: Path) -> None:
     """`python -m benchmarks.svd_merges` on small shapes, dense path in float64: a row per method and
     shape, the factored result equal to the dense one (so the speed-up compares equal work), the
