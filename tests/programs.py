@@ -29,6 +29,8 @@ not on types):
 - `UpdateList(adapters=…)` (the factor merges `linear`, `ties`, `dare_*`, `magnitude_prune`):
   loads of one rank class; a delta merge (`svd`, `*_svd`) whose `check` refuses computed items
   for the drawn static values (rank omitted) gets loads too — found by probing its typing rule.
+- Merges that elect signs (`ties`, `dare_ties`, `*_ties_svd`) in numeric mode get loads too: where
+  computed operands cancel exactly, rounding noise would elect the signs (`elects_signs`).
 - `iso` (`FLAT`) in numeric mode is never truncated: not drawn under an operator that keeps top
   singular vectors (a static `rank` or `k`), and a save whose value may hold it (directly, or through
   a binding or the def) gets no `rank=`/`energy=`/`max_rank=`.
@@ -104,6 +106,15 @@ def pick(draw, items) -> Any:
     """One of `items`, drawn by index (shrinks toward the first; never reprs the items)."""
     items = list(items)
     return items[draw(st.integers(0, len(items) - 1))]
+
+
+
+def elects_signs(op: Operator) -> bool:
+    """TIES' sign election (`majority_sign_method`) is discontinuous where the sources' entries cancel:
+    computed operands can cancel exactly (`detox(G, H)` and `detox(G, H, t=2, by="in")` are negatives),
+    and then rounding noise elects the signs, differently in every backend. Numeric programs give such
+    merges loaded adapters, whose entries never cancel."""
+    return any(p.name == "majority_sign_method" for p in op.params)
 
 
 class GeneratorGap(Exception):
@@ -509,7 +520,7 @@ class Generator:
 
     def update_list(self, draw, op: Operator, kind: S.UpdateList, statics: dict, depth: int, scope: Scope) -> list:
         count = draw(st.integers(1, 3))
-        if kind.adapters or self.needs_adapters(op, statics):
+        if kind.adapters or self.needs_adapters(op, statics) or (self.numeric and elects_signs(op)):
             names = pick(draw, self.inputs.classes)
             return [Name(pick(draw, names)) for _ in range(count)]
         return [self.update(draw, depth, scope, exact=True) for _ in range(count)]
