@@ -152,10 +152,14 @@ def markdown(rows: list[dict], args) -> str:
     def cell(r: dict, key: str, form: str, unit: str = "") -> str:
         return format(r[key], form) + unit if key in r else "—"
 
+    def figures(r: dict, key: str, unit: str = "") -> str:
+        """Three significant figures (whole numbers from 100 on): a small shape's dense time is ~1 ms."""
+        return (f"{r[key]:.0f}" if r[key] >= 100 else f"{r[key]:.3g}") + unit if key in r else "—"
+
     for r in rows:
         lines.append(f"| {r['shape']} | `{r['method']}` | {r['rank']} | {r['factored_s'] * 1e3:.1f} ms | "
-                     f"{r['factored_mib']:.0f} | {cell(r, 'dense_s', '.2f', ' s')} | {cell(r, 'dense_mib', '.0f')} | "
-                     f"{cell(r, 'speedup', '.0f', '×')} | {cell(r, 'difference', '.1e')} |")
+                     f"{r['factored_mib']:.0f} | {figures(r, 'dense_s', ' s')} | {cell(r, 'dense_mib', '.0f')} | "
+                     f"{figures(r, 'speedup', '×')} | {cell(r, 'difference', '.1e')} |")
     return header + "\n".join(lines) + "\n"
 
 
