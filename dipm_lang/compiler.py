@@ -337,6 +337,10 @@ def merge(programs: Sequence[Program]) -> Program:
             if warning not in seen_warnings:
                 seen_warnings.add(warning)
                 merged.warnings.append(warning)
+    bases = {program.base for program in programs} - {None}
+    if len(bases) > 1:
+        raise ValueError("merged programs name different base models")
+    merged.base = next(iter(bases), None)
     paths = [root.attr("path") for root in merged.roots]
     if len(set(paths)) != len(paths):
         raise ValueError("merged programs write to the same folder")

@@ -102,6 +102,7 @@ class Typing:
         self._warn = warn
         self.label = op.label if label is None else label
         self._vars: dict[str, tuple[str, str, Type | None]] = {}  # var -> (by, param that bound it, its type)
+        self._spaces: dict[str, tuple[str | None, str, Type]] = {}  # var -> (Dir's space, param, its type)
 
     # ---- reading --------------------------------------------------------------------
 
@@ -149,6 +150,21 @@ class Typing:
     def by(self, var: str) -> str:
         return self._vars[var][0]
 
+    def bind_space(self, var: str, type_: Type, param: str) -> None:
+        """Directions named by one type variable are all of updates or all of weights (SPEC §7.8)."""
+        bound = self._spaces.get(var)
+        if bound is None:
+            self._spaces[var] = (type_.space, param, type_)
+            return
+        if bound[0] != type_.space:
+            self.fail(param, f"'{bound[1]}' is {bound[2]} but '{param}' is {type_}: directions of a weight and of "
+                             "an update do not combine",
+                      hint="decouple both weights (dir(base + x)) or both updates (dir(x))")
+
+    def space(self, var: str) -> str | None:
+        """The space bound to `var` (None: directions of updates, or none bound)."""
+        return self._spaces[var][0] if var in self._spaces else None
+
 
 # ---- kinds --------------------------------------------------------------------------------
 
@@ -169,13 +185,19 @@ class Kind:
 
 
 class Update(Kind):
-    """A Delta — or a Dir, which is an update too (SPEC §2)."""
+    """A Delta — or a Dir, which is an update too (SPEC §2). `weights`: also a weight-level value
+    (`Weight`, `Dir[by, weight]`, SPEC §7.8), for the operators that take full weights."""
 
-    label = "Delta"
+    def __init__(self, weights: bool = False):
+        self.weights = weights
+        self.label = "Delta | Weight" if weights else "Delta"
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if not ty.is_update:
+        if ty.is_weight and not self.weights:
+            t.fail(param, f"'{param}' must be an update, got {ty} (a full weight W0 + x)",
+                   "this operator works on updates: use the update x itself, or dir/mag, shift … on the weight")
+        if not (ty.is_update or (self.weights and ty.is_weight)):
             hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
             t.fail(param, f"'{param}' must be a Delta (an adapter update), got {ty}", hint)
 
@@ -193,9 +215,10 @@ class DirOf(Kind):
             hint = f"use dir(x) or normalize(x) to get a direction from a {ty}" if ty.is_update else None
             t.fail(param, f"'{param}' must be a direction Dir[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+        t.bind_space(self.var, ty, param)
 
     def result(self, t: Typing) -> Type:
-        return dir_t(t.by(self.var))
+        return dir_t(t.by(self.var), t.space(self.var))
 
 
 class MagOf(Kind):
@@ -318,7 +341,12 @@ class ListOf(Kind):
                 t.fail(param, f"'{param}' must hold only {kind} values, found a {item.type}")
             if item.type.by != first.by:
                 t.fail(param, f"{self.noun} of different `by` in one {t.op.name}: {first} and {item.type}")
+            if item.type.space != first.space:
+                t.fail(param, f"{self.noun} of a weight and of an update in one {t.op.name}: {first} and {item.type}",
+                       hint="decouple all weights (dir(base + x)) or all updates (dir(x))")
         t.bind(self.item.var, first.by, param, first)  # type: ignore[arg-type]
+        if isinstance(self.item, DirOf):
+            t.bind_space(self.item.var, first, param)
 
 
 class Weights(Kind):
@@ -342,12 +370,14 @@ class Weights(Kind):
 
 
 class UpdateList(Kind):
-    """A list `[x, y, …]` of updates (the merge baselines' `xs`); `adapters` requires `load`s."""
+    """A list `[x, y, …]` of updates (the merge baselines' `xs`); `adapters` requires `load`s;
+    `weights` also takes weight-level items (`cat`, SPEC §7.8)."""
 
     label = "List[Delta]"
 
-    def __init__(self, adapters: str | None = None):
+    def __init__(self, adapters: str | None = None, weights: bool = False):
         self.adapters = adapters  # why the items must be adapters read from folders, or None
+        self.weights = weights
 
     def check(self, t: Typing, param: str) -> None:
         node = t.node(param)
@@ -357,7 +387,7 @@ class UpdateList(Kind):
         if not node.args:
             t.fail(param, f"'{param}' must not be empty")
         for i, item in enumerate(node.args, 1):
-            if not item.type.is_update:
+            if not (item.type.is_update or (self.weights and item.type.is_weight)):
                 t.fail(param, f"item {i} of '{param}' must be a Delta, got {item.type}")
         if self.adapters:
             require_adapters(t, param, self.adapters)
@@ -433,11 +463,14 @@ class Real(Static):
     label = "Num"
 
     def __init__(self, low: float | None = None, high: float | None = None, *, open_low: bool = False,
-                 why: str = "", schedules: bool = False):
+                 why: str = "", schedules: bool = False, optional: bool = False):
         self.low, self.high, self.open_low, self.why = low, high, open_low, why
         self.schedules = schedules
+        self.optional = optional  # none admitted (a parameter left out)
 
     def convert(self, t: Typing, param: str, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
         if is_schedule(value):
             _schedule_allowed(t, param, value, self.schedules)
             for piece in (bounds(value) or ()):

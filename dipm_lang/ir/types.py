@@ -1,8 +1,13 @@
-"""The value types of SPEC §2.
+"""The value types of SPEC §2 and §7.8.
 
 `Delta` (an update), `Dir[by]` (a normalised update), `Mag[by]` (norms per unit),
 `Factor[A|B]` (one LoRA factor, `x.A` / `x.B`), `Num`, `Str`, `List[T]`, and `Unit`
 (the result of `save`). A `Dir` may stand wherever a `Delta` is expected.
+
+With base weights (SPEC §7.8), `Weight` is a full weight matrix per module (`base("DIR") + x`), and
+the direction of a weight is `Dir[by, weight]`: the same kind of value as a `Dir[by]` (unit rows),
+but of the weight, so that recombining it gives a weight again. Saving a weight-level value writes
+`W − W0`. Weights and updates do not mix in one direction operator (which would the result be?).
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ BY_VALUES = ("out", "in", "matrix")
 
 @dataclass(frozen=True)
 class Type:
-    kind: str  # Delta | Dir | Mag | Factor | Num | Str | List | Unit
+    kind: str  # Delta | Dir | Mag | Factor | Num | Str | List | Unit | Weight
     by: str | None = None  # Dir, Mag: the granularity; Factor: "A" or "B"; Num: "module" for a schedule
     item: "Type | None" = None  # List: element type (None for the empty list)
+    space: str | None = None  # Dir: "weight" for the direction of a full weight (SPEC §7.8)
 
     def __str__(self) -> str:
+        if self.kind == "Dir" and self.space:
+            return f"Dir[{self.by}, {self.space}]"
         if self.kind in ("Dir", "Mag", "Factor") or (self.kind == "Num" and self.by):
             return f"{self.kind}[{self.by}]"
         if self.kind == "List":
@@ -32,19 +40,33 @@ class Type:
 
     @property
     def is_update(self) -> bool:
-        """Delta or Dir: something with a per-module m×n update."""
-        return self.kind in ("Delta", "Dir")
+        """Delta or Dir (of an update): something with a per-module m×n update."""
+        return self.kind in ("Delta", "Dir") and self.space is None
 
+    @property
+    def is_weight(self) -> bool:
+        """Weight or Dir[by, weight]: a full weight matrix per module (saved as W − W0)."""
+        return self.kind == "Weight" or (self.kind == "Dir" and self.space == WEIGHT_SPACE)
+
+    @property
+    def is_matrix(self) -> bool:
+        """An m×n matrix per module: an update or a weight-level value."""
+        return self.is_update or self.is_weight
+
+
+WEIGHT_SPACE = "weight"
 
 DELTA = Type("Delta")
+WEIGHT = Type("Weight")  # W0 + x per module (SPEC §7.8)
 NUM = Type("Num")
 SCHEDULE = Type("Num", "module")  # a number that varies by layer and module (SPEC §7.2)
 STR = Type("Str")
 UNIT = Type("Unit")
 
 
-def dir_t(by: str) -> Type:
-    return Type("Dir", by)
+def dir_t(by: str, space: str | None = None) -> Type:
+    """`Dir[by]`, or `Dir[by, weight]` for the direction of a weight (`space="weight"`)."""
+    return Type("Dir", by, space=space)
 
 
 def mag_t(by: str) -> Type:

@@ -1,6 +1,7 @@
 """Modulators on directions (SPEC §3, §7.1): `reverse`, `shift`, `lerp`, `mix`, `orth`.
 
-Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix.
+Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix. Directions
+of values in DoRA's form (SPEC §7.8: DoRA adapters, weights) go through `backend/forms.py`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ops.core import is_number
 from dipm_lang.ir.signature import DirOf, ListOf, Number, Param, Weights
-from dipm_lang.ops.backend import D, L
+from dipm_lang.ops.backend import D, F, L
 
 D_, E_, T_ = Var("d"), Var("e"), Var("t")
 TWO_DIRECTIONS = (Param("d", DirOf("by")), Param("e", DirOf("by")))
@@ -30,6 +31,8 @@ def _shift(ctx, node, d, e, t):
     """The angles between d and e do not depend on t: one batch computes them once for every
     shift of the pair (a sweep's points, a recipe at several t)."""
     by = node.type.by
+    if F.has_form(d, e):
+        return F.shift(d, e, ctx.number(t), by, ctx.eps, ctx.weights())
     angle = ctx.shared(f"shift angle {by}", (d, e), lambda: L.shift_angle(d, e, by, ctx.eps))
     return L.shift(d, e, ctx.number(t), by, ctx.eps, angle=angle)
 
@@ -40,9 +43,18 @@ def _path(ctx, t) -> list:
     return [1.0 - t, t]
 
 
+def _mix(ctx, ds, ws, by):
+    """normalize(Σ wᵢ·dᵢ), with W0 when a direction is in DoRA's form."""
+    return F.mix(ds, ws, by, ctx.eps, ctx.weights() if F.has_form(*ds) else None)
+
+
+def _orth(ctx, d, e, by):
+    return F.orth(d, e, by, ctx.eps, ctx.weights() if F.has_form(d, e) else None)
+
+
 OPERATORS = [
     Operator("reverse", (Param("d", DirOf("by")),), DirOf("by"), "The opposite direction, -d.",
-             factored=lambda ctx, node, d: L.reverse(d), dense=lambda ctx, node, d: D.reverse(d),
+             factored=lambda ctx, node, d: F.reverse(d), dense=lambda ctx, node, d: D.reverse(d),
              simplify=(
                  # reverse(reverse(d)) -> d
                  Rule("reverse-reverse", P("reverse", P("reverse", D_)), lambda d: d),
@@ -62,7 +74,7 @@ OPERATORS = [
              )),
     Operator("lerp", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
-             factored=lambda ctx, node, d, e, t: L.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+             factored=lambda ctx, node, d, e, t: _mix(ctx, [d, e], _path(ctx, t), node.type.by),
              dense=lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
              simplify=(
                  # lerp(d, e, 0) -> d   (d is a direction: normalize(d) = d)
@@ -74,9 +86,9 @@ OPERATORS = [
              )),
     Operator("mix", (Param("dirs", ListOf(DirOf("by"), "directions")), Param("weights", Weights("dirs"), [])),
              DirOf("by"), "normalize(sum of w_i * d_i); [] or omitted weights: all equal.",
-             factored=lambda ctx, node, dirs, w: L.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps),
+             factored=lambda ctx, node, dirs, w: _mix(ctx, dirs, _weights(ctx, w, len(dirs)), node.type.by),
              dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps)),
     Operator("orth", TWO_DIRECTIONS, DirOf("by"), "Remove from d its component along e, then normalize.",
-             factored=lambda ctx, node, d, e: L.orth(d, e, node.type.by, ctx.eps),
+             factored=lambda ctx, node, d, e: _orth(ctx, d, e, node.type.by),
              dense=lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps)),
 ]

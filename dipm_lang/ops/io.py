@@ -1,16 +1,25 @@
-"""Reading and writing adapters (SPEC §3 "I/O", §4): `load` and `save`.
+"""Reading and writing (SPEC §3 "I/O", §4, §7.8): `load`, `save`, `base`, `bake`, `extract`.
 
-Both take paths, which the lowering resolves against the folder of the file they are written in
+All take paths, which the lowering resolves against the folder of the file they are written in
 and confines to `--sandbox`. `load()` without a path is an input given from outside; the lowering
 sets `name` when the load is bound to a name (`H = load(...)`), which makes it a named input.
+
+With base weights (SPEC §7.8): `base("DIR")` is W0, so `base("DIR") + x` is a full weight; a DoRA
+adapter's `load` is its exact update in DoRA's form; saving a weight writes W − W0, and a value in
+DoRA's form is written as a DoRA adapter; `bake(x, "OUT")` writes W0 + x as a model folder;
+`extract(tuned, base, rank=…)` is a LoRA approximation of a fine-tune's W_tuned − W0.
 """
 
 from __future__ import annotations
 
+from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.operator import Operator
-from dipm_lang.ir.signature import Int, Param, Path, Text, Update
-from dipm_lang.ir.types import DELTA, UNIT
-from dipm_lang.ops.backend import D, L
+from dipm_lang.ir.signature import Choice, Int, Param, Path, Real, Text, Typing, Update
+from dipm_lang.ir.types import DELTA, UNIT, WEIGHT
+from dipm_lang.ops.backend import D, F, L
+
+BAKE_DTYPES = ("base", "float32", "bfloat16", "float16", "float64")
+
 
 def _ranks(ctx, rank, one: bool = False):
     """save's rank for this batch: none, one for all, or one per module (a schedule, SPEC §7.2)."""
@@ -20,16 +29,112 @@ def _ranks(ctx, rank, one: bool = False):
     return ranks[0] if one or len(set(ranks)) == 1 else ranks
 
 
+def _load(ctx, node):
+    """An adapter's update; for a DoRA adapter, m ⊙ normalize_rows(W0 + s·B·A) − W0 in DoRA's form."""
+    value = ctx.load(node)
+    magnitudes = ctx.magnitudes(node) if ctx.magnitudes is not None else None
+    if magnitudes is None:
+        return value
+    if isinstance(value, L.LowRank):
+        from dipm_lang.backend.dora import dora_update
+
+        return dora_update(ctx.weights(), value, magnitudes, names=ctx.names)
+    return D.dora_update(ctx.weights(), value, magnitudes, ctx.names)
+
+
+def _update(ctx, node, x):
+    """The update a saved (or baked) value stands for: a weight-level value W writes W − W0."""
+    return F.to_update(x) if node.args[0].type.is_weight else x
+
+
+def _save(ctx, node, x):
+    x = _update(ctx, node, x)
+    ranks = _ranks(ctx, node.attr("rank"))
+    if ctx.in_form(node.args[0]):
+        return _save_dora(ctx, x, ranks)
+    return L.truncate(x, ranks)
+
+
+def _save_dora(ctx, x, ranks):
+    """diag(c)·W0 + K as a DoRA adapter (L = K/(1+c), m = (1+c)⊙‖W0 + L‖); `rank=` truncates L.
+    Returns (the outputs, squared error dropped, squared total) as `lowrank.truncate` does."""
+    from dipm_lang.backend.dora import matrix_norm, to_dora
+
+    W0 = ctx.weights()
+    x = F.as_form(x)
+    unchanged = (x.c == 0).all(-1) & ((x.K.B == 0).all(-1).all(-1) | (x.K.A == 0).all(-1).all(-1))
+    if ranks is None:
+        factors = to_dora(x, W0, names=ctx.names)
+        return F.DoraOutput(factors.lora, factors.magnitude, unchanged), 0.0, 0.0
+    per_module = [ranks] * len(ctx.names) if isinstance(ranks, int) else ranks
+    outputs, dropped, total = [], 0.0, 0.0
+    for i, rank in enumerate(per_module):
+        factors = to_dora(x[i], W0[i], names=[ctx.names[i]], truncate=lambda K, r=rank: L.lowrank(K, r))
+        norm = float(matrix_norm(x[i].to(W0.dtype), W0[i]))
+        dropped += (float(factors.error) * norm) ** 2
+        total += norm ** 2
+        outputs.append(F.DoraOutput(factors.lora, factors.magnitude, unchanged[i]))
+    return outputs, dropped, total
+
+
+def _save_dense(ctx, node, x):
+    if node.args[0].type.is_weight:
+        x = x - ctx.weights()
+    if ctx.in_form(node.args[0]) and node.attr("rank") is not None:
+        raise ExecutionError("the dense reference does not truncate values in DoRA's form (rank= truncates L, "
+                             "whose split from c·W0 is the factored backend's)")
+    return D.truncate(x, _ranks(ctx, node.attr("rank"), one=True))
+
+
+def _bake(ctx, node, x):
+    """What bake writes for this batch: the update (added to W0 shard by shard when written)."""
+    return _update(ctx, node, x), 0.0, 0.0
+
+
+def _bake_dense(ctx, node, x):
+    return (x - ctx.weights() if node.args[0].type.is_weight else x), 0.0, 0.0
+
+
+def _extract_check(t: Typing) -> None:
+    rank, energy, cap, exact = (t.value(name) for name in ("rank", "energy", "max_rank", "exact"))
+    if (rank is None) == (energy is None):
+        t.fail("rank" if rank is None else "energy", "give rank=N or energy=E (one of them)",
+               hint="rank keeps N singular directions per module; energy the fewest that hold that share of "
+                    "Σσ² (SPEC §7.6)")
+    if cap is not None and energy is None:
+        t.fail("max_rank", "max_rank caps energy=; with rank=N the rank is N")
+    if exact not in (0, 1):
+        t.fail("exact", f"exact must be 0 (randomized SVD) or 1 (full SVD), got {exact}")
+
+
 OPERATORS = [
     Operator("load", (Param("path", Path(optional=True), None), Param("name", Text(optional=True), None,
                                                                          internal=True)), DELTA,
-             "Read a PEFT LoRA adapter folder. load() without a path is an input given from outside "
-             "(--set NAME=PATH).",
-             factored=lambda ctx, node: ctx.load(node)),
-    Operator("save", (Param("x", Update()), Param("path", Path()),
+             "Read a PEFT LoRA adapter folder (a DoRA adapter needs the base weights). load() without a path "
+             "is an input given from outside (--set NAME=PATH).",
+             factored=_load),
+    Operator("save", (Param("x", Update(weights=True)), Param("path", Path()),
                       Param("rank", Int(minimum=1, optional=True, schedules=True), None)),
-             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation.",
+             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation. A weight "
+                   "writes W − W0; a value in DoRA's form (DoRA adapters, weights) a DoRA adapter.",
              # the value written, and the squared error dropped / total (for the run's report)
-             factored=lambda ctx, node, x: L.truncate(x, _ranks(ctx, node.attr("rank"))),
-             dense=lambda ctx, node, x: D.truncate(x, _ranks(ctx, node.attr("rank"), one=True))),
+             factored=_save, dense=_save_dense),
+    Operator("base", (Param("path", Path(optional=True), None),), WEIGHT,
+             "The base model's weights W0 (a folder as save_pretrained writes it): base(\"DIR\") + x is the full "
+             "weight of each module. base() without a folder is the one given with --base DIR.",
+             factored=lambda ctx, node: F.base_value(ctx.weights()), dense=lambda ctx, node: ctx.weights()),
+    Operator("bake", (Param("x", Update(weights=True)), Param("path", Path()),
+                      Param("dtype", Choice(BAKE_DTYPES), "base")),
+             UNIT, "Write W0 + x (or the weight x) as a model folder with the base's layout, shard by shard "
+                   "(dtype: the base's, unless given).",
+             factored=_bake, dense=_bake_dense),
+    Operator("extract", (Param("tuned", Path()), Param("base", Path(optional=True), None),
+                         Param("rank", Int(minimum=1, optional=True), None),
+                         Param("energy", Real(0.0, 1.0, open_low=True, optional=True), None),
+                         Param("max_rank", Int(minimum=1, optional=True), None),
+                         Param("exact", Int(minimum=0), 0), Param("seed", Int(minimum=0), 0),
+                         Param("target_modules", Text(), "all-linear")), DELTA,
+             "A LoRA from a fine-tuned model folder: per module, the best rank-N (or energy=E) approximation of "
+             "W_tuned − W0 by randomized SVD (exact=1: the full SVD), its error reported.",
+             factored=lambda ctx, node: ctx.load(node), check=_extract_check),
 ]

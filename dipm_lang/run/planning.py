@@ -2,7 +2,9 @@
 
 Every input's config and safetensors header is opened, shapes and base models are checked across
 inputs, factor merges are checked for equal ranks, and every output path is checked — so a bad
-second input fails the run before the first output, and nothing is half-done.
+second input fails the run before the first output, and nothing is half-done. With base weights
+(SPEC §7.8) the base is opened and checked too, and which values are in DoRA's form is decided
+(`run/weights.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
+from dipm_lang.run import weights
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -32,11 +35,22 @@ class Plan:
     """Everything checked before work: inputs opened, module union, outputs writable."""
 
     program: Program
-    inputs: dict[str, AdapterSource]          # load path -> its source
+    inputs: dict[str, AdapterSource]          # load path (weights.source_key) -> its source
     modules: dict[str, tuple[int, int]]       # module -> (m, n), natural order
     device: torch.device
     dtype: torch.dtype
     out_dtype: torch.dtype
+    base: Any = None                          # the base model (io.base_model.BaseModel), SPEC §7.8
+    forms: frozenset[int] = frozenset()       # ids of the nodes whose value is in DoRA's form
+
+    @property
+    def uses_weights(self) -> bool:
+        """Whether the run reads W0 (values in DoRA's form; bake adds W0 itself when it writes)."""
+        return bool(self.forms)
+
+    def kind(self, name: str) -> str:
+        """A module's LoRA kind ("linear" or "embedding"), from the first input that has it."""
+        return next((info.modules[name].kind for info in self.inputs.values() if name in info.modules), "linear")
 
     @property
     def layers(self) -> int:
@@ -134,7 +148,8 @@ def near_names(missing: Path) -> str | None:
 
 
 def load_nodes(program: Program) -> list[Node]:
-    return [n for n in walk(program.all_roots()) if n.op == "load"]
+    """The nodes that read an input: `load`s, and `extract`s (SPEC §7.8)."""
+    return weights.source_nodes(program)
 
 
 def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
@@ -148,7 +163,13 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     """
     infos: dict[str, AdapterSource] = {}
     open_ = opener or (lambda path: open_source(path, memory))
+    base_folder = weights.base_path(program, options)
+    base_node = next(iter(weights.needs_base(program)), None)
+    base = weights.open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
     for node in load_nodes(program):
+        if node.op == "extract":
+            infos.setdefault(weights.source_key(node), _open_extract(node, base, options, program))
+            continue
         path = node.attr("path")
         if path is None:
             name = node.attr("name") or "input"
@@ -164,13 +185,30 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
     check_schedules(program, modules)
+    dora = [(node, infos[node.attr("path")]) for node in load_nodes(program)
+            if node.op == "load" and getattr(infos[node.attr("path")], "dora", False)]
+    forms = weights.form_nodes(program, {id(node) for node, _ in dora})
+    weights.check_forms(program, forms)
+    if base is None:
+        weights.require_base(program, dora)
+    else:
+        try:
+            weights.check_modules(base, modules, infos)
+        except AdapterError as error:
+            raise at_load(error, program.spans.get(base_node)) from None
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
-                options.sandbox.check(save.attr("path"), "save", program.spans.get(save))
+                options.sandbox.check(save.attr("path"), save.op, program.spans.get(save))
             if recover:
                 recover_stale(save.attr("path"))
-            prepare_output(save.attr("path"), inputs=file_inputs(infos.values()), force=options.force)
+            inputs = file_inputs(infos.values()) + ([base.path] if base is not None else [])
+            if save.op == "bake":
+                from dipm_lang.io.bake_output import prepare_model_output
+
+                prepare_model_output(save.attr("path"), inputs=inputs, force=options.force)
+            else:
+                prepare_output(save.attr("path"), inputs=inputs, force=options.force)
     compute = torch_dtype(options.dtype, "--dtype")
     if options.dense:
         compute = torch.float64
@@ -180,7 +218,25 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         stored = {info.dtype for info in infos.values()}
         # the inputs' dtype, where an adapter can be written in it (float8 inputs are written in float32)
         out = stored.pop() if len(stored) == 1 and stored <= set(OUTPUT_DTYPES) else torch.float32
-    return Plan(program, infos, modules, resolve_device(options.device), compute, out)
+    return Plan(program, infos, modules, resolve_device(options.device), compute, out, base=base, forms=forms)
+
+
+def _open_extract(node: Node, base: Any, options: RunOptions, program: Program) -> AdapterSource:
+    """The source an `extract(...)` reads: its fine-tune against its own base folder or the program's."""
+    from dipm_lang.io.extract_source import ExtractSettings, open_extract
+
+    span = program.spans.get(node)
+    tuned = weights.open_base(node.attr("tuned"), options, span)
+    against = weights.open_base(node.attr("base"), options, span) if node.attr("base") else base
+    if against is None:
+        weights.require_base(program, [])
+    settings = ExtractSettings(rank=node.attr("rank"), energy=node.attr("energy"), max_rank=node.attr("max_rank"),
+                               exact=bool(node.attr("exact")), seed=node.attr("seed"),
+                               target_modules=node.attr("target_modules"))
+    try:
+        return open_extract(tuned, against, settings)
+    except AdapterError as error:
+        raise at_load(error, span) from None
 
 
 def check_factor_merge_ranks(program: Program, infos: Mapping[str, AdapterSource]) -> None:
