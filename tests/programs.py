@@ -35,6 +35,13 @@ not on types):
   nonzero points, and in numeric mode a ramp's `layers=` is left out or at least `INPUT_LAYERS`.
 - The standard library's defs (`STDLIB`, checked against stdlib/*.dipm by a test) and one `def` of
   the script itself (`blend`): defs are not operators, their parameter types are listed here.
+- Base weights (SPEC §7.8): every script binds `w0 = base("base")` (numeric programs run with a base
+  model folder there), the leaf of `Weight` expressions; weight-level values are drawn wherever an
+  operator's kind takes them (`Update(weights=True)`, directions of weights); `bake(x, "baked/N")`
+  statements sit beside the saves; `extract("tuned", rank=…)` is an update leaf (a fine-tune folder
+  beside the base). Numeric programs bake weight-level values rather than save them (a DoRA save
+  fails where a row of the weight is 0·W0 + K, which only the numbers tell) and never draw
+  `by="in"` on a weight (the planner refuses it).
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ from dipm_lang.frontend.ast import (Attr, BinOp, Binding, Call, Def, ExprStmt, K
 from dipm_lang.ir import signature as S
 from dipm_lang.ir.node import Node
 from dipm_lang.ir.operator import Operator, OperatorTable
-from dipm_lang.ir.types import BY_VALUES, DELTA, NUM, SCHEDULE, Type, dir_t, factor_t, list_t, mag_t
+from dipm_lang.ir.types import (BY_VALUES, DELTA, NUM, SCHEDULE, WEIGHT, WEIGHT_SPACE, Type, dir_t, factor_t, list_t,
+                                mag_t)
 from dipm_lang.ops import OPERATORS
 from dipm_lang.ops.schedules import NumberOrSchedule, Values
 from dipm_lang.ops.selection import Layers, Pattern
@@ -63,11 +71,15 @@ WRITTEN_NONCALLABLE = {*INFIX, "neg", "factor"}
 non-callable ones (`const`, `list`: literals; `lincomb`, `unit_scale`: made by fusion) are never
 written as operators."""
 
-EXPLICIT = ("load", "save", "factor", "lora")
+EXPLICIT = ("load", "save", "factor", "lora", "base", "bake", "extract")
 """Operators drawn by the explicit strategies below instead of the generic walk."""
+UNPROBED = ("load", "save", "base", "bake", "extract")
+"""Explicit operators whose signatures are not probed (they take paths, which only they draw)."""
 
+WEIGHT_DIRS: tuple[Type, ...] = tuple(dir_t(b, WEIGHT_SPACE) for b in BY_VALUES)
 BASE_TYPES: tuple[Type, ...] = (DELTA, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES), NUM,
-                                SCHEDULE, factor_t("A"), factor_t("B"))
+                                SCHEDULE, factor_t("A"), factor_t("B"), WEIGHT, *WEIGHT_DIRS)
+BASE_NAME = "w0"  # every script binds w0 = base("base")
 
 INPUT_LAYERS = 8
 """At least the layer count of the numeric tests' adapters: a ramp's `layers=` there is never smaller."""
@@ -110,11 +122,12 @@ class Signature:
 
 def _operand_options(kind: S.Kind) -> list[Type]:
     if isinstance(kind, S.Update):
-        return [DELTA]  # a Dir stands wherever a Delta does: the drawing may give one
+        # a Dir stands wherever a Delta does (the drawing may give one); a weight where the kind takes one
+        return [DELTA, WEIGHT] if kind.weights else [DELTA]
     if isinstance(kind, S.Anything):
         return list(BASE_TYPES)
     if isinstance(kind, S.DirOf):
-        return [dir_t(b) for b in BY_VALUES]
+        return [dir_t(b) for b in BY_VALUES] + list(WEIGHT_DIRS)
     if isinstance(kind, S.MagOf):
         return [mag_t(b) for b in BY_VALUES]
     if isinstance(kind, S.MagOrNumber):
@@ -160,7 +173,7 @@ def stand_in(type_: Type, *, adapter: bool = True, items: int = 1) -> Node:
         return Node.make("list", inner, {}, type_, unique=True)
     if type_ == NUM:
         return Node.make("const", (), {"value": 1.0}, NUM, unique=True)
-    op = "load" if type_ == DELTA and adapter else "stand_in"
+    op = "load" if type_ == DELTA and adapter else "base" if type_ == WEIGHT else "stand_in"
     return Node.make(op, (), {}, type_, unique=True)
 
 
@@ -274,6 +287,15 @@ def _write_call(draw, func: str, params: list[tuple[str, Any, Any]]) -> Call:
     return Call(func, args, kwargs)
 
 
+def _leaves_dora_form(sig: Signature) -> bool:
+    """by="in" on a weight-level value: column units of diag(c)·W0 + K, which the planner refuses
+    (SPEC §7.8); numeric programs, which must run, never draw it."""
+    types = [sig.result, *(t for _, t in sig.operands)]
+    types += [t.item for t in types if t.kind == "List" and t.item is not None]
+    by_in = any(v == "in" for _, v in sig.statics) or any(t.by == "in" for t in types)
+    return by_in and any(t.is_weight for t in types)
+
+
 class Generator:
     """Typed expressions and whole scripts, from an operator table.
 
@@ -289,20 +311,21 @@ class Generator:
         self.stdlib = stdlib
         self.signatures: dict[Type, list[Signature]] = {}
         for op in written_operators(operators):
-            if op.name in ("load", "save"):
+            if op.name in UNPROBED:
                 continue
             sigs = probe(op)
             if not sigs:
                 raise GeneratorGap(f"{op.name}: no combination of candidate operand types is well typed")
             for sig in sigs:
-                self.signatures.setdefault(sig.result, []).append(sig)
+                if not (numeric and _leaves_dora_form(sig)):
+                    self.signatures.setdefault(sig.result, []).append(sig)
         self.cost = self._costs()
         self._adapters_needed: dict[tuple, bool] = {}
 
     # ---- costs: how deep a type's cheapest expression is -------------------------------------
 
     def _costs(self) -> dict[Type, int]:
-        cost: dict[Type, int] = {DELTA: 0, NUM: 0}  # leaves: inputs and literals
+        cost: dict[Type, int] = {DELTA: 0, NUM: 0, WEIGHT: 0}  # leaves: inputs, literals, the base
         for _ in range(10):
             for result, sigs in self.signatures.items():
                 for sig in sigs:
@@ -328,11 +351,17 @@ class Generator:
         wants = [want]
         if want == DELTA and not exact:
             wants += [dir_t(b) for b in BY_VALUES]
+        if want == WEIGHT and not exact:
+            wants += [t for t in WEIGHT_DIRS if not (self.numeric and t.by == "in")]
         leaves = [(name, t) for t in wants for name in scope.of(t)]
         if want == DELTA:
             leaves += [(name, DELTA) for name in self.inputs.names]
             if not exact:
                 leaves += [(name, None) for name in scope.updates]  # a Delta or a Dir
+            if draw(st.integers(0, 11)) == 0:
+                return self.extract(draw), DELTA
+        if want == WEIGHT:
+            leaves += [(BASE_NAME, WEIGHT)]
         if want == NUM:
             leaves += [(v, NUM) for v in LITERALS]
         sigs = [s for t in wants for s in self.signatures.get(t, [])]
@@ -413,6 +442,8 @@ class Generator:
     def operand(self, draw, op: Operator, name: str, type_: Type, depth: int, scope: Scope, rank_class) -> Any:
         if type_ == DELTA:
             return self.update(draw, depth, scope)
+        if type_ == WEIGHT:
+            return self.expr(draw, WEIGHT, depth, scope)[0]
         if type_ == NUM:
             return self.number(draw, depth, scope)
         return self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
@@ -521,6 +552,16 @@ class Generator:
         a = self.expr(draw, factor_t("A"), min(depth, 2), scope, rank_class=rank_class)[0]
         return _write_call(draw, "lora", [("B", b, S.REQUIRED), ("A", a, S.REQUIRED)])
 
+    def extract(self, draw) -> Call:
+        """`extract("tuned", rank=N)` (or energy=…): a LoRA of the fine-tune beside the base folder."""
+        by_rank = draw(st.booleans())
+        rank = Number(float(draw(st.integers(1, 3)))) if by_rank else None
+        energy = None if by_rank else Number(pick(draw, (0.5, 0.9, 0.99)))
+        exact = Number(1.0) if draw(st.integers(0, 3)) == 0 else None
+        params = [("tuned", String("tuned")), ("base", None), ("rank", rank), ("energy", energy),
+                  ("max_rank", None), ("exact", exact)]
+        return _write_call(draw, "extract", [(name, expr, S.REQUIRED) for name, expr in params])
+
     def stdlib_call(self, draw, depth: int, scope: Scope) -> Call:
         name = pick(draw, sorted(STDLIB))
         by = pick(draw, BY_VALUES)
@@ -551,22 +592,31 @@ class Generator:
         self.blend_type = None if isinstance(body, Name) and body.id in ("x", "y") else body_type
         statements: list = [Def("blend", (Param("x", None), Param("y", None), Param("k", Number(0.5))), body)]
         statements += [Binding(name, Call("load", (String(f"adapters/{name}"),), ())) for name in self.inputs.names]
+        statements.append(Binding(BASE_NAME, Call("base", (String("base"),), ())))
         scope = Scope()
         bindings = saves = 0
         while True:
             last = saves + 1 >= max_saves or draw(st.integers(0, 3)) == 0
             if not last and bindings < max_bindings and draw(st.booleans()):
-                want = pick(draw, [DELTA, DELTA, NUM, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES)])
+                want = pick(draw, [DELTA, DELTA, NUM, WEIGHT, *(dir_t(b) for b in BY_VALUES),
+                                   *(mag_t(b) for b in BY_VALUES)])
                 value, type_ = self.value(draw, want, depth, scope)
                 name = f"v{bindings}"
                 statements.append(Binding(name, value))
                 scope.add(name, type_)
                 bindings += 1
                 continue
-            value, _ = self.value(draw, DELTA, depth, scope)
-            rank = draw(st.none() | st.integers(1, 16))
-            kwargs = () if rank is None else (Keyword("rank", Number(float(rank))),)
-            statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
+            value, type_ = self.value(draw, pick(draw, [DELTA, DELTA, DELTA, WEIGHT]), depth, scope)
+            weight = type_ is not None and type_.is_weight
+            # numeric programs bake weight-level values: saving one as a DoRA adapter fails where a row
+            # of W is 0·W0 + K (`0 * w0`, `w0 - w0`), which only the value's numbers tell
+            if draw(st.integers(0, 5)) == 0 or (self.numeric and weight):  # W0 + x as a model folder
+                dtype = () if draw(st.booleans()) else (Keyword("dtype", String(pick(draw, ("base", "float32")))),)
+                statements.append(ExprStmt(Call("bake", (value, String(f"baked/{saves}")), dtype)))
+            else:
+                rank = draw(st.none() | st.integers(1, 16))
+                kwargs = () if rank is None else (Keyword("rank", Number(float(rank))),)
+                statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
             saves += 1
             if last:
                 return Script(tuple(statements))

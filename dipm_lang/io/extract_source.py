@@ -75,6 +75,11 @@ class ExtractSource:
         digest.update(json.dumps(self.settings.__dict__, sort_keys=True).encode())
         return digest.hexdigest()
 
+    @property
+    def digest(self) -> str:
+        """As `AdapterInfo.digest` (a string: nothing to hash in the background)."""
+        return self.sha256
+
     def read(self, names: Sequence[str], *, dtype: torch.dtype, device: Any) -> LowRank:
         """Same-shape modules' approximations stacked (energy=: ranks padded with zero directions)."""
         kind = self.modules[names[0]].kind

@@ -435,8 +435,8 @@ def _with_magnitude(module: ModuleInfo, key: str | None, source: _SafetensorsSou
                     config_path: Path | None) -> ModuleInfo:
     """A DoRA module: its magnitude vector must be there, one entry per output row, floating point."""
     if key is None:
-        raise AdapterError(f"module {module.name!r} has no lora_magnitude_vector, but the config sets use_dora",
-                           config_path or file)
+        raise AdapterError(f"DoRA adapters have a lora_magnitude_vector per module: module {module.name!r} has "
+                           "none, but the config sets use_dora", config_path or file)
     shape, dtype = source.shape(key), source.dtype(key)
     if tuple(shape) != (module.out_features,):
         raise AdapterError(f"module {module.name!r}: its DoRA magnitude vector is {list(shape)}, expected "

@@ -165,7 +165,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     open_ = opener or (lambda path: open_source(path, memory))
     base_folder = weights.base_path(program, options)
     base_node = next(iter(weights.needs_base(program)), None)
-    base = weights.open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
+    base = _open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
     for node in load_nodes(program):
         if node.op == "extract":
             infos.setdefault(weights.source_key(node), _open_extract(node, base, options, program))
@@ -190,8 +190,11 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     forms = weights.form_nodes(program, {id(node) for node, _ in dora})
     weights.check_forms(program, forms)
     if base is None:
-        weights.require_base(program, dora)
+        missing = weights.require_base(program, dora)
+        if missing is not None:
+            raise at_load(missing[0], program.spans.get(missing[1]))
     else:
+        modules = weights.touched_modules(program, infos, modules)
         try:
             weights.check_modules(base, modules, infos)
         except AdapterError as error:
@@ -221,13 +224,21 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     return Plan(program, infos, modules, resolve_device(options.device), compute, out, base=base, forms=forms)
 
 
+def _open_base(path: str, options: RunOptions, span: Span | None) -> Any:
+    """A model folder (SPEC §7.8), its errors pointed at the call that named it."""
+    try:
+        return weights.open_base(path, options, span)
+    except AdapterError as error:
+        raise at_load(error, span) from None
+
+
 def _open_extract(node: Node, base: Any, options: RunOptions, program: Program) -> AdapterSource:
     """The source an `extract(...)` reads: its fine-tune against its own base folder or the program's."""
     from dipm_lang.io.extract_source import ExtractSettings, open_extract
 
     span = program.spans.get(node)
-    tuned = weights.open_base(node.attr("tuned"), options, span)
-    against = weights.open_base(node.attr("base"), options, span) if node.attr("base") else base
+    tuned = _open_base(node.attr("tuned"), options, span)
+    against = _open_base(node.attr("base"), options, span) if node.attr("base") else base
     if against is None:
         weights.require_base(program, [])
     settings = ExtractSettings(rank=node.attr("rank"), energy=node.attr("energy"), max_rank=node.attr("max_rank"),

@@ -46,26 +46,33 @@ def needs_base(program: Program) -> list[Node]:
             if n.op in ("base", "bake") or (n.op == "extract" and n.attr("base") is None)]
 
 
+def touched_modules(program: Program, sources: Mapping[str, Any],
+                    modules: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """With a base, the modules of the inputs the outputs read (SPEC §7.8: only those are read).
+    Without one, a module only an unused input has is a zero update and is left out of every output;
+    with one, `W0 + x` there is not zero, so an unused binding (which the optimizer drops) must not
+    add modules: the program means the same at every optimization level."""
+    used = {source_key(n) for n in walk(program.roots) if n.op in ("load", "extract")}
+    names = {name for key in used if key in sources for name in sources[key].modules}
+    return {name: shape for name, shape in modules.items() if name in names}
+
+
 def base_path(program: Program, options: Any) -> str | None:
     """The program's base folder: `--base` (options.base), else the program's own."""
     return getattr(options, "base", None) or program.base
 
 
 def open_base(path: str, options: Any, span: Any = None):
-    """Open (and, under --sandbox, confine file by file) a model folder; errors point at `span`."""
+    """Open (and, under --sandbox, confine file by file) a model folder (AdapterError naming the file)."""
     from dipm_lang.io.base_layout import weights_files
     from dipm_lang.io.base_model import open_base_model
-    from dipm_lang.run.planning import at_load
 
-    try:
-        if options.sandbox is not None:
-            options.sandbox.check_files(path, BASE_FILES, "base", span)
-            if Path(path).is_dir():
-                _, shards = weights_files(Path(path))
-                options.sandbox.check_files(path, tuple(shards), "base", span)
-        return open_base_model(path)
-    except AdapterError as error:
-        raise at_load(error, span) from None
+    if options.sandbox is not None:
+        options.sandbox.check_files(path, BASE_FILES, "base", span)
+        if Path(path).is_dir():
+            _, shards = weights_files(Path(path))
+            options.sandbox.check_files(path, tuple(shards), "base", span)
+    return open_base_model(path)
 
 
 def form_nodes(program: Program, dora_loads: set[int]) -> frozenset[int]:
@@ -118,17 +125,17 @@ def check_modules(base, modules: Mapping[str, tuple[int, int]], sources: Mapping
     base.check_modules({name: specs.get(name, shape) for name, shape in modules.items()})
 
 
-def require_base(program: Program, dora: list[tuple[Node, Any]]) -> None:
-    """Without a base: DoRA inputs, weights, bake and extract are refused, each at its call."""
+def require_base(program: Program, dora: list[tuple[Node, Any]]) -> tuple[AdapterError, Node] | None:
+    """Without a base: weights, bake and extract are refused at their call (UsageError); for a DoRA
+    input, the error to raise at its load (returned with the load node: the planner points it there)."""
     from dipm_lang.io.reader import DORA_HINT, DORA_MESSAGE
-    from dipm_lang.run.planning import at_load
 
     if dora:
         node, source = dora[0]
-        raise at_load(AdapterError(DORA_MESSAGE, Path(source.path) / "adapter_config.json", hint=DORA_HINT),
-                      program.spans.get(node))
+        return AdapterError(DORA_MESSAGE, Path(source.path) / "adapter_config.json", hint=DORA_HINT), node
     for node in needs_base(program):
         what = {"base": "base() has no folder", "bake": "bake writes W0 + x and needs the base model",
                 "extract": "extract without base= needs the program's base model"}[node.op]
         raise UsageError(f"{what}: give it with --base DIR", program.spans.get(node),
                          hint='or write base("DIR") in the script (a config: base: DIR)')
+    return None
