@@ -22,7 +22,8 @@ from dipm_lang.frontend.recipes import is_config, lower_recipe, read_recipe
 from dipm_lang.frontend import ast
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.numbers import format_number
-from dipm_lang.ir.schedules import is_schedule, parameters
+from dipm_lang.ir.schedules import is_schedule, parameters, varies
+from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
 from dipm_lang.ir.types import NUM
 from dipm_lang.ir.verify import verify as verify_program
 from dipm_lang.ops import OPERATORS
@@ -82,13 +83,15 @@ class ScriptFile:
 @dataclass(frozen=True)
 class Expression:
     """One expression. Its value is the result `RESULT` and must be an update or magnitudes; with
-    `save_to` the program is `save(EXPR, save_to, rank=rank)` instead. `require_used`: every
-    external name must be read by it."""
+    `save_to` the program is `save(EXPR, save_to, rank=rank, energy=energy, max_rank=max_rank)`
+    instead. `require_used`: every external name must be read by it."""
     text: str
     file: str = "<expr>"
     save_to: str | None = None
     rank: int | None = None
     require_used: bool = False
+    energy: float | None = None
+    max_rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,8 @@ def _parse(source: Source) -> _Parsed:
 def _expression(lowerer: Lowerer, source: Expression, expr: ast.Expr) -> Program:
     if source.save_to is not None:
         module = lowerer.module(source.file, source.text)
-        lowerer.statement(ast.save_call(expr, source.save_to, source.rank), module)
+        lowerer.statement(ast.save_call(expr, source.save_to, source.rank, energy=source.energy,
+                                        max_rank=source.max_rank), module)
         return lowerer.program(source.text)
     node, program = lowerer.expression(expr, source.text, source.file, require_used=source.require_used)
     if node.type.kind not in ("Delta", "Dir", "Mag"):
@@ -446,6 +450,32 @@ def _with_paths(program: Program, op: str, new_path: Callable[[Node], Any]) -> P
         if path is _KEEP and all(a is b for a, b in zip(args, node.args)):
             return node
         attrs = dict(node.attrs) if path is _KEEP else {**dict(node.attrs), "path": path}
+        return Node.make(node.op, args, attrs, node.type, unique=node.uid is not None)
+
+    return program.rebuild(rewrite)
+
+
+def with_target(program: Program, target: str | None) -> Program:
+    """`--target NAME`: every save that names no target of its own writes for NAME (a usage error,
+    positioned at the save, when its `max_rank=` cannot be that target's)."""
+    if target is None:
+        return program
+    if target not in TARGETS:
+        raise UsageError(f"--target {target}: expected one of {', '.join(TARGETS)}")
+
+    def rewrite(node: Node, args: tuple[Node, ...]) -> Node:
+        changed = node.op == "save" and node.attr("target") is None
+        if not changed and all(a is b for a, b in zip(args, node.args)):
+            return node
+        attrs = dict(node.attrs)
+        if changed:
+            max_rank = node.attr("max_rank")
+            problem = vllm_max_rank_problem(max_rank) if target == "vllm" and not (
+                is_schedule(max_rank) and not varies(max_rank)) else None
+            if problem:
+                raise UsageError(f"--target {target}: {problem}", program.spans.get(node),
+                                 hint="vLLM serves adapters up to the --max-lora-rank it was started with")
+            attrs["target"] = target
         return Node.make(node.op, args, attrs, node.type, unique=node.uid is not None)
 
     return program.rebuild(rewrite)

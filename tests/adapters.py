@@ -99,6 +99,21 @@ def peft_deltas(adapter_path: str | Path, base_seed: int = 0) -> dict[str, tuple
     return out
 
 
+def exact_sum(parts: Sequence[tuple[str | Path, float]]) -> dict[str, torch.Tensor]:
+    """Σ wᵢ·sᵢ·Bᵢ·Aᵢ per module in float64, from each adapter folder's own file and the scale PEFT
+    gives it (float64 throughout, so a reference SVD sees the true numerical rank)."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for folder, weight in parts:
+        files = load_file(str(Path(folder) / "adapter_model.safetensors"))
+        for module, (_, scale, _, _) in peft_deltas(folder).items():
+            B = files[f"{PREFIX}{module}.lora_B.weight"].to(torch.float64)
+            A = files[f"{PREFIX}{module}.lora_A.weight"].to(torch.float64)
+            out[module] = out.get(module, 0) + weight * scale * (B @ A)
+    return out
+
+
 def write_raw_adapter(path: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Path:
     """Write an adapter folder by hand (for malformed and edge cases PEFT would not produce)."""
     from safetensors.torch import save_file

@@ -615,7 +615,13 @@ class Generator:
                 statements.append(ExprStmt(Call("bake", (value, String(f"baked/{saves}")), dtype)))
             else:
                 rank = draw(st.none() | st.integers(1, 16))
-                kwargs = () if rank is None else (Keyword("rank", Number(float(rank))),)
+                # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either (a value
+                # in DoRA's form, a weight, truncates by rank= only: SPEC §7.8)
+                energy = None if rank is not None or weight else \
+                    draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
+                max_rank = None if weight else draw(st.none() | st.integers(1, 12))
+                kwargs = tuple(Keyword(key, Number(float(number))) for key, number in
+                               (("rank", rank), ("energy", energy), ("max_rank", max_rank)) if number is not None)
                 statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
             saves += 1
             if last:

@@ -260,4 +260,7 @@ def test_refusals_write_nothing(world):
                                         '"out/never")\n')
     result = run(world, "run", "columns.dipm", "--base", "base")
     assert result.code != 0 and 'by="in"' in result.err and "columns.dipm:1" in result.err, result.err
+    (world / "energy.dipm").write_text('save(load("a"), "out/never", energy=0.9)\n')
+    result = run(world, "run", "energy.dipm", "--base", "base")
+    assert result.code == 1 and "rank=N only" in result.err and "energy.dipm:1" in result.err, result.err
     assert not (world / "out" / "never").exists() and not (world / "baked" / "never").exists()

@@ -184,7 +184,8 @@ CASES = {
         H + 'save(h,\t\tbad, "o")\n',
         's.dipm:2:10: error: unknown name \'bad\'\n'
         '   2 | save(h,  bad, "o")\n'
-        '                ^~~\n'),
+        '                ^~~\n'
+        "  hint: define it, or give it with --set bad=… (a folder or a number)\n"),
     "def_used_as_a_value": (
         H + 'x = def\n',
         's.dipm:2:5: error: \'def\' starts a statement of its own and cannot be used as a value\n'

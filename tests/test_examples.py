@@ -40,6 +40,9 @@ def test_example_checks_and_runs(workspace, script, monkeypatch, capsys):
     if script.name == "inputs_from_outside.dipm":
         monkeypatch.chdir(workspace)
         extra = ["--set", "src=demo/adapters/other", "--set", "tgt=demo/adapters/helpful"]
+    if script.name == "detox_sweep.dipm":  # made for the detox miniature's adapters; any pair runs it
+        monkeypatch.chdir(workspace)
+        extra = ["--set", "H=demo/adapters/helpful", "--set", "T=demo/adapters/toxic"]
     assert main(["check", str(path), *extra]) == 0
     assert main(["run", str(path), "--force", *extra]) == 0
     out = capsys.readouterr().out

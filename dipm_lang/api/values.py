@@ -79,33 +79,59 @@ class AdapterValue(Mapping[str, Any]):
         return summarize(self.type, self.modules)
 
     def save(self, path: str | os.PathLike[str], rank: int | None = None, force: bool = False, *,
-             dtype: str | torch.dtype | None = None) -> OutputSummary:
+             dtype: str | torch.dtype | None = None, energy: float | None = None, max_rank: int | None = None,
+             target: str | None = None) -> OutputSummary:
         """Write the value as a PEFT LoRA adapter folder (atomically), like `save(x, path, rank=…)`.
 
-        `rank` truncates every module with the factored SVD (the summary reports the relative
-        error dropped); `force` replaces an existing adapter folder; `dtype` defaults to the
-        inputs' dtype. The folder loads with `peft.PeftModel.from_pretrained`.
+        `rank` truncates every module with the factored SVD; `energy` keeps per module the smallest
+        rank holding that fraction of its energy (SPEC §7.6) and `max_rank` caps either (the summary
+        reports the relative error dropped, per module with `energy`); `target="vllm"` writes what
+        vLLM's LoRA loader serves, `max_rank` being the server's `--max-lora-rank`. `force`
+        replaces an existing adapter folder; `dtype` defaults to the inputs' dtype. The folder loads
+        with `peft.PeftModel.from_pretrained`.
         """
         import math
 
         from dipm_lang.backend import lowrank as L
+        from dipm_lang.backend.ranks import save_by_energy
         from dipm_lang.io.writer import write_adapter
+        from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
         from dipm_lang.run.outputs import OutputSummary, to_output
 
         self._need_update("save")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise UsageError(f"rank must be a positive whole number, got {rank!r}")
+        for name, value in (("rank", rank), ("max_rank", max_rank)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{name} must be a positive whole number, got {value!r}")
+        if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))
+                                   or not 0 < energy <= 1):
+            raise UsageError(f"energy must be a fraction with 0 < energy ≤ 1, got {energy!r}")
+        if rank is not None and energy is not None:
+            raise UsageError("give rank= or energy=, not both (max_rank= caps the ranks energy= keeps)")
+        if target is not None and target not in TARGETS:
+            raise UsageError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if target == "vllm" and vllm_max_rank_problem(max_rank):
+            raise UsageError(vllm_max_rank_problem(max_rank))
         out_dtype = torch_dtype(dtype) if dtype is not None else (self._out_dtype or torch_dtype("float32"))
-        modules, dropped, total = {}, 0.0, 0.0
+        cut = rank if max_rank is None or rank is None else min(rank, max_rank)
+        by_energy = rank is None and (energy is not None or max_rank is not None)
+        modules, errors, dropped, total = {}, {}, 0.0, 0.0
         for name, value in self.modules.items():
-            value, dropped_sq, total_sq = L.truncate(value, rank)
+            if by_energy:
+                (value,), dropped_sq, total_sq, (errors[name],) = save_by_energy(value, energy, max_rank)
+            else:
+                value, dropped_sq, total_sq = L.truncate(value, cut)
             dropped, total = dropped + dropped_sq, total + total_sq
             modules[name] = to_output(value)
         written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
-                                recipe=self.recipe, force=force, inputs=self._input_paths)
+                                recipe=self.recipe, force=force, inputs=self._input_paths, target=target,
+                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors)
         ranks = [v.rank for v in modules.values() if v.rank > 0]
-        error = math.sqrt(dropped / total) if rank is not None and total > 0 else (0.0 if rank is not None else None)
-        return OutputSummary(written, len(ranks), ranks, str(out_dtype).removeprefix("torch."), error)
+        cuts = rank is not None or by_energy
+        error = (math.sqrt(dropped / total) if total > 0 else 0.0) if cuts else None
+        kept = {name: v.rank for name, v in modules.items() if v.rank > 0}
+        written_ranks = [max(ranks)] * len(ranks) if target == "vllm" and ranks else ranks
+        return OutputSummary(written, len(ranks), written_ranks, str(out_dtype).removeprefix("torch."), error,
+                             kept=kept, errors={n: e for n, e in errors.items() if n in kept}, target=target)
 
     def _need_update(self, what: str) -> None:
         if not self.is_update:

@@ -34,6 +34,7 @@ __all__ = [
     "orth",
     "lowrank",
     "truncate",
+    "truncate_energy",
 ]
 
 
@@ -153,6 +154,24 @@ def truncate(W: Tensor, rank: int | None) -> tuple[Tensor, float, float]:
         return W, 0.0, 0.0
     approx, _ = lowrank(W, rank)
     return approx, float(torch.linalg.matrix_norm(W - approx)) ** 2, float(torch.linalg.matrix_norm(W)) ** 2
+
+
+def truncate_energy(W: Tensor, energy: float | None, max_rank: int | None) -> tuple[Tensor, float, float, list[float]]:
+    """`save(x, energy=e, max_rank=N)` on a dense matrix (SPEC §7.6 read literally): the smallest k ≥ 1
+    with Σ_{i≤k}σᵢ² ≥ e·Σσᵢ² among the singular values σ > 1e-10·σ₁ (all of them for e = 1 or none),
+    at most N; returns (W_k, ‖W − W_k‖², ‖W‖², [relative error])."""
+    S = torch.linalg.svdvals(W.to(torch.float64))
+    S = S[S > 1e-10 * S[0]] if S.numel() and S[0] > 0 else S[:0]
+    k = len(S)
+    if energy is not None and energy < 1:
+        squares = [float(s) ** 2 for s in S]
+        total, running, k = sum(squares), 0.0, 0
+        while k < len(squares) and running < energy * total:
+            running += squares[k]
+            k += 1
+    k = max(1, min(k, max_rank) if max_rank is not None else k)
+    approx, err = lowrank(W, k)
+    return approx, float(torch.linalg.matrix_norm(W - approx)) ** 2, float(torch.linalg.matrix_norm(W)) ** 2, [float(err)]
 
 
 def lowrank(W: Tensor, r: int) -> tuple[Tensor, Tensor]:

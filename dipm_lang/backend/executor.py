@@ -32,12 +32,13 @@ _GLOBAL_KINDS = ("Num", "Str")
 @dataclass
 class SaveResult:
     """What one `save` (or `bake`: any statement with an effect) produced: per-module factors and,
-    with rank=N, the error dropped."""
+    with rank=N, the error dropped (with energy=, also per module)."""
 
     node: Node
     modules: dict[str, Any] = field(default_factory=dict)
     dropped_sq: float = 0.0
     total_sq: float = 0.0
+    errors: dict[str, float] = field(default_factory=dict)  # module -> relative error dropped (energy=)
 
     @property
     def relative_error(self) -> float:
@@ -114,7 +115,9 @@ class Executor:
                 continue
             if node.type.kind == "Unit":  # save, bake: (value, squared error dropped, squared total)
                 save = next(s for s in saves if s.node is node)
-                value, dropped_sq, total_sq = self._apply(node, [values[id(node.args[0])]], ctx)
+                value, dropped_sq, total_sq, *per_module = self._apply(node, [values[id(node.args[0])]], ctx)
+                if per_module:  # energy=: each module's own relative error, in batch order
+                    save.errors.update(zip(names, per_module[0]))
                 save.dropped_sq += dropped_sq
                 save.total_sq += total_sq
                 # one LowRank per module where the modules were truncated to different ranks

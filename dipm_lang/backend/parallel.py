@@ -116,6 +116,7 @@ def _merge(executor: Executor, parts: Sequence[ExecutionResult]) -> ExecutionRes
             save.modules.update(more.modules)
             save.dropped_sq += more.dropped_sq
             save.total_sq += more.total_sq
+            save.errors.update(more.errors)
         for key, values in part.results.items():
             results[key].update(values)
     return ExecutionResult(saves, results)

@@ -20,7 +20,7 @@ from dipm_lang.backend.factored_svd import F64, CompactSVD, compact_svd
 from dipm_lang.backend.lowrank import LowRank
 
 __all__ = ["check_energy_arguments", "ranks_from_singular_values", "energy_ranks", "truncate_to_ranks",
-           "truncate_by_energy"]
+           "truncate_by_energy", "save_by_energy"]
 
 Number = float | Tensor
 
@@ -132,3 +132,18 @@ def truncate_by_energy(x: LowRank, energy: Number | None = None, max_rank: int |
     ranks = ranks_from_singular_values(svd.S, svd.keep, energy, max_rank)
     pieces, errors = truncate_to_ranks(x, ranks, svd)
     return pieces, ranks, errors
+
+
+def save_by_energy(x: LowRank, energy: Number | None, max_rank: int | Tensor | None
+                   ) -> tuple[list[LowRank], float, float, list[float]]:
+    """`save(x, energy=e, max_rank=N)` on a batch: (one LowRank per module, the squared Frobenius norms
+    dropped and total summed over the batch — as `lowrank.truncate` reports them — and each module's
+    relative error dropped, in batch order). One compact SVD per module, on the factors."""
+    check_energy_arguments(energy, max_rank)
+    svd = compact_svd(x)
+    ranks = ranks_from_singular_values(svd.S, svd.keep, energy, max_rank)
+    pieces, errors = truncate_to_ranks(x, ranks, svd)
+    totals = svd.S.square().sum(-1).reshape(-1)
+    relative = errors.reshape(-1).to(F64)
+    dropped = float((relative.square() * totals).sum())
+    return pieces, dropped, float(totals.sum()), [float(e) for e in relative]

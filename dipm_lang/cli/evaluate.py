@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import add_set_option, parse_sets, positive_int, sandbox_from, show_warnings, usable_path
+from dipm_lang.cli.options import (add_set_option, energy_fraction, parse_sets, positive_int, sandbox_from,
+                                   show_warnings, usable_path)
 from dipm_lang.cli.run import add_run_options, execute_program, options_from
 from dipm_lang.errors import DipmError, UsageError, printable
 from dipm_lang.safety.files import absolute
@@ -24,6 +25,9 @@ def register(sub, commands) -> None:
     add_set_option(p)
     p.add_argument("-o", "--output", metavar="OUT", type=usable_path, help="write the result as a PEFT adapter folder")
     p.add_argument("--rank", type=positive_int, metavar="N", help="truncate the written result to rank N (with -o)")
+    p.add_argument("--energy", type=energy_fraction, metavar="E",
+                   help="per module, keep the smallest rank holding the fraction E of its energy (with -o)")
+    p.add_argument("--max-rank", type=positive_int, metavar="N", help="at most rank N in any module (with -o)")
     add_run_options(p)
     commands["eval"] = run
 
@@ -42,13 +46,18 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.rank is not None and args.rank < 1:
         raise UsageError(f"--rank {args.rank}: the rank must be at least 1")
-    if args.rank is not None and not args.output:
-        raise UsageError("--rank needs -o OUT (it truncates the written adapter)")
+    for flag, value in (("--rank", args.rank), ("--energy", args.energy), ("--max-rank", args.max_rank),
+                        ("--target", args.target)):
+        if value is not None and not args.output:
+            raise UsageError(f"{flag} needs -o OUT (it shapes the written adapter)")
+    if args.rank is not None and args.energy is not None:
+        raise UsageError("give --rank or --energy, not both (--max-rank caps the ranks --energy keeps)")
     sets = parse_sets(args.sets)
     if not args.output:
         return _print_summary(args, sets)
     out = str(absolute(args.output))  # command-line paths: the working directory
-    program = lower(Expression(args.expr, FILE, save_to=out, rank=args.rank), sets, sandbox=sandbox_from(args))
+    program = lower(Expression(args.expr, FILE, save_to=out, rank=args.rank, energy=args.energy,
+                               max_rank=args.max_rank), sets, sandbox=sandbox_from(args))
     _check_sets_used(program, sets)
     program, _ = optimize(program, level=args.level)
     return execute_program(program, args)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dipm_lang.cli.options import usable_path
-from dipm_lang.errors import printable
+from dipm_lang.cli.options import positive_int, usable_path
+from dipm_lang.errors import UsageError, printable
 
 
 def register(sub, commands) -> None:
@@ -16,10 +16,18 @@ def register(sub, commands) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--plot", metavar="OUT.png", type=usable_path, help="draw heat maps (layer × module type) of norms and cosines")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file")
+    p.add_argument("--target", choices=("vllm",), help="instead, list what this server's LoRA loader would refuse "
+                                                       "and why (exit 1 when it would refuse any adapter)")
+    p.add_argument("--max-rank", type=positive_int, metavar="N",
+                   help="with --target vllm: the server's --max-lora-rank (default 16)")
     commands["inspect"] = run
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target == "vllm":
+        return _serving(args)
+    if args.max_rank is not None:
+        raise UsageError("--max-rank goes with --target vllm (the server's --max-lora-rank)")
     from dipm_lang.io.atomic import check_file_output
     from dipm_lang.report.inspect import inspect_adapters, plot_report
 
@@ -35,3 +43,32 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"\nwrote {args.plot}")
     return 0
+
+
+def _serving(args: argparse.Namespace) -> int:
+    """`--target vllm`: per adapter, the vLLM rules it breaks (io/vllm.py)."""
+    from dipm_lang.io.vllm import check_folder
+    from dipm_lang.ir.targets import DEFAULT_MAX_LORA_RANK, vllm_max_rank_problem
+
+    if args.plot:
+        raise UsageError("--plot draws statistics; it does not go with --target")
+    problem = vllm_max_rank_problem(args.max_rank)
+    if problem:
+        raise UsageError(f"--max-rank {args.max_rank}: {problem}")
+    limit = args.max_rank or DEFAULT_MAX_LORA_RANK
+    found = {path: check_folder(path, limit) for path in args.adapters}
+    if args.json:
+        print(json.dumps({"target": "vllm", "max_lora_rank": limit, "adapters": [
+            {"adapter": path, "served": not refusals,
+             "refusals": [{"rule": r.rule, "message": r.message, "modules": list(r.modules)} for r in refusals]}
+            for path, refusals in found.items()]}, indent=2))
+    else:
+        lines = []
+        for path, refusals in found.items():
+            if not refusals:
+                lines.append(f"{path}: vLLM would serve it (--max-lora-rank {limit})")
+                continue
+            lines.append(f"{path}: vLLM (--max-lora-rank {limit}) would refuse it or serve something else:")
+            lines += [f"  {refusal.text()}" for refusal in refusals]
+        print(printable("\n".join(lines)))
+    return 1 if any(found.values()) else 0

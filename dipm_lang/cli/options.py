@@ -80,6 +80,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def energy_fraction(text: str) -> float:
+    """argparse type: a fraction 0 < e ≤ 1 (`--energy`, SPEC §7.6)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a fraction with 0 < energy ≤ 1, got {text!r:.80}")
+    return value
+
+
 def non_negative_number(text: str) -> float:
     """argparse type: a finite number ≥ 0 (`--eval-gpus 0`)."""
     try:

@@ -6,7 +6,8 @@ import argparse
 
 from dipm_lang.cli.options import (add_set_option, base_from, parse_sets, positive_int, positive_number,
                                    sandbox_from, show_warnings, usable_path)
-from dipm_lang.compiler import compile, source_of
+from dipm_lang.compiler import compile, source_of, with_target
+from dipm_lang.ir.targets import TARGETS
 from dipm_lang.run.options import DTYPE_NAMES
 from dipm_lang.errors import DipmError, printable
 from dipm_lang.io import digest
@@ -32,6 +33,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.add_argument("--target", choices=TARGETS, help="write every output for this server (vllm: one rank, checked "
+                                                     "against vLLM's rules), unless its save names a target")
 
 
 def add_compute_options(p: argparse.ArgumentParser) -> None:
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute_program(program, args: argparse.Namespace) -> int:
+    program = with_target(program, getattr(args, "target", None))
     show_warnings(program)
     if not args.dry_run:
         digest.prefetch(_input_folders(program, args))

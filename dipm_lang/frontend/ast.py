@@ -123,12 +123,20 @@ class Script:
     file: str = field(default="<input>", compare=False)
 
 
-def save_call(expr: Expr, path: str, rank: int | None = None, span: Span | None = None) -> ExprStmt:
-    """The statement `save(expr, "path", rank=N)`, built as a tree so the path needs no quoting
-    (recipe configs, `dipm eval -o`)."""
+def save_call(expr: Expr, path: str, rank: int | None = None, span: Span | None = None, *,
+              energy: float | None = None, max_rank: int | None = None, target: str | None = None,
+              spans: dict[str, Span | None] | None = None) -> ExprStmt:
+    """The statement `save(expr, "path", rank=N, energy=E, max_rank=M, target="T")`, built as a tree so
+    the path needs no quoting (recipe configs, `dipm eval -o`); `spans`: where each keyword was given."""
     span = span or expr.span
-    kwargs: tuple[Keyword, ...] = ()
-    if rank is not None:
-        kwargs = (Keyword("rank", Number(float(rank), str(rank), span=span), span=span),)
-    call = Call("save", (expr, String(path, span=span)), kwargs, span=span)
+    spans = spans or {}
+    kwargs: list[Keyword] = []
+    for name, value in (("rank", rank), ("energy", energy), ("max_rank", max_rank)):
+        if value is not None:
+            at = spans.get(name) or span
+            kwargs.append(Keyword(name, Number(float(value), repr(value), span=at), span=at))
+    if target is not None:
+        at = spans.get("target") or span
+        kwargs.append(Keyword("target", String(target, span=at), span=at))
+    call = Call("save", (expr, String(path, span=span)), tuple(kwargs), span=span)
     return ExprStmt(call, span=span)

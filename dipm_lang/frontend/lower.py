@@ -526,8 +526,10 @@ class Lowerer:
                                   expr.span, hint=STATEMENT_KEYWORDS[expr.id])
         visible = set(scope) | module.visible_names() | set(self.external)
         guess = did_you_mean(expr.id, visible)
+        # in a file run from the command line, a name may also come from outside
+        outside = None if module.file.startswith("<") else f"define it, or give it with --set {expr.id}=… (a folder or a number)"
         raise NameResolutionError(f"unknown name '{expr.id}'", expr.span,
-                                  hint=f"did you mean '{guess}'?" if guess else None)
+                                  hint=f"did you mean '{guess}'?" if guess else outside)
 
     def _call(self, expr: ast.Call, scope: Mapping[str, Node], module: "Module") -> Node:
         op = self.functions.get(expr.func)

@@ -40,7 +40,9 @@ from dipm_lang.backend.balance import balanced
 from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
+from dipm_lang.io import vllm
 from dipm_lang.io.atomic import current_umask
+from dipm_lang.io.card import model_card, shared_license
 from dipm_lang.io.finite import all_finite
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
@@ -157,8 +159,14 @@ class AdapterStage:
 
     def __init__(self, path: str | Path, *, template: AdapterInfo | None, dtype: torch.dtype,
                  expected: Mapping[str, tuple[int, int]], metadata_bound: Mapping[str, str], force: bool,
-                 inputs: Sequence[str | Path] = (), dora: bool = False):
+                 inputs: Sequence[str | Path] = (), dora: bool = False, target: str | None = None,
+                 max_lora_rank: int | None = None):
         self.inputs = list(inputs) or ([template.path] if template is not None else [])
+        # target="vllm": modules are held until `finish`, then written at one rank (io/vllm.py)
+        self.target, self.max_lora_rank = target, max_lora_rank
+        self._held: dict[str, tuple[LowRank, str]] = {}
+        self.kept: dict[str, int] = {}  # module -> the rank it keeps (before any padding)
+        self._shapes: dict[str, tuple[int, ...]] = {}  # tensor key -> shape, as written
         recover_stale(path)
         prepare_output(path, inputs=self.inputs, force=force)
         self.destination = _resolve(path)
@@ -199,7 +207,7 @@ class AdapterStage:
             raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors",
                                self.destination)
         rank = int(a.shape[0])
-        if name in self.ranks or name in self.zeros:
+        if name in self.ranks or name in self.zeros or name in self._held:
             raise AdapterError(f"module {name!r} written twice", self.destination)
         if not verbatim:
             value = self._faithful(name, value)
@@ -214,6 +222,10 @@ class AdapterStage:
                 raise AdapterError(
                     f"module {name!r} is {b.shape[0]}x{a.shape[1]} but {known.out_features}x{known.in_features} "
                     f"in {self.template.path}", self.destination)
+        self.kept[name] = rank
+        if self.target == "vllm":
+            self._held[name] = (value, kind)
+            return
         self._write_factors(name, kind, b, a)
         self.ranks[name] = (rank, kind)
 
@@ -239,6 +251,16 @@ class AdapterStage:
         self._writer.add(f"{KEY_PREFIX}{name}{MAGNITUDE_SUFFIX}", magnitude)
         self.ranks[name] = (lora.rank, kind)
         self.dora = True
+
+    def _write_held(self) -> None:
+        """A vLLM output: every held module at the one rank vLLM serves it at, zero-padded."""
+        rank = vllm.serving_rank({name: value for name, (value, _) in self._held.items()}, self.max_lora_rank,
+                                 self.destination)
+        for name in sorted(self._held, key=natural_key):
+            value, kind = self._held.pop(name)
+            value = vllm.padded(value, rank)
+            self._write_factors(name, kind, value.B, value.A)
+            self.ranks[name] = (rank, kind)
 
     def _faithful(self, name: str, value: LowRank) -> LowRank:
         """The factors to store: `value`'s own, unless they are badly balanced for their product.
@@ -273,12 +295,17 @@ class AdapterStage:
                     + (" (too large for float16? try float32 or bfloat16)" if self.dtype == torch.float16 else ""),
                     self.destination)
             self._writer.add(f"{KEY_PREFIX}{name}{suffix}", out)
+            self._shapes[f"{KEY_PREFIX}{name}{suffix}"] = tuple(out.shape)
 
-    def finish(self, *, metadata: Mapping[str, str], recipe: str) -> StagedOutput:
-        """Complete the staged folder (header, config, model card, fsync); nothing is visible yet."""
+    def finish(self, *, metadata: Mapping[str, str], recipe: str,
+               errors: Mapping[str, float] | None = None) -> StagedOutput:
+        """Complete the staged folder (header, config, model card, fsync); nothing is visible yet.
+        `errors`: each module's relative error dropped (energy=), for the card."""
         with self._cleanup_on_failure():
             assert self._writer is not None and self.temp_dir is not None
             warnings = []
+            if self._held:
+                self._write_held()
             if not self.ranks:
                 if not self.zeros:
                     raise AdapterError("the result has no modules; there is nothing to save", self.destination)
@@ -288,12 +315,19 @@ class AdapterStage:
                     kind = self._kind(name)
                     self._write_factors(name, kind, torch.zeros(m, 1), torch.zeros(1, n))
                     self.ranks[name] = (1, kind)
+                    self.kept[name] = 1
                 warnings.append("the result is zero everywhere: written as rank-1 zero factors (an adapter that "
                                 "changes nothing)")
             ranks = {name: self.ranks[name] for name in sorted(self.ranks, key=natural_key)}
             config = build_config(ranks, self.template, dora=self.dora)
+            if self.target == "vllm":  # what vLLM's loader checks, on what is about to be written
+                vllm.refuse(vllm.check_adapter(config, self._shapes, self.max_lora_rank), self.destination)
             st_metadata = _build_metadata(metadata, self.destination)
-            card = model_card(self.destination.name, recipe, config.get("base_model_name_or_path"), metadata)
+            card = model_card(self.destination.name, recipe, config.get("base_model_name_or_path"), metadata,
+                              ranks={name: self.kept.get(name, rank) for name, (rank, _) in ranks.items()},
+                              errors=errors, written_rank=ranks[next(iter(ranks))][0] if self.target == "vllm" else None,
+                              task_type=config.get("task_type"), license=shared_license(self.inputs),
+                              target=self.target)
             self._writer.finish(st_metadata)
             _write_text(self.temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
             _write_text(self.temp_dir / "README.md", card)
@@ -303,6 +337,7 @@ class AdapterStage:
                             zero_modules=tuple(sorted(self.zeros, key=natural_key)), warnings=tuple(warnings))
 
     def discard(self) -> None:
+        self._held.clear()
         if self._writer is not None:
             self._writer.close()
         remove_own_staging(self.destination)
@@ -353,6 +388,9 @@ def stage_adapter(
     recipe: str,
     force: bool,
     inputs: Sequence[str | Path] = (),
+    target: str | None = None,
+    max_lora_rank: int | None = None,
+    errors: Mapping[str, float] | None = None,
 ) -> StagedOutput:
     """Write the adapter into a temporary sibling of `path`; nothing visible changes yet.
 
@@ -362,9 +400,10 @@ def stage_adapter(
     `base_model_name_or_path`, `task_type`, `fan_in_fan_out` and module kinds (embeddings).
     """
     stage = AdapterStage(path, template=template, dtype=dtype, metadata_bound=metadata, force=force, inputs=inputs,
-                         expected={name: (value.m, value.n) for name, value in modules.items()})
+                         expected={name: (value.m, value.n) for name, value in modules.items()},
+                         target=target, max_lora_rank=max_lora_rank)
     stage.add(modules)
-    return stage.finish(metadata=metadata, recipe=recipe)
+    return stage.finish(metadata=metadata, recipe=recipe, errors=errors)
 
 
 def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | None, *,
@@ -419,37 +458,6 @@ def _build_metadata(metadata: Mapping[str, str], dest: Path) -> dict[str, str]:
         if key != "format":  # PEFT / transformers expect "pt"
             out[key] = value
     return out
-
-
-def model_card(name: str, recipe: str, base_model: str | None, metadata: Mapping[str, str]) -> str:
-    """A short README.md: what made the adapter, from what (each input by name and content hash, as
-    the metadata records it — never a local path), and the recipe itself."""
-    # A fence longer than any backtick run in the recipe keeps the code block intact.
-    longest = run = 0
-    for char in recipe:
-        run = run + 1 if char == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * max(3, longest + 1)
-    lines = ["---", "library_name: peft", "tags:", "- dipm_lang", "- lora"]
-    if base_model:
-        lines.append(f"base_model: {json.dumps(base_model)}")
-    lines += ["---", "", f"# {name}", "", "A LoRA adapter made with dipm_lang.", "", "## Recipe", "",
-              f"{fence}dipm", recipe.rstrip("\n"), fence, "", "## Inputs", ""]
-    try:
-        inputs = json.loads(metadata.get("dipm_inputs", "{}"))
-    except ValueError:
-        inputs = {}
-    lines += [f"- `{name}`: `{entry.get('source', name)}`, sha256 `{entry.get('sha256', '?')}`"
-              for name, entry in sorted(inputs.items())] or ["- (none)"]
-    try:
-        numbers = json.loads(metadata.get("dipm_numbers", "{}"))
-    except ValueError:
-        numbers = {}
-    if numbers:  # given from outside (`--set`, a sweep's point): the recipe above reads them by name
-        lines += ["", "## Numbers given", ""] + [f"- `{name}` = {value!r}" for name, value in sorted(numbers.items())]
-    if metadata:
-        lines += ["", "## Metadata", ""] + [f"- {key}: `{value}`" for key, value in sorted(metadata.items())]
-    return "\n".join(lines) + "\n"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -613,8 +621,10 @@ def write_adapter(
     recipe: str,
     force: bool,
     inputs: Sequence[str | Path] = (),
+    **serving: Any,
 ) -> Path:
-    """Write one adapter folder atomically (stage + commit); returns its resolved path."""
+    """Write one adapter folder atomically (stage + commit); returns its resolved path. `serving`:
+    `target`, `max_lora_rank` and `errors` as `stage_adapter` takes them."""
     staged = stage_adapter(path, modules, template=template, dtype=dtype, metadata=metadata,
-                           recipe=recipe, force=force, inputs=inputs)
+                           recipe=recipe, force=force, inputs=inputs, **serving)
     return commit_staged([staged])[0]

@@ -458,7 +458,7 @@ class Int(Static):
 
 class Real(Static):
     """A number in an interval (`density` in [0, 1]; DARE's (0, 1]); `schedules` admits a schedule
-    whose pieces lie in the interval."""
+    whose pieces lie in the interval; `optional` admits none (`energy=` left out)."""
 
     label = "Num"
 
@@ -494,14 +494,17 @@ def _schedule_allowed(t: Typing, param: str, value: Any, allowed: bool) -> None:
 
 
 class Choice(Static):
-    """One of a few strings (`majority_sign_method`)."""
+    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=` left out)."""
 
-    def __init__(self, values: Sequence[str], aliases: Mapping[str, str] | None = None):
+    def __init__(self, values: Sequence[str], aliases: Mapping[str, str] | None = None, optional: bool = False):
         self.values = tuple(values)
         self.aliases = dict(aliases or {})
+        self.optional = optional
         self.label = "|".join(f'"{v}"' for v in values)
 
-    def convert(self, t: Typing, param: str, value: Any) -> str:
+    def convert(self, t: Typing, param: str, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
         text = _string(t, param, value)
         if text not in self.values:
             guess = did_you_mean(text, self.values, self.aliases)

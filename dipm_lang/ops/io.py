@@ -1,4 +1,4 @@
-"""Reading and writing (SPEC §3 "I/O", §4, §7.8): `load`, `save`, `base`, `bake`, `extract`.
+"""Reading and writing (SPEC §3 "I/O", §4, §7.6, §7.8): `load`, `save`, `base`, `bake`, `extract`.
 
 All take paths, which the lowering resolves against the folder of the file they are written in
 and confines to `--sandbox`. `load()` without a path is an input given from outside; the lowering
@@ -8,15 +8,22 @@ With base weights (SPEC §7.8): `base("DIR")` is W0, so `base("DIR") + x` is a f
 adapter's `load` is its exact update in DoRA's form; saving a weight writes W − W0, and a value in
 DoRA's form is written as a DoRA adapter; `bake(x, "OUT")` writes W0 + x as a model folder;
 `extract(tuned, base, rank=…)` is a LoRA approximation of a fine-tune's W_tuned − W0.
+
+`save`'s ranks: none (exact), `rank=N` (the best rank-N approximation), or `energy=e` (per module the
+smallest rank keeping the fraction e of ΔW's squared Frobenius norm, SPEC §7.6); `max_rank=N` caps
+either. `target="vllm"` writes what vLLM's LoRA loader serves (io/vllm.py); its `max_rank` is the
+server's `--max-lora-rank`, so it must be a value vLLM allows (ir/targets.py).
 """
 
 from __future__ import annotations
 
 from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.schedules import is_schedule, varies
 from dipm_lang.ir.signature import Choice, Int, Param, Path, Real, Text, Typing, Update
+from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
 from dipm_lang.ir.types import DELTA, UNIT, WEIGHT
-from dipm_lang.ops.backend import D, F, L
+from dipm_lang.ops.backend import D, F, L, R
 
 BAKE_DTYPES = ("base", "float32", "bfloat16", "float16", "float64")
 
@@ -27,6 +34,38 @@ def _ranks(ctx, rank, one: bool = False):
         return None
     ranks = [int(r) for r in ctx.numbers(rank)]
     return ranks[0] if one or len(set(ranks)) == 1 else ranks
+
+
+def _capped(ctx, rank, max_rank, one: bool = False):
+    """`rank=N` with `max_rank=M`: min(N, M) per module."""
+    ranks, caps = ctx.numbers(rank), ctx.numbers(max_rank)
+    ranks = [int(min(r, c)) for r, c in zip(ranks, caps)]
+    return ranks[0] if one or len(set(ranks)) == 1 else ranks
+
+
+def _max_ranks(ctx, max_rank):
+    """max_rank for this batch: none, one number, or one per module (int64 tensor)."""
+    if max_rank is None:
+        return None
+    caps = [int(c) for c in ctx.numbers(max_rank)]
+    if len(set(caps)) == 1:
+        return caps[0]
+    import torch
+
+    return torch.tensor(caps, dtype=torch.int64)
+
+
+def _check_save(t: Typing) -> None:
+    """Rules between save's parameters (SPEC §7.6), before any tensor is read."""
+    if t.value("rank") is not None and t.value("energy") is not None:
+        t.fail("energy", "give rank= or energy=, not both (rank keeps N directions in every module; "
+                         "energy keeps as many as each module needs)",
+               hint="max_rank=N caps the ranks energy= keeps")
+    max_rank = t.value("max_rank")
+    if t.value("target") == "vllm" and not (is_schedule(max_rank) and not varies(max_rank)):
+        problem = vllm_max_rank_problem(max_rank)  # a number given later is checked once it is known
+        if problem:
+            t.fail("max_rank", problem, hint="vLLM serves adapters up to the --max-lora-rank it was started with")
 
 
 def _load(ctx, node):
@@ -49,10 +88,14 @@ def _update(ctx, node, x):
 
 def _save(ctx, node, x):
     x = _update(ctx, node, x)
-    ranks = _ranks(ctx, node.attr("rank"))
-    if ctx.in_form(node.args[0]):
-        return _save_dora(ctx, x, ranks)
-    return L.truncate(x, ranks)
+    rank, energy, max_rank = node.attr("rank"), node.attr("energy"), node.attr("max_rank")
+    if ctx.in_form(node.args[0]):  # energy= and target= on DoRA's form are refused when planning
+        return _save_dora(ctx, x, None if rank is None else _capped(ctx, rank, max_rank or rank))
+    if max_rank is None and energy is None:
+        return L.truncate(x, _ranks(ctx, rank))
+    if rank is not None:
+        return L.truncate(x, _capped(ctx, rank, max_rank))
+    return R.save_by_energy(x, None if energy is None else ctx.number(energy), _max_ranks(ctx, max_rank))
 
 
 def _save_dora(ctx, x, ranks):
@@ -80,10 +123,16 @@ def _save_dora(ctx, x, ranks):
 def _save_dense(ctx, node, x):
     if node.args[0].type.is_weight:
         x = x - ctx.weights()
-    if ctx.in_form(node.args[0]) and node.attr("rank") is not None:
+    rank, energy, max_rank = node.attr("rank"), node.attr("energy"), node.attr("max_rank")
+    if ctx.in_form(node.args[0]) and (rank, energy, max_rank) != (None, None, None):
         raise ExecutionError("the dense reference does not truncate values in DoRA's form (rank= truncates L, "
                              "whose split from c·W0 is the factored backend's)")
-    return D.truncate(x, _ranks(ctx, node.attr("rank"), one=True))
+    if max_rank is None and energy is None:
+        return D.truncate(x, _ranks(ctx, rank, one=True))
+    if rank is not None:
+        return D.truncate(x, _capped(ctx, rank, max_rank, one=True))
+    return D.truncate_energy(x, None if energy is None else ctx.numbers(energy)[0],
+                             int(ctx.numbers(max_rank)[0]) if max_rank is not None else None)
 
 
 def _bake(ctx, node, x):
@@ -114,11 +163,18 @@ OPERATORS = [
              "is an input given from outside (--set NAME=PATH).",
              factored=_load),
     Operator("save", (Param("x", Update(weights=True)), Param("path", Path()),
-                      Param("rank", Int(minimum=1, optional=True, schedules=True), None)),
-             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation. A weight "
-                   "writes W − W0; a value in DoRA's form (DoRA adapters, weights) a DoRA adapter.",
-             # the value written, and the squared error dropped / total (for the run's report)
-             factored=_save, dense=_save_dense),
+                      Param("rank", Int(minimum=1, optional=True, schedules=True), None),
+                      Param("energy", Real(0.0, 1.0, open_low=True, optional=True, schedules=True,
+                                           why=" (the fraction of each module's squared norm to keep)"), None),
+                      Param("max_rank", Int(minimum=1, optional=True, schedules=True), None),
+                      Param("target", Choice(TARGETS, optional=True), None)),
+             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation, energy=e "
+                   "per module the smallest rank keeping the fraction e of its energy, max_rank=N caps "
+                   "either; target=\"vllm\" writes what vLLM serves. A weight writes W − W0; a value in DoRA's "
+                   "form (DoRA adapters, weights) a DoRA adapter.",
+             # the value written, and the squared error dropped / total (for the run's report);
+             # with energy=, also each module's relative error
+             factored=_save, dense=_save_dense, check=_check_save),
     Operator("base", (Param("path", Path(optional=True), None),), WEIGHT,
              "The base model's weights W0 (a folder as save_pretrained writes it): base(\"DIR\") + x is the full "
              "weight of each module. base() without a folder is the one given with --base DIR.",

@@ -11,7 +11,7 @@ import json
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -19,6 +19,7 @@ from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.io.sources import AdapterSource
 from dipm_lang.io.writer import AdapterStage, StagedOutput
+from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.run.planning import Plan, load_nodes
 from dipm_lang.run.weights import source_key
@@ -29,18 +30,23 @@ from dipm_lang.version import __version__
 class OutputSummary:
     path: Path
     modules: int                       # modules written (zero ones are left out, unless all are zero)
-    ranks: list[int]
+    ranks: list[int]                   # as written
     dtype: str
     relative_error: float | None
     zero_modules: list[str] = field(default_factory=list)  # modules whose update is exactly zero
     warnings: list[str] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)      # module -> the rank it keeps (before padding)
+    errors: dict[str, float] = field(default_factory=dict)  # module -> relative error dropped (energy=)
+    target: str | None = None                               # "vllm": one rank for all, zero-padded
 
     @classmethod
     def of(cls, staged: StagedOutput, stage: AdapterStage, dtype: torch.dtype,
-           relative_error: float | None) -> "OutputSummary":
+           relative_error: float | None, errors: Mapping[str, float] | None = None) -> "OutputSummary":
         ranks = [rank for rank, _ in stage.ranks.values()]
+        kept = {name: stage.kept.get(name, rank) for name, (rank, _) in stage.ranks.items()}
         return cls(staged.destination, len(ranks), ranks, str(dtype).removeprefix("torch."), relative_error,
-                   list(staged.zero_modules), list(staged.warnings))
+                   list(staged.zero_modules), list(staged.warnings), kept,
+                   {name: error for name, error in (errors or {}).items() if name in kept}, stage.target)
 
     @classmethod
     def of_bake(cls, staged: StagedOutput, the_plan: Plan) -> "OutputSummary":
@@ -50,14 +56,25 @@ class OutputSummary:
     def line(self) -> str:
         if self.dtype == "model folder":
             return f"{self.path}  (a model folder; {_count(self.modules, 'module')} changed)"
-        lo, hi = (min(self.ranks), max(self.ranks)) if self.ranks else (0, 0)
+        kept = list(self.kept.values()) or self.ranks
+        lo, hi = (min(kept), max(kept)) if kept else (0, 0)
         rank = f"rank {hi}" if lo == hi else f"ranks {lo}–{hi}"
+        if self.target == "vllm" and self.ranks:
+            rank = f"rank {max(self.ranks)} for vLLM" + (f" (modules keep {lo}–{hi}, zero-padded)" if lo != hi else "")
         err = f", dropped {self.relative_error:.2e} relative error" if self.relative_error is not None else ""
         zero = ""
         if self.zero_modules and not self.warnings:  # all zero: the warning says it
             shown = ", ".join(self.zero_modules[:3]) + (", …" if len(self.zero_modules) > 3 else "")
             zero = f"; zero in {len(self.zero_modules)} module{'s' if len(self.zero_modules) != 1 else ''} ({shown})"
         return f"{self.path}  ({_count(self.modules, 'module')}, {rank}, {self.dtype}{err}{zero})"
+
+    def module_lines(self) -> list[str]:
+        """With energy=: each module's kept rank and the relative error it dropped."""
+        if not self.errors:
+            return []
+        width = max(len(name) for name in self.kept)
+        return [f"{name:<{width}}  rank {self.kept[name]:>3}  dropped {self.errors[name]:.2e}"
+                for name in sorted(self.kept, key=natural_key) if name in self.errors]
 
 
 @dataclass
@@ -81,6 +98,7 @@ class RunSummary:
                  f"peak memory {self.peak_memory_mb:.0f} MB)"]
         for output in self.outputs:
             lines.append(f"  {output.line()}")
+            lines += [f"    {line}" for line in output.module_lines()]
             lines += [f"  warning: {output.path}: {warning}" for warning in output.warnings]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
@@ -99,6 +117,21 @@ def output_template(infos: list[AdapterSource]) -> AdapterSource | None:
     for info in reversed(infos):
         modules.update(info.modules)
     return dataclasses.replace(infos[0], modules=modules)
+
+
+def truncates(save: Node) -> bool:
+    """Whether a save cuts ranks (rank=, energy= or max_rank=): its report gives the error dropped."""
+    return any(save.attr(key) is not None for key in ("rank", "energy", "max_rank"))
+
+
+def serving(save: Node) -> dict[str, Any]:
+    """The writer's serving target for a save: `target="vllm"` and the server's max_lora_rank (its
+    `max_rank=`, one number by then — ops/io.py checks it)."""
+    target = save.attr("target")
+    if target != "vllm":
+        return {}
+    max_rank = save.attr("max_rank")
+    return {"target": target, "max_lora_rank": int(max_rank) if isinstance(max_rank, (int, float)) else None}
 
 
 def to_output(value: Any) -> Any:

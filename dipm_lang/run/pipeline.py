@@ -23,7 +23,7 @@ from dipm_lang.run.options import RunOptions
 from dipm_lang.run.planning import file_inputs, plan, schedule_values
 from dipm_lang.run.progress import Progress
 from dipm_lang.run.outputs import (OutputSummary, RunSummary, base_inputs, extraction_notes, output_template,
-                                   peak_memory_mb, provenance, recipe_text, to_output, write_bake)
+                                   peak_memory_mb, provenance, recipe_text, serving, to_output, truncates, write_bake)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -51,7 +51,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
                 force=options.force,
                 inputs=file_inputs(the_plan.inputs.values()) + base_inputs(the_plan),
-                dora=id(save.args[0]) in the_plan.forms)
+                dora=id(save.args[0]) in the_plan.forms, **serving(save))
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:
@@ -75,9 +75,10 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 continue
             stage = stages[id(save.node)]
             staged.append(stage.finish(metadata=provenance(program, the_plan, save=save.node),
-                                       recipe=recipe_text(program)))
+                                       recipe=recipe_text(program), errors=save.errors))
             summary.outputs.append(OutputSummary.of(staged[-1], stage, the_plan.out_dtype,
-                                                    save.relative_error if save.node.attr("rank") is not None else None))
+                                                    save.relative_error if truncates(save.node) else None,
+                                                    errors=save.errors))
         summary.notes += extraction_notes(the_plan)
         commit_staged(staged)
     except BaseException:

@@ -13,6 +13,7 @@ from typing import Any
 
 from dipm_lang.errors import ConfigError, Span, did_you_mean
 from dipm_lang.ir.schedules import Ramp
+from dipm_lang.ir.targets import TARGETS
 from dipm_lang.ir.schedules import Where as Choose
 from dipm_lang.frontend.recipes.positions import KeyPath, Where, load_toml, load_yaml
 from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_bytes_limited
@@ -20,7 +21,7 @@ from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("inputs", "outputs", "parameters", "import", "defs")
-OUTPUT_KEYS = ("expr", "rank")
+OUTPUT_KEYS = ("expr", "rank", "energy", "max_rank", "target")
 
 
 def is_config(path: str | Path) -> bool:
@@ -45,6 +46,10 @@ class Output:
     expr: Text
     rank: int | None
     span: Span | None  # the output's key
+    energy: float | None = None     # SPEC §7.6, next to rank
+    max_rank: int | None = None
+    target: str | None = None       # "vllm": written for vLLM's LoRA loader
+    spans: dict[str, Span | None] = field(default_factory=dict)  # where each of these was given
 
 
 @dataclass
@@ -114,16 +119,29 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
         at: KeyPath = ("outputs", key)
         if not isinstance(key, str) or not key:
             fail(f"an output folder must be a string, got {_kind(key)}", at)
-        rank = None
+        rank = energy = max_rank = target = None
+        spans: dict[str, Span | None] = {}
         if isinstance(value, dict):
             for sub in value:
                 if sub not in OUTPUT_KEYS:
-                    fail(f"unknown key '{sub}' in output '{key}'", at + (sub,), hint="an output has 'expr' and 'rank'")
+                    fail(f"unknown key '{sub}' in output '{key}'", at + (sub,),
+                         hint=f"an output has {', '.join(repr(k) for k in OUTPUT_KEYS)}")
             if "expr" not in value:
                 fail(f"output '{key}' has no 'expr'", at)
-            rank = value.get("rank")
-            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-                fail(f"'rank' of output '{key}' must be a positive whole number, got {rank!r}", at + ("rank",))
+            rank, energy, max_rank, target = (value.get(k) for k in ("rank", "energy", "max_rank", "target"))
+            for name, number in (("rank", rank), ("max_rank", max_rank)):
+                if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
+                    fail(f"'{name}' of output '{key}' must be a positive whole number, got {number!r}", at + (name,))
+            if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))
+                                       or not 0 < energy <= 1):
+                fail(f"'energy' of output '{key}' must be a fraction with 0 < energy ≤ 1, got {energy!r}",
+                     at + ("energy",), hint="the fraction of each module's squared norm to keep, e.g. 0.99")
+            if rank is not None and energy is not None:
+                fail(f"output '{key}' gives both 'rank' and 'energy'; give one", at + ("energy",),
+                     hint="'max_rank' caps the ranks 'energy' keeps")
+            if target is not None and target not in TARGETS:
+                fail(f"'target' of output '{key}' must be one of {', '.join(TARGETS)}, got {target!r}", at + ("target",))
+            spans = {k: where.span(at + (k,)) for k in ("rank", "energy", "max_rank", "target") if k in value}
             value, at = value["expr"], at + ("expr",)
         if not isinstance(value, str):
             fail(f"output '{key}' must be an expression (a string), got {_kind(value)}", at,
@@ -133,7 +151,7 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
         if path_problem(key):
             fail(f"output {key!r:.80}: {path_problem(key)}", ("outputs", key))
         outputs.append(Output(absolute(base / Path(key).expanduser()), Text(value, where.offsets(at, value)),
-                              rank, where.span(("outputs", key))))
+                              rank, where.span(("outputs", key)), energy, max_rank, target, spans))
 
     imports_tree = tree.get("import") or []
     if isinstance(imports_tree, str):
