@@ -264,3 +264,14 @@ def test_refusals_write_nothing(world):
     result = run(world, "run", "energy.dipm", "--base", "base")
     assert result.code == 1 and "rank=N only" in result.err and "energy.dipm:1" in result.err, result.err
     assert not (world / "out" / "never").exists() and not (world / "baked" / "never").exists()
+
+
+def test_bake_from_the_python_api(world):
+    """compile(script).run(base=DIR) runs `bake(...)` as `dipm run --base DIR` does."""
+    import dipm_lang as dl
+
+    program = dl.compile('bake(load("a"), "baked/api")\n', file=str(world / "api.dipm"))
+    summary = program.run(device="cpu", base=world / "base")
+    assert "model folder" in summary.text()
+    want = peft_logits(tiny_llama_model(0), world / "a", TOKENS)
+    assert relative_error(model_logits(world / "baked" / "api", TOKENS), want) <= F32_TOL
