@@ -114,12 +114,13 @@ def source_of(path: str | Path) -> ScriptFile | RecipeFile:
 
 
 def text_source(text: str, file: str = "<input>") -> ScriptText | Expression:
-    """Text as a source (the Python API): one expression statement that is not a `save(…)` is an
-    `Expression` (every name given from outside must be read by it); anything else a script."""
+    """Text as a source (the Python API): one expression statement that is not a `save(…)` or a
+    `bake(…)` (SPEC §7.8) is an `Expression` (every name given from outside must be read by it);
+    anything else a script."""
     statements = parse_script(text, file).statements
     if len(statements) == 1 and isinstance(statements[0], ast.ExprStmt):
         expr = statements[0].expr
-        if not (isinstance(expr, ast.Call) and expr.func == "save"):
+        if not (isinstance(expr, ast.Call) and expr.func in ("save", "bake")):
             return Expression(text, file, require_used=True)
     return ScriptText(text, file)
 
