@@ -24,12 +24,17 @@ TINY_LLAMA = dict(
 PREFIX = "base_model.model."
 
 
-def tiny_llama(seed: int = 0) -> torch.nn.Module:
-    """A 2-layer Llama with hidden size 32, weights drawn from `seed`."""
+WITH_BIASES = dict(attention_bias=True, mlp_bias=True)
+"""`base_config` of a tiny Llama whose attention and MLP projections have biases (for `bias="all"`)."""
+
+
+def tiny_llama(seed: int = 0, **config: Any) -> torch.nn.Module:
+    """A 2-layer Llama with hidden size 32, weights drawn from `seed`; `config` overrides LlamaConfig
+    fields (e.g. `WITH_BIASES`)."""
     import transformers
 
     torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).eval()
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY_LLAMA, **config})).eval()
 
 
 def make_peft_adapter(
@@ -45,17 +50,21 @@ def make_peft_adapter(
     dtype: torch.dtype = torch.float32,
     init_A_seed: int | None = None,
     base_seed: int = 0,
+    base_config: Mapping[str, Any] | None = None,
     **config_kwargs: Any,
 ) -> Path:
     """Save a LoRA adapter with random, nonzero factors made by PEFT itself; returns `path`.
 
     `B` (and `A`, unless `init_A_seed` is given) are drawn from `seed`; with `init_A_seed`
     every adapter built with the same value shares its `A` matrices (one rank basis).
-    Factors are stored in `dtype`.
+    Factors are stored in `dtype`. With `modules_to_save=[...]` or `bias="all"|"lora_only"` (PEFT's
+    own options, passed through) the full-weight modules and the trained biases are moved away from
+    the base model's by noise drawn from `seed` too (as training would), kept in the model's dtype;
+    `base_config` configures the tiny Llama (`WITH_BIASES` gives its projections biases).
     """
     import peft
 
-    model = tiny_llama(base_seed)
+    model = tiny_llama(base_seed, **dict(base_config or {}))
     config = peft.LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -69,8 +78,12 @@ def make_peft_adapter(
     peft_model = peft.get_peft_model(model, config)
     gen_b = torch.Generator().manual_seed(seed)
     gen_a = torch.Generator().manual_seed(seed + 7919 if init_A_seed is None else init_A_seed)
+    gen_full = torch.Generator().manual_seed(seed + 104729)
     with torch.no_grad():
         for name, param in sorted(peft_model.named_parameters()):
+            if "lora_" not in name and (".modules_to_save." in name or (name.endswith(".bias") and param.requires_grad)):
+                param.data = param.data + 0.1 * torch.randn(param.shape, generator=gen_full)
+                continue
             if "lora_" not in name:
                 continue
             is_a = "lora_A" in name or "lora_embedding_A" in name
@@ -80,6 +93,16 @@ def make_peft_adapter(
     path = Path(path)
     peft_model.save_pretrained(str(path))
     return path
+
+
+def peft_logits(adapter_path: str | Path, tokens: torch.Tensor, *, base_seed: int = 0,
+                base_config: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """The logits of the tiny Llama with the adapter folder loaded by `PeftModel.from_pretrained`."""
+    import peft
+
+    model = peft.PeftModel.from_pretrained(tiny_llama(base_seed, **dict(base_config or {})), str(adapter_path))
+    with torch.no_grad():
+        return model(input_ids=tokens).logits.double()
 
 
 def peft_deltas(adapter_path: str | Path, base_seed: int = 0) -> dict[str, tuple[torch.Tensor, float, int, str]]:

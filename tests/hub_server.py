@@ -78,6 +78,22 @@ def folder_files(folder: str | Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def under(prefix: str, files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """`files` moved into the folder `prefix` of a repo."""
+    return {f"{prefix}/{name}": data for name, data in files.items()}
+
+
+def isolate_login(monkeypatch, folder: Path) -> None:
+    """No token of this machine's (HF_TOKEN, a stored `hf auth login`) in a test: the stored-login
+    files huggingface_hub reads are moved to `folder`, which does not exist yet."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(folder / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(folder / "stored_tokens"))
+
+
 def git_blob_sha1(data: bytes) -> str:
     """The git object id of a file: what the Hub sends as a small file's ETag."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

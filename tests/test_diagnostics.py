@@ -283,6 +283,8 @@ def test_check_success(cli):
 def test_set_binds_inputs_and_overrides_strings_as_written(cli, tmp_path):
     # --set by=in is the string "in", not a path; an adapter path given on the command line resolves
     # against the working directory (here tmp_path), not the script's folder (tmp_path/sub)
+    # (the folder adapters/ exists there, so adapters/x is a path in it, not a Hub id: SPEC §7.5)
+    (tmp_path / "adapters").mkdir()
     text = 'by = "out"\nh = load("adapters/h")\nsave(dir(h, by=by), "o")\n'
     code, out, _ = cli(text, "--set", "by=in", "--set", "h=adapters/x", command="explain", name="sub/s.dipm")
     assert code == 0
@@ -340,6 +342,7 @@ def test_explain_text(cli):
 
 
 def test_explain_dot(cli, tmp_path):
+    (tmp_path / "adapters").mkdir()  # adapters/h is then a path in it, not a Hub id (SPEC §7.5)
     code, out, _ = cli(SHARED, "--dot", "plan.dot", command="explain")
     assert code == 0
     dot = (tmp_path / "plan.dot").read_text()

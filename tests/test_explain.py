@@ -100,6 +100,7 @@ def dot_clusters(dot: str) -> dict[str, set[int]]:
 # ---- labels -------------------------------------------------------------------------------
 
 def test_every_node_is_labelled_with_its_operator_attributes_and_type(here):
+    (here / "adapters").mkdir()  # adapters/NAME are then paths in it, not Hub ids (SPEC §7.5)
     program = compiled(here / "eight.yaml")
     dot = to_dot(program, relative_to=here, operators=OPERATORS)
     labels = dot_nodes(dot)
@@ -340,6 +341,7 @@ LISTING = re.compile(r"^%(\d+) = (\w+)(?: ((?:%\d+(?:, )?)+))?(?: \[.*\])? : (.+
 
 @pytest.mark.parametrize("name", ["eight.yaml", "shift.dipm"])
 def test_json_round_trips_the_listing(here, capsys, name):
+    (here / "adapters").mkdir()  # adapters/NAME are then paths in it, not Hub ids (SPEC §7.5)
     code, out, _ = explain(capsys, name, "--json")
     plan = json.loads(out)
     program = compiled(here / name)

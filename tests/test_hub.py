@@ -24,15 +24,11 @@ from huggingface_hub import constants, hf_hub_download
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.hub import cached, cached_adapter_ids, describe, is_cached, resolve
 from dipm_lang.io.hub_ref import HubRef, LocalPath, parse_source
-from hub_server import FakeHub, folder_files
+from hub_server import FakeHub, folder_files, isolate_login, under
 
 ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 GRANTED, OTHER = "hf_granted_token", "hf_other_token"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _under(prefix: str, files: dict[str, bytes]) -> dict[str, bytes]:
-    return {f"{prefix}/{name}": data for name, data in files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +42,8 @@ def hub(peft_adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
               "checkpoint-10/adapter_model.safetensors": basic["adapter_model.safetensors"]}
     fake = FakeHub(valid_tokens=frozenset({GRANTED, OTHER}))
     fake.add_repo("acme/style-lora", {"main": {**basic, **extras}, "exp/v2": rslora}, tags={"v1": "main"})
-    fake.add_repo("acme/multi", {"main": {**_under("task_a", basic), **_under("task_b", wide),
-                                          **_under("exp[1]", basic), **_under("exp1", rslora),
+    fake.add_repo("acme/multi", {"main": {**under("task_a", basic), **under("task_b", wide),
+                                          **under("exp[1]", basic), **under("exp1", rslora),
                                           "README.md": b"# two adapters"}})
     fake.add_repo("acme/tiny-llama", {"main": {"config.json": b"{}", "model.safetensors": b"weights",
                                                "tokenizer.json": b"{}", "README.md": b"# a model"}})
@@ -65,10 +61,7 @@ def hub(peft_adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(autouse=True)
 def isolated_hf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Online mode, and no token of this machine's (HF_TOKEN, a stored login) in any test."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "login" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "login" / "stored_tokens"))
+    isolate_login(monkeypatch, tmp_path / "login")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
@@ -309,7 +302,12 @@ def test_parse_errors(tmp_path, text, words):
 
 def test_an_existing_local_folder_wins_over_the_bare_id(tmp_path):
     assert isinstance(parse_source("acme/style-lora", base_dir=tmp_path), HubRef)
-    (tmp_path / "acme" / "style-lora").mkdir(parents=True)
+    (tmp_path / "acme").mkdir()  # a local folder ORG: ORG/NAME is a path in it (a typo, not the Hub)
+    with pytest.raises(AdapterError) as caught:
+        parse_source("acme/style-lora", base_dir=tmp_path)
+    assert caught.value.message == f"no adapter folder '{tmp_path / 'acme' / 'style-lora'}' exists"
+    assert "write hf://acme/style-lora" in caught.value.hint
+    (tmp_path / "acme" / "style-lora").mkdir()
     assert parse_source("acme/style-lora", base_dir=tmp_path) == LocalPath(tmp_path / "acme" / "style-lora")
     assert isinstance(parse_source("hf://acme/style-lora", base_dir=tmp_path), HubRef)  # explicit: always the Hub
     (tmp_path / "odd name").mkdir()

@@ -15,7 +15,8 @@ results to PEFT.
     table = dl.sweep(program, {"t": "0:1:0.1"}, "out/sweep", eval="python score.py {adapter}",
                      maximize="acc")              # every point in one pass; table, plot, best
 
-Inputs may be adapter folders (`str` or `Path`), already computed values (`AdapterValue`, or a
+Inputs may be adapter folders (`str` or `Path`), adapters on the Hugging Face Hub (`"org/name"`,
+`"hf://org/name@revision/subfolder"`), already computed values (`AdapterValue`, or a
 mapping module name → `LowRank` with the scale folded into `B`), a `peft.PeftModel` (its active
 adapter) or `(peft_model, "adapter_name")`. In-memory inputs are read directly, never written to
 temporary files. Errors are `dipm_lang.errors.DipmError`s, whose `str()` says where and what.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dipm_lang.api.values import (AdapterValue, InputValue, attach_sources, detached, run_options,
                                   split_inputs)
@@ -145,7 +145,7 @@ def compile(text: str, *, file: str = "<input>", inputs: Mapping[str, InputValue
     Text that is one expression (`"transfer(C, T, t=t)"`) compiles to a program whose call gives
     that value; anything else is a script, whose call runs its saves. Names the text uses but
     never defines are inputs when `inputs` names them and numbers otherwise, given at each call
-    (`program(t=0.3)`). `inputs`: NAME → an adapter (a path relative to the working directory, an
+    (`program(t=0.3)`). `inputs`: NAME → an adapter (a path relative to the working directory, a Hub id, an
     `AdapterValue`, a `PeftModel` …, as for `evaluate`) makes NAME an input or overrides the path
     of `NAME = load(…)`; NAME → None declares an input whose adapter is given to each call;
     strings and numbers override bindings of that type, as `--set` does. `file` names the text
@@ -173,7 +173,8 @@ def evaluate(expr: str, *, device: str = "cpu", dtype: str | torch.dtype = "floa
 
     `expr` is a single dipm expression (standard-library functions in scope), e.g.
     `"recombine(shift(dir(H), reverse(dir(T)), 0.3), mag(H))"`; its free names are the
-    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory),
+    keyword `inputs`: adapter folders (`str`/`Path`, relative to the working directory), Hugging
+    Face Hub adapters (`"org/name"`, `"hf://org/name@revision/subfolder"`: SPEC §7.5),
     `AdapterValue`s, mappings module → `LowRank`, a `peft.PeftModel` (its active adapter) or
     `(peft_model, "adapter_name")` — and numbers: `evaluate("transfer(C, T, t=t)", C=…, T=…, t=0.3)`
     (to compute it for many numbers, `compile` it once). The result must be an update (Delta, Dir)
@@ -209,7 +210,15 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
     node = program.results[RESULT]
     if node.type.kind not in ("Delta", "Dir", "Mag"):  # pragma: no cover - the lowering checks it
         raise DipmTypeError(f"this expression is a {node.type}; expected an update or magnitudes")
+    from dipm_lang.errors import ExecutionError
+    from dipm_lang.ir.full_weights import Carry
+    from dipm_lang.run.full_weights import carried_outputs
+
     the_plan = plan(program, options, check_outputs=False, memory=memory)
+    try:  # what saving the value writes of its inputs' full-weight modules and biases (SPEC §7.4)
+        full: Any = carried_outputs(node, node, program, the_plan.inputs, Carry(the_plan.layers), list(the_plan.modules))
+    except ExecutionError as refusal:
+        full = refusal  # the value is fine; only saving it needs a choice (raised by AdapterValue.save)
     result = execute(the_plan, options)
     modules = {name: detached(value) for name, value in result.results[RESULT].items()}
     metadata = provenance(program, the_plan)
@@ -217,4 +226,4 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
         metadata["dipm_numbers"] = json.dumps(dict(numbers), sort_keys=True)
     return AdapterValue(str(node.type), modules, template=output_template(list(the_plan.inputs.values())),
                         recipe=recipe, metadata=metadata, out_dtype=the_plan.out_dtype,
-                        input_paths=file_inputs(the_plan.inputs.values()))
+                        input_paths=file_inputs(the_plan.inputs.values()), full=full)

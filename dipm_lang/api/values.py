@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from dipm_lang.errors import DipmTypeError, UsageError
+from dipm_lang.io.hub_ref import hub_input
 
 if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` must be cheap
     import torch
@@ -37,7 +38,8 @@ class AdapterValue(Mapping[str, Any]):
 
     def __init__(self, type: str, modules: Mapping[str, Any], *, template: AdapterInfo | None = None,
                  recipe: str = "", metadata: Mapping[str, str] | None = None,
-                 out_dtype: torch.dtype | None = None, input_paths: list[Path] | None = None):
+                 out_dtype: torch.dtype | None = None, input_paths: list[Path] | None = None,
+                 full: Any = ()):
         self.type = type
         self.modules: dict[str, Any] = dict(modules)
         self.recipe = recipe
@@ -45,6 +47,15 @@ class AdapterValue(Mapping[str, Any]):
         self._metadata = dict(metadata or {})
         self._out_dtype = out_dtype
         self._input_paths = list(input_paths or [])
+        # The full-weight modules and biases saving writes (io.full.FullOutput), or the refusal to raise then
+        self._full = full
+
+    def full_tensors(self) -> dict[str, tuple[Any, torch.Tensor]]:
+        """The full-weight modules and biases (SPEC §7.4) the value carries: name → (what it is, the
+        tensor, in the inputs' dtype). Raises the refusal when the recipe does not say which."""
+        if isinstance(self._full, Exception):
+            raise self._full
+        return {out.name: (out.tensor, out.value(out.stored_dtype)) for out in self._full}
 
     @property
     def kind(self) -> str:
@@ -99,6 +110,8 @@ class AdapterValue(Mapping[str, Any]):
         from dipm_lang.run.outputs import OutputSummary, to_output
 
         self._need_update("save")
+        if isinstance(self._full, Exception):
+            raise self._full
         for name, value in (("rank", rank), ("max_rank", max_rank)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be a positive whole number, got {value!r}")
@@ -111,6 +124,9 @@ class AdapterValue(Mapping[str, Any]):
             raise UsageError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         if target == "vllm" and vllm_max_rank_problem(max_rank):
             raise UsageError(vllm_max_rank_problem(max_rank))
+        if target == "vllm" and self._full:
+            from dipm_lang.run.full_weights import check_target
+            check_target(self._full, target)
         out_dtype = torch_dtype(dtype) if dtype is not None else (self._out_dtype or torch_dtype("float32"))
         cut = rank if max_rank is None or rank is None else min(rank, max_rank)
         by_energy = rank is None and (energy is not None or max_rank is not None)
@@ -124,7 +140,8 @@ class AdapterValue(Mapping[str, Any]):
             modules[name] = to_output(value)
         written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
                                 recipe=self.recipe, force=force, inputs=self._input_paths, target=target,
-                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors)
+                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors,
+                                full=self._full, full_dtype=torch_dtype(dtype) if dtype is not None else None)
         ranks = [v.rank for v in modules.values() if v.rank > 0]
         cuts = rank is not None or by_energy
         error = (math.sqrt(dropped / total) if total > 0 else 0.0) if cuts else None
@@ -186,6 +203,15 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
     if isinstance(value, AdapterValue):
         if not value.is_update:
             raise DipmTypeError(f"only an update (Delta or Dir) can become an adapter; this value is {value.type}")
+        if isinstance(value._full, Exception):
+            raise value._full
+        if value._full:
+            from dipm_lang.run.full_weights import describe
+
+            names = [out.name for out in value._full]
+            raise UsageError(f"the value carries full-weight modules or biases ({describe(names)}),"
+                             " which add_to_peft_model cannot add (PEFT shares biases between adapters); save() it "
+                             "as a folder, or add drop_full(x)")
         modules = value.modules
     else:
         modules = dict(value)
@@ -266,7 +292,11 @@ def split_inputs(inputs: Mapping[str, InputValue]) -> tuple[dict[str, Any], dict
     for name, value in inputs.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise UsageError(f"input names must be identifiers, got {name!r}")
-        if isinstance(value, (str, os.PathLike)):
+        if isinstance(value, str):  # a folder, or a Hub id (`"org/name"`, `"hf://org/name@rev"`: SPEC §7.5)
+            hub = hub_input(value, base_dir=Path.cwd())
+            paths[name] = str(hub) if hub is not None else str(Path(os.path.expanduser(value)).resolve())
+            continue
+        if isinstance(value, os.PathLike):
             paths[name] = str(Path(os.path.expanduser(os.fspath(value))).resolve())
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):  # a Num: t, λ, a weight …
@@ -286,7 +316,8 @@ def _memory_adapter(name: str, value: Any) -> MemoryAdapter:
             raise UsageError(f"input '{name}': a {value.type} cannot be an input; inputs are updates")
         template = value._template
         kinds = {m: info.kind for m, info in template.modules.items()} if template else {}
-        return M.from_modules(name, value.modules, config=template.config if template else {}, kinds=kinds)
+        return M.from_modules(name, value.modules, config=template.config if template else {}, kinds=kinds,
+                              full=value.full_tensors())
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
         return M.from_peft(value[0], value[1], label=name)
     if isinstance(value, Mapping):

@@ -79,10 +79,16 @@ class Executor:
         self.operators = operators
         self.dense = dense
         self.on_group = on_group
-        self.order = list(walk(program.all_roots()))
+        # The operands a kernel reads (not an operator's `unevaluated` ones, which only the plan reads)
+        self.operands: dict[int, list[Node | None]] = {}
+        for node in walk(program.all_roots()):
+            op = operators.get(node.op)
+            read = op.evaluated(node.args) if op is not None else [True] * len(node.args)
+            self.operands[id(node)] = [arg if keep else None for arg, keep in zip(node.args, read)]
+        self.order = [n for n in walk(program.all_roots(), self._read_args) if id(n) in self.operands]
         self.uses: dict[int, int] = {}
         for node in self.order:
-            for arg in node.args:
+            for arg in self._read_args(node):
                 self.uses[id(arg)] = self.uses.get(id(arg), 0) + 1
         self.globals: dict[int, Any] = {}
 
@@ -123,15 +129,19 @@ class Executor:
                 # one LowRank per module where the modules were truncated to different ranks
                 save.modules.update(dict(zip(names, value)) if isinstance(value, list) else self._unbatch(value, names))
             else:
-                values[id(node)] = self._apply(node, [values[id(a)] for a in node.args], ctx)
+                args = [None if a is None else values[id(a)] for a in self.operands[id(node)]]
+                values[id(node)] = self._apply(node, args, ctx)
                 if _is_global(node):
                     self.globals[id(node)] = values[id(node)]
-            for arg in node.args:  # free after last use
+            for arg in self._read_args(node):  # free after last use
                 remaining[id(arg)] -= 1
                 if remaining[id(arg)] == 0 and id(arg) not in wanted:
                     values.pop(id(arg), None)
         for key, node in self.program.results.items():
             results[key].update(self._unbatch(values[id(node)], names))
+
+    def _read_args(self, node: Node) -> tuple[Node, ...]:
+        return tuple(a for a in self.operands.get(id(node), node.args) if a is not None)
 
     def _apply(self, node: Node, args: list, ctx: GroupContext) -> Any:
         kernel = self.operators.kernel(node.op, self.dense)

@@ -25,4 +25,29 @@ def run(args: argparse.Namespace) -> int:
     inputs = len({(n.attr("name"), n.attr("path")) for n in program.nodes() if n.op == "load"})
     print(printable(f"{args.file}: OK ({saves} save{'s' if saves != 1 else ''}, "
           f"{inputs} input{'s' if inputs != 1 else ''})"))
+    for line in hub_inputs(program):
+        print(printable(f"  {line}"))
     return 0
+
+
+def hub_inputs(program) -> list[str]:
+    """One line per input that is a Hugging Face Hub id: its revision, and whether huggingface_hub's
+    cache holds it (read from the cache alone: `check` needs no network)."""
+    from dipm_lang.io.hub_ref import is_hub_path
+
+    found: dict[str, list[str]] = {}
+    for node in program.nodes():
+        if node.op == "load" and is_hub_path(node.attr("path")):
+            names = found.setdefault(node.attr("path"), [])
+            if node.attr("name") and node.attr("name") not in names:
+                names.append(node.attr("name"))
+    if not found:
+        return []
+    from dipm_lang.io.hub import describe
+    from dipm_lang.io.hub_ref import parse_hub_uri
+
+    lines = []
+    for path, names in found.items():
+        status = describe(parse_hub_uri(path))
+        lines.append(f"{', '.join(names) + ': ' if names else ''}Hub input {status}")
+    return lines

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from dipm_lang.cli.options import positive_int, usable_path
 from dipm_lang.errors import UsageError, printable
@@ -12,7 +14,9 @@ from dipm_lang.errors import UsageError, printable
 def register(sub, commands) -> None:
     p = sub.add_parser("inspect", help="per-module and per-layer statistics of adapters; direction cosines "
                                        "between them")
-    p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path, help="PEFT LoRA adapter folders")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", type=usable_path,
+                   help="PEFT LoRA adapter folders, or Hugging Face Hub ids "
+                        "(ORG/NAME, hf://ORG/NAME@REVISION/SUBFOLDER)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--plot", metavar="OUT.png", type=usable_path, help="draw heat maps (layer × module type) of norms and cosines")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file")
@@ -56,7 +60,7 @@ def _serving(args: argparse.Namespace) -> int:
     if problem:
         raise UsageError(f"--max-rank {args.max_rank}: {problem}")
     limit = args.max_rank or DEFAULT_MAX_LORA_RANK
-    found = {path: check_folder(path, limit) for path in args.adapters}
+    found = {path: check_folder(_folder(path), limit) for path in args.adapters}
     if args.json:
         print(json.dumps({"target": "vllm", "max_lora_rank": limit, "adapters": [
             {"adapter": path, "served": not refusals,
@@ -72,3 +76,16 @@ def _serving(args: argparse.Namespace) -> int:
             lines += [f"  {refusal.text()}" for refusal in refusals]
         print(printable("\n".join(lines)))
     return 1 if any(found.values()) else 0
+
+
+def _folder(text: str) -> str:
+    """The folder vLLM's rules are checked on: `text`, or for a Hub id (SPEC §7.5) its files in
+    huggingface_hub's cache (fetched there first when online)."""
+    from dipm_lang.io.hub_ref import hub_input
+
+    ref = hub_input(text, base_dir=Path.cwd())
+    if ref is None:
+        return text
+    from dipm_lang.io.hub import resolve
+
+    return str(resolve(ref, progress=None if sys.stderr.isatty() else False).folder)

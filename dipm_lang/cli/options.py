@@ -1,4 +1,4 @@
-"""Options shared by the commands that compile: --set NAME=VALUE, -O and --sandbox DIR."""
+"""Options shared by the commands that compile: --set NAME=VALUE, -O, --sandbox DIR and --allow-hub."""
 
 from __future__ import annotations
 
@@ -18,8 +18,14 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="optimisation level (default 2)")
     parser.add_argument("--sandbox", metavar="DIR", type=usable_path,
                         help="restricted mode for scripts from others: load, save and import only inside DIR "
-                             "(symlinks resolved)")
+                             "(symlinks resolved); Hugging Face Hub adapters are refused")
+    add_allow_hub_option(parser)
     add_base_option(parser)
+
+
+def add_allow_hub_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-hub", action="store_true",
+                        help="with --sandbox: let the program load adapters from the Hugging Face Hub")
 
 
 def add_base_option(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +129,7 @@ def sandbox_from(args: argparse.Namespace):
     from dipm_lang.safety.sandbox import Sandbox
 
     directory = getattr(args, "sandbox", None)
-    return Sandbox.at(directory) if directory else None
+    return Sandbox.at(directory, allow_hub=getattr(args, "allow_hub", False)) if directory else None
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dipm_lang.cli.options import add_base_option, usable_path
+from dipm_lang.cli.options import add_allow_hub_option, add_base_option, usable_path
 from dipm_lang.run.options import DTYPE_NAMES
 
 if TYPE_CHECKING:  # the session imports torch; `dipm --help` and other commands should not wait for it
@@ -29,7 +29,7 @@ CONTINUATION = "  ... "
 def register(sub, commands) -> None:
     p = sub.add_parser("repl", help="an interactive session: bind adapters, evaluate expressions, inspect")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=PATH",
-                   help="bind NAME to an adapter folder before the first prompt")
+                   help="bind NAME to an adapter folder (or a Hugging Face Hub id) before the first prompt")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="compute dtype (default float32)")
     p.add_argument("--history", metavar="FILE", type=usable_path,
@@ -37,7 +37,8 @@ def register(sub, commands) -> None:
     p.add_argument("--plain", action="store_true", help="read plain lines even on a terminal")
     p.add_argument("--sandbox", metavar="DIR", type=usable_path,
                    help="restricted mode: load, :load, :inspect, save, :save and import only inside DIR "
-                        "(symlinks resolved)")
+                        "(symlinks resolved); Hugging Face Hub adapters are refused")
+    add_allow_hub_option(p)
     add_base_option(p)
     commands["repl"] = run
 

@@ -11,6 +11,7 @@ from dipm_lang.ir.targets import TARGETS
 from dipm_lang.run.options import DTYPE_NAMES
 from dipm_lang.errors import DipmError, printable
 from dipm_lang.io import digest
+from dipm_lang.io.hub_ref import is_hub_path
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.ir.node import walk
 
@@ -104,7 +105,7 @@ def _input_folders(program, args: argparse.Namespace) -> list[str]:
     folders = []
     for node in walk(program.all_roots()):
         path = node.attr("path") if node.op == "load" else None
-        if path is None:
+        if path is None or is_hub_path(path):  # a Hub input's files are known once it is resolved
             continue
         if sandbox is not None:
             try:

@@ -26,6 +26,7 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.resources import stdlib_dir
+from dipm_lang.io.hub_ref import hub_input
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
@@ -37,6 +38,7 @@ from dipm_lang.safety.files import FileProblem, absolute, path_problem, read_byt
 from dipm_lang.safety.limits import MAX_SOURCE_BYTES
 
 if TYPE_CHECKING:
+    from dipm_lang.io.hub_ref import HubRef
     from dipm_lang.safety.sandbox import Sandbox
 
 MAX_NODES = 100_000          # nodes one program may lower to (inlining blow-up guard)
@@ -364,12 +366,24 @@ class Lowerer:
             raise DipmTypeError("save(...) has no value to bind", statement.span)
         return node
 
+    def _hub_input(self, text: str, span: Span | None) -> "HubRef | None":
+        """The Hub adapter a load's string names (SPEC §7.5), relative to the file it is written in."""
+        return hub_input(text, base_dir=_base_dir(span.file) if span is not None else Path.cwd(), span=span)
+
     def _external_path(self, name: str) -> str:
         """An adapter path given from outside; a relative one resolves against the working directory
-        (absolute paths and `<memory:…>` keys are kept as given)."""
+        (absolute paths and `<memory:…>` keys are kept as given); a Hub id becomes `hf://…`."""
         value = str(self.external[name])
         if value.startswith("<"):
             return value
+        try:
+            hub = self._hub_input(value, COMMAND_LINE)
+        except DipmError as e:
+            raise type(e)(f"--set {name}=…: {e.message}", COMMAND_LINE, hint=e.hint) from None
+        if hub is not None:
+            if self.sandbox is not None:
+                self.sandbox.check_hub(str(hub), f"input '{name}'", COMMAND_LINE, written=value)
+            return str(hub)
         problem = path_problem(value)
         if problem:
             raise PathError(f"--set {name}=…: {problem}", COMMAND_LINE)
@@ -572,8 +586,11 @@ class Lowerer:
             if isinstance(param.kind, PathKind) and isinstance(value, str):
                 # relative to the file the string literal is written in (the cwd for --set values)
                 origin = self.spans.get(node) or expr.span
-                written, value = value, _resolve_path(value, origin)
-                if self.sandbox is not None:
+                hub = self._hub_input(value, origin) if param.kind.hub else None
+                written, value = value, str(hub) if hub is not None else _resolve_path(value, origin)
+                if self.sandbox is not None and hub is not None:
+                    self.sandbox.check_hub(value, op.name, origin, written=written)
+                elif self.sandbox is not None:
                     self.sandbox.check(value, op.name, origin, written=written)
             values[param.name] = value
 

@@ -8,8 +8,8 @@ local folder is nobody's business, safety/privacy.py), the pipeline from PEFT's 
 license when every input's own card gives the same one.
 
 The body says how the adapter was made: the recipe, the ranks it keeps per module (and, with
-`energy=`, the relative error each dropped), its inputs by name and content hash, the numbers given
-from outside and the provenance metadata.
+`energy=`, the relative error each dropped), its inputs by name and content hash (a Hub input also
+by the commit its revision resolved to), the numbers given from outside and the provenance metadata.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def model_card(name: str, recipe: str, base_model: str | None, metadata: Mapping
     if ranks:
         lines += ["## Ranks", "", *_ranks(ranks, errors or {}, written_rank), ""]
     lines += ["## Inputs", ""]
-    lines += [f"- `{input_name}`: `{entry.get('source', input_name)}`, sha256 `{entry.get('sha256', '?')}`"
+    lines += [f"- `{input_name}`: `{entry.get('source', input_name)}`"
+              + (f" at commit `{entry['commit']}`" if entry.get("commit") else "")  # a Hub input (SPEC §7.5)
+              + f", sha256 `{entry.get('sha256', '?')}`"
               for input_name, entry in sorted(_json(metadata, "dipm_inputs").items())] or ["- (none)"]
     numbers = _json(metadata, "dipm_numbers")
     if numbers:  # given from outside (`--set`, a sweep's point): the recipe above reads them by name

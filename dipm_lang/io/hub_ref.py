@@ -7,10 +7,17 @@ Two spellings name a Hub adapter:
   grammar: a revision with `/` is written `%2F` (`@exp%2Fv2`), and the Hub's special refs
   (`@refs/pr/3`, `@refs/convert/…`) may also be written as they are;
 - a bare `ORG/NAME` matching `^[A-Za-z0-9][\\w.-]*/[\\w.-]+$`, only when no such local path exists
-  (PEFT's rule in `PeftConfig.from_pretrained`: a local folder always wins).
+  (PEFT's rule in `PeftConfig.from_pretrained`: a local folder always wins) — and, dipm's one
+  refinement, when no local folder `ORG` exists either: `adapters/helpfull` next to a folder
+  `adapters/` is a typo of a local path, answered with the near names, not a request to the Hub
+  (`hf://adapters/helpfull` still means the Hub).
 
 Anything else is a local path; a missing one that is not a Hub id either is an error naming both
 readings. Parsing touches no network; only the bare-id rule looks at the file system.
+
+`hub_input` is what the language uses (`load("…")`, `--set`, configs, the API, the REPL): the Hub
+adapter a string names, or None for a local path, with the errors said where the string was
+written — exit 2 for a malformed `hf://` id, and for a Hub id when huggingface_hub is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dipm_lang.errors import AdapterError
+from dipm_lang.errors import AdapterError, PathError, Span, UsageError
+from dipm_lang.safety.files import path_problem
 
 HF_SCHEME = "hf://"
 DEFAULT_REVISION = "main"  # what huggingface_hub uses when no revision is given
@@ -84,12 +92,77 @@ def parse_source(text: str, *, base_dir: Path) -> LocalPath | HubRef:
     local = Path(base_dir) / text
     if local.exists():
         return LocalPath(local)
+    org = local_org(text, base_dir) if BARE_ID.fullmatch(text) else None
+    if org is not None:
+        raise AdapterError(f"no adapter folder '{local}' exists", text,
+                           hint=f"'{org}' is a local folder, so '{text}' names a folder in it; for the Hugging "
+                                f"Face Hub adapter write hf://{text}")
     problem = bare_id_problem(text)
     if problem is None:
         return HubRef(text, bare=True)
     raise AdapterError(
         f"no adapter folder '{local}' exists, and '{text}' is not a Hugging Face Hub id either ({problem})",
         text, hint=f"give {FORMS}")
+
+
+def is_hub_path(path: object) -> bool:
+    """Whether a program's load path names a Hub adapter (the lowering writes them as `hf://…`)."""
+    return isinstance(path, str) and path.startswith(HF_SCHEME)
+
+
+def local_org(text: str, base_dir: Path) -> Path | None:
+    """For a bare `ORG/NAME` with no such local path: the local folder `ORG`, when there is one
+    (then the string names a folder in it: dipm's refinement of PEFT's rule, module docstring)."""
+    org = Path(base_dir) / text.split("/", 1)[0]
+    return org if org.is_dir() else None
+
+
+def hub_input(text: str, *, base_dir: Path, span: Span | None = None) -> HubRef | None:
+    """The Hub adapter `text` names (written in a file of `base_dir`), or None for a local path.
+
+    `hf://…` always names the Hub; a bare `ORG/NAME` does when neither that path nor the folder
+    `ORG` exists under `base_dir` and it is a valid repo id (module docstring). Raises
+    `PathError` (exit 2, at `span`) for a malformed `hf://` id and `UsageError` (exit 2) when
+    huggingface_hub, which reads Hub ids, is missing.
+    """
+    if text.startswith(HF_SCHEME):
+        require_library(text, span)
+        try:
+            return parse_hub_uri(text)
+        except AdapterError as error:
+            raise PathError(f"{text!r:.200}: {error.message}", span, hint=error.hint) from None
+    if not BARE_ID.fullmatch(text) or path_problem(text) is not None:
+        return None
+    local = Path(base_dir) / text
+    if local.exists() or local.is_symlink() or local_org(text, base_dir) is not None:
+        return None
+    require_library(text, span, bare=f"no local folder '{local}' exists, so ")
+    return HubRef(text, bare=True) if bare_id_problem(text) is None else None
+
+
+LIBRARY = "huggingface_hub>=2.4"
+INSTALL = "pip install 'dipm_lang[hub]' (it installs huggingface_hub>=2.4)"
+
+
+def library_problem() -> str | None:
+    """Why Hub ids cannot be read here (huggingface_hub missing, or older than its 2.x API), or None."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return "huggingface_hub is not installed"
+    try:
+        from huggingface_hub.utils import parse_hf_uri  # noqa: F401 - the 2.x API dipm relies on
+    except ImportError:
+        return f"huggingface_hub {getattr(huggingface_hub, '__version__', '?')} is installed"
+    return None
+
+
+def require_library(text: str, span: Span | None, *, bare: str = "") -> None:
+    """A `UsageError` (exit 2, at `span`) naming the Hub id when huggingface_hub cannot read it."""
+    problem = library_problem()
+    if problem is not None:
+        raise UsageError(f"{bare}'{text}' names an adapter on the Hugging Face Hub, which needs {LIBRARY}; "
+                         f"{problem}", span, hint=INSTALL)
 
 
 def bare_id_problem(text: str) -> str | None:

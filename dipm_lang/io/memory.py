@@ -6,7 +6,8 @@ reads a module from it with `read` instead of `read_module`, folding the scale i
 as the file route does. Load nodes name such an input by a key like `<memory:H>`.
 
 Sources: a mapping module → `LowRank` (scale already folded, as `AdapterValue.modules` holds),
-or one adapter of an in-memory `peft.PeftModel` (`from_peft`).
+or one adapter of an in-memory `peft.PeftModel` (`from_peft`), with its full-weight modules and
+biases (`modules_to_save`, `bias`) as `save_pretrained` would write them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError, UsageError
 from dipm_lang.io.finite import all_finite
+from dipm_lang.io.full import FullTensor, classify_keys, parse_full_settings, unknown_keys_message
 from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo, ModuleInfo
 from dipm_lang.io.sources import memory_key
 from dipm_lang.ir.modules import natural_key
@@ -33,6 +35,7 @@ class MemoryAdapter(AdapterInfo):
     """An adapter held in memory: per module the raw factors `(B, A)` and the scale."""
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    full_tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # by FullTensor.name
 
     @property
     def on_disk(self) -> bool:
@@ -43,6 +46,10 @@ class MemoryAdapter(AdapterInfo):
         """Same-shape modules stacked, scales folded into `B` (as `read_modules` does for files)."""
         parts = [self.read_one(name, dtype=dtype, device=device) for name in names]
         return LowRank(torch.stack([p.B for p in parts]), torch.stack([p.A for p in parts]))
+
+    def read_full(self, name: str) -> torch.Tensor:
+        """One full-weight tensor as the model holds it (its dtype, bit for bit)."""
+        return self.full_tensors[name].detach().to("cpu")
 
     def read_one(self, name: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> LowRank:
@@ -59,11 +66,13 @@ class MemoryAdapter(AdapterInfo):
 
 
 def from_modules(label: str, modules: Mapping[str, Any], *, config: Mapping[str, Any] | None = None,
-                 kinds: Mapping[str, str] | None = None) -> MemoryAdapter:
+                 kinds: Mapping[str, str] | None = None,
+                 full: Mapping[str, tuple[FullTensor, torch.Tensor]] | None = None) -> MemoryAdapter:
     """An in-memory input from module name → `LowRank` (scale folded into `B`, so scale 1).
 
     Zero-rank modules are left out (they mean "no update there"). `config` supplies the
-    base model and task type the writer copies into outputs; `kinds` marks embedding modules.
+    base model and task type the writer copies into outputs; `kinds` marks embedding modules;
+    `full` are full-weight modules and biases (name → (what it is, the tensor)) the input carries.
     """
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     scales: dict[str, float] = {}
@@ -79,7 +88,7 @@ def from_modules(label: str, modules: Mapping[str, Any], *, config: Mapping[str,
             continue
         factors[name] = (value.B, value.A)
         scales[name] = 1.0
-    return _build(label, factors, scales, dict(config or {}), dict(kinds or {}))
+    return _build(label, factors, scales, dict(config or {}), dict(kinds or {}), full=full)
 
 
 def from_peft(model: Any, adapter_name: str | None = None, *, label: str | None = None) -> MemoryAdapter:
@@ -129,7 +138,27 @@ def from_peft(model: Any, adapter_name: str | None = None, *, label: str | None 
         kinds[module] = kind
     if not factors:
         raise AdapterError(f"adapter {name!r} has no LoRA layers in this model", label)
-    return _build(label, factors, scales, _config_dict(config), kinds)
+    config_dict = _config_dict(config)
+    return _build(label, factors, scales, config_dict, kinds, full=_full_of(model, name, config_dict, label))
+
+
+def _full_of(model: Any, adapter_name: str, config: dict[str, Any], label: str
+             ) -> dict[str, tuple[FullTensor, torch.Tensor]]:
+    """The adapter's full-weight modules and biases, from the state dict `save_pretrained` would write
+    (`get_peft_model_state_dict`: wrapper and adapter names removed), classified as the file reader does."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+    keys = [key for key in state if not _is_lora_key(key)]
+    found, unknown = classify_keys(keys, parse_full_settings(config, label), shape=lambda k: tuple(state[k].shape),
+                                   dtype=lambda k: state[k].dtype, offset=lambda k: None, path=label)
+    if unknown:
+        raise AdapterError(unknown_keys_message(unknown), label)
+    return {name: (tensor, state[tensor.key].detach()) for name, tensor in found.items()}
+
+
+def _is_lora_key(key: str) -> bool:
+    return any(key.endswith(suffix) for pair in FACTOR_SUFFIXES.values() for suffix in pair)
 
 
 def active_adapter(model: Any) -> str:
@@ -158,7 +187,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _build(label: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scales: dict[str, float],
-           config: dict[str, Any], kinds: dict[str, str]) -> MemoryAdapter:
+           config: dict[str, Any], kinds: dict[str, str],
+           full: dict[str, tuple[FullTensor, torch.Tensor]] | None = None) -> MemoryAdapter:
     if not factors:
         raise AdapterError("the input holds no nonzero module", label)
     path = Path(memory_key(label))
@@ -183,8 +213,14 @@ def _build(label: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], sc
         for t in (b, a):
             digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         digest.update(repr(scales[name]).encode())
+    full = dict(full or {})
+    for name in sorted(full, key=natural_key):  # provenance covers them too, bit for bit
+        digest.update(name.encode())
+        digest.update(full[name][1].to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     dtype = max(counts, key=lambda d: (counts[d], d.itemsize))
     base = config.get("base_model_name_or_path") or None
     return MemoryAdapter(path=path, config=config, base_model=base, modules=modules, dtype=dtype,
                          digest=digest.hexdigest(), target_modules=list(modules), weights_file=path,
-                         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)), factors=factors)
+                         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)), factors=factors,
+                         full={name: info for name, (info, _) in full.items()},
+                         full_tensors={name: tensor for name, (_, tensor) in full.items()})

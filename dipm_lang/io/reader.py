@@ -29,6 +29,8 @@ from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io.digest import FileDigest, Stamp, file_digest, stamp_of
 from dipm_lang.io.finite import all_finite, first_non_finite
+from dipm_lang.io.full import (FullSettings, FullTensor, classify_keys, parse_full_settings, unknown_keys_hint,
+                               unknown_keys_message)
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME  # noqa: F401 - re-exported
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
 from dipm_lang.safety.files import FileProblem, path_problem, read_bytes_limited
@@ -114,6 +116,8 @@ class AdapterInfo:
     # A DoRA adapter (use_dora, a `lora_magnitude_vector` per module): its update needs the base
     # weights (SPEC §7.8), so a program reading it without a base is refused when it is planned.
     dora: bool = False
+    # Full-weight modules and biases (modules_to_save, bias="all"|"lora_only"; io/full.py), by name.
+    full: dict[str, FullTensor] = field(default_factory=dict)
 
     @property
     def task_type(self) -> str | None:
@@ -144,6 +148,10 @@ class AdapterInfo:
         """A DoRA adapter's magnitude vectors of same-shape modules, stacked `[G, m]`."""
         return read_magnitudes(self, names, dtype=dtype, device=device)
 
+    def read_full(self, name: str) -> torch.Tensor:
+        """One full-weight tensor (`self.full[name]`) as stored: its dtype, bit for bit."""
+        return read_full(self, name)
+
 
 # --------------------------------------------------------------------------- opening
 
@@ -162,8 +170,10 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     if problem:
         raise AdapterError(problem, repr(str(path))[:200])
     folder = Path(path).expanduser().resolve()
-    if not folder.exists():
-        raise AdapterError("adapter folder not found", folder)
+    if not folder.exists():  # the Hub reading was not taken either (SPEC §7.5): say how to write one
+        raise AdapterError("adapter folder not found", folder,
+                           hint="an adapter on the Hugging Face Hub is written hf://ORG/NAME[@REVISION][/SUBFOLDER], "
+                                "or ORG/NAME when no local folder ORG exists")
     if not folder.is_dir():
         raise AdapterError("not a folder; give the adapter folder (with adapter_config.json)", folder)
 
@@ -174,7 +184,8 @@ def open_adapter(path: str | Path) -> AdapterInfo:
 
     weights_file, source = _open_weights(folder)
     dora = bool(config.get("use_dora"))
-    modules, ignored = _scan_keys(source, settings, weights_file, dora=dora, config_path=config_path)
+    modules, ignored, full = _scan_keys(source, settings, weights_file, parse_full_settings(config, config_path),
+                                        dora=dora, config_path=config_path)
 
     # Dominant dtype by element count; ties go to the wider type.
     counts: Counter[torch.dtype] = Counter()
@@ -199,6 +210,7 @@ def open_adapter(path: str | Path) -> AdapterInfo:
         _tensors=source.tensors if isinstance(source, _DictSource) else None,
         stamp=stamp if isinstance(source, _SafetensorsSource) else None,
         dora=dora,
+        full=full,
     )
 
 
@@ -368,10 +380,12 @@ def _open_weights(folder: Path) -> tuple[Path, _SafetensorsSource | _DictSource]
 
 
 def _scan_keys(
-    source: _SafetensorsSource | _DictSource, settings: LoraSettings, file: Path, *, dora: bool = False,
-    config_path: Path | None = None,
-) -> tuple[dict[str, ModuleInfo], list[str]]:
-    """Group the file's keys into modules and check every shape, rank and dtype."""
+    source: _SafetensorsSource | _DictSource, settings: LoraSettings, file: Path, full_settings: FullSettings, *,
+    dora: bool = False, config_path: Path | None = None,
+) -> tuple[dict[str, ModuleInfo], list[str], dict[str, FullTensor]]:
+    """Group the file's keys into modules and check every shape, rank and dtype; the keys that are
+    not LoRA factors are full-weight modules and biases (io/full.py) or refused; `dora`: every module
+    has its magnitude vector (SPEC §7.8)."""
     factors: dict[str, dict[str, str]] = {}
     magnitudes: dict[str, str] = {}
     kinds: dict[str, ModuleKind] = {}
@@ -408,12 +422,10 @@ def _scan_keys(
     for key in maybe_ignored:
         owner = key[len(KEY_PREFIX) : -len(".base_layer.weight")]
         (ignored if owner in kinds else unknown).append(key)
+    full, unknown = classify_keys(unknown, full_settings, shape=source.shape, dtype=source.dtype,
+                                  offset=source.offset, path=file)
     if unknown:
-        shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise AdapterError(
-            f"unknown key layout: {shown}; expected 'base_model.model.<module>.lora_A.weight' / '.lora_B.weight'",
-            file,
-        )
+        raise AdapterError(unknown_keys_message(unknown), file, hint=unknown_keys_hint(unknown))
     if not factors:
         raise AdapterError("the file holds no LoRA weights", file)
 
@@ -425,7 +437,7 @@ def _scan_keys(
         modules[name] = _module_info(name, kinds[name], parts, source, settings, file)
         if dora:
             modules[name] = _with_magnitude(modules[name], magnitudes.get(name), source, file, config_path)
-    return modules, ignored
+    return modules, ignored, full
 
 
 _MAGNITUDE_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
@@ -642,6 +654,23 @@ def _check_finite(a: torch.Tensor, b: torch.Tensor, info: AdapterInfo, modules: 
             index = first_non_finite(stack) or 0
             raise AdapterError(f"module {modules[index].name!r}: factor {part} has NaN or Inf values{when}",
                                info.weights_file)
+
+
+def read_full(info: AdapterInfo, name: str) -> torch.Tensor:
+    """One full-weight tensor of a folder, as stored (its dtype, bit for bit); refuses a file that
+    changed since `open_adapter`."""
+    tensor = info.full[name]
+    if info._tensors is not None:
+        return info._tensors[tensor.key].detach().clone()
+    try:
+        if info.stamp is not None and stamp_of(os.stat(info.weights_file)) != info.stamp:
+            raise AdapterError("the file changed since the adapter was opened; run again", info.weights_file)
+        with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
+            return handle.get_tensor(tensor.key)
+    except AdapterError:
+        raise
+    except Exception as exc:
+        raise AdapterError(f"cannot read {name}: {exc}", info.weights_file) from None
 
 
 # --------------------------------------------------------------------------- compatibility

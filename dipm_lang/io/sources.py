@@ -1,8 +1,9 @@
 """Where a program's adapters come from: one interface for every kind of input.
 
 The runtime plans and reads every input through `AdapterSource`, whatever holds it — a PEFT
-folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), and as they arrive the
-Hub, other file formats and base weights. `open_source` turns a `load` path into a source.
+folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), an adapter on the
+Hugging Face Hub (`io/hub_source.py`, `hf://` load paths), and as they arrive other file formats
+and base weights. `open_source` turns a `load` path into a source.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dipm_lang.errors import UsageError
+from dipm_lang.io.hub_ref import is_hub_path
 
 if TYPE_CHECKING:
     import torch
@@ -60,15 +62,31 @@ def is_memory_key(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(MEMORY_PREFIX) and path.endswith(">")
 
 
-def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None) -> AdapterSource:
-    """The source a `load` path names: an in-memory input by its key, else an adapter folder."""
+def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
+                progress: bool | None = None) -> AdapterSource:
+    """The source a `load` path names: an in-memory input by its key, a Hub adapter by its `hf://`
+    id (`progress`: huggingface_hub's download bars; None: when stderr is a terminal), else an
+    adapter folder."""
     if is_memory_key(path):
         if memory is None or path not in memory:
             raise UsageError(f"{path}: no such in-memory input")
         return memory[path]
+    if is_hub_path(path):
+        from dipm_lang.io.hub_source import open_hub  # huggingface_hub: only for Hub inputs
+
+        return open_hub(path, progress=progress)
     from dipm_lang.io.reader import open_adapter  # torch: only when a folder is really opened
 
     return open_adapter(path)
+
+
+def open_input(text: str, *, base_dir: Path | None = None, progress: bool | None = None) -> AdapterSource:
+    """An adapter named as a user types it (`dipm inspect`, the REPL's `:inspect`): a folder, or a
+    Hub id by SPEC §7.5's rule (relative paths against `base_dir`, default the working folder)."""
+    from dipm_lang.io.hub_ref import hub_input
+
+    ref = hub_input(text, base_dir=Path.cwd() if base_dir is None else base_dir)
+    return open_source(str(ref) if ref is not None else text, progress=progress)
 
 
 def file_inputs(sources: Sequence[AdapterSource] | Any) -> list[Path]:

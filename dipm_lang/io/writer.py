@@ -44,6 +44,7 @@ from dipm_lang.io import vllm
 from dipm_lang.io.atomic import current_umask
 from dipm_lang.io.card import model_card, shared_license
 from dipm_lang.io.finite import all_finite
+from dipm_lang.io.full import FullOutput, longest_key, output_key, output_settings
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
 from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
@@ -66,6 +67,7 @@ class StagedOutput:
     modules: tuple[str, ...] = ()
     zero_modules: tuple[str, ...] = ()  # modules whose update is exactly zero (left out, or all rank-1 zeros)
     warnings: tuple[str, ...] = ()
+    full: tuple[str, ...] = ()  # full-weight modules and biases written (modules_to_save, bias; io/full.py)
 
 
 # --------------------------------------------------------------------------- validation
@@ -154,13 +156,15 @@ class AdapterStage:
     `StagedOutput` for `commit_staged`. Any failure, and `discard`, remove the staging folder
     and the parent folders it created. `expected` (module → (m, n)) announces the modules that
     may come, to reserve the header (`safetensors_file.header_bound`); `metadata_bound` is
-    metadata of the final lengths (the final values may be unknown until the end).
+    metadata of the final lengths (the final values may be unknown until the end). `full` are the
+    full-weight modules and biases to write (SPEC §7.4), in `full_dtype` when given, else as stored.
     """
 
     def __init__(self, path: str | Path, *, template: AdapterInfo | None, dtype: torch.dtype,
                  expected: Mapping[str, tuple[int, int]], metadata_bound: Mapping[str, str], force: bool,
                  inputs: Sequence[str | Path] = (), dora: bool = False, target: str | None = None,
-                 max_lora_rank: int | None = None):
+                 max_lora_rank: int | None = None, full: Sequence[FullOutput] = (),
+                 full_dtype: torch.dtype | None = None):
         self.inputs = list(inputs) or ([template.path] if template is not None else [])
         # target="vllm": modules are held until `finish`, then written at one rank (io/vllm.py)
         self.target, self.max_lora_rank = target, max_lora_rank
@@ -173,6 +177,7 @@ class AdapterStage:
         if dtype not in OUTPUT_DTYPES:
             raise AdapterError(f"unsupported output dtype {dtype}; use float16, bfloat16 or float32", self.destination)
         self.template, self.dtype, self.force = template, dtype, force
+        self.full, self.full_dtype = list(full), full_dtype
         self.ranks: dict[str, tuple[int, str]] = {}
         self.zeros: dict[str, tuple[int, int]] = {}  # module -> (m, n) of updates that are exactly zero
         self.rebalanced: list[str] = []  # modules re-factored so the cast keeps the computed value
@@ -187,6 +192,7 @@ class AdapterStage:
                      for suffix in FACTOR_SUFFIXES[self._kind(name)]]
             if dora:
                 names += [(f"{KEY_PREFIX}{name}{MAGNITUDE_SUFFIX}", dtype, 1) for name in expected]
+            names += [(longest_key(out.tensor), torch.bfloat16, len(out.tensor.shape)) for out in self.full]
             reserve = header_bound(names, _build_metadata(metadata_bound, self.destination))
             self._writer = SafetensorsWriter(self.temp_dir / SAFETENSORS_NAME, reserve)
 
@@ -320,6 +326,8 @@ class AdapterStage:
                                 "changes nothing)")
             ranks = {name: self.ranks[name] for name in sorted(self.ranks, key=natural_key)}
             config = build_config(ranks, self.template, dora=self.dora)
+            if self.full:
+                config["modules_to_save"], config["bias"] = self._write_full(ranks)
             if self.target == "vllm":  # what vLLM's loader checks, on what is about to be written
                 vllm.refuse(vllm.check_adapter(config, self._shapes, self.max_lora_rank), self.destination)
             st_metadata = _build_metadata(metadata, self.destination)
@@ -334,7 +342,24 @@ class AdapterStage:
             apply_umask(self.temp_dir)
         return StagedOutput(destination=self.destination, temp_dir=self.temp_dir, force=self.force,
                             created_dirs=self.created, modules=tuple(ranks),
-                            zero_modules=tuple(sorted(self.zeros, key=natural_key)), warnings=tuple(warnings))
+                            zero_modules=tuple(sorted(self.zeros, key=natural_key)), warnings=tuple(warnings),
+                            full=tuple(out.name for out in self.full))
+
+    def _write_full(self, ranks: Mapping[str, tuple[int, str]]) -> tuple[list[str] | None, str]:
+        """Write the full-weight tensors under the keys PEFT loads them from, beside these LoRA
+        modules; return the config's `modules_to_save` and `bias`."""
+        assert self._writer is not None
+        saved, bias = output_settings(self.full, ranks)
+        for out in self.full:
+            dtype = self.full_dtype or _stored_dtype(out)
+            tensor = out.value(dtype)
+            if not all_finite(tensor):
+                raise AdapterError(f"{out.name}: the result has NaN or Inf values in "
+                                   f"{str(dtype).removeprefix('torch.')}", self.destination)
+            key = output_key(out.tensor, ranks, saved or ())
+            self._writer.add(key, tensor)
+            self._shapes[key] = tuple(tensor.shape)
+        return saved, bias
 
     def discard(self) -> None:
         self._held.clear()
@@ -359,6 +384,11 @@ class AdapterStage:
             if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
                 raise
             raise AdapterError(f"failed to write the output: {exc}", self.destination) from exc
+
+
+def _stored_dtype(out: FullOutput) -> torch.dtype:
+    """The inputs' dtype of a full-weight tensor (float32 where they differ, or for float8)."""
+    return out.stored_dtype if out.stored_dtype in OUTPUT_DTYPES else torch.float32
 
 
 def imbalance(x: LowRank) -> float:
@@ -391,6 +421,8 @@ def stage_adapter(
     target: str | None = None,
     max_lora_rank: int | None = None,
     errors: Mapping[str, float] | None = None,
+    full: Sequence[FullOutput] = (),
+    full_dtype: torch.dtype | None = None,
 ) -> StagedOutput:
     """Write the adapter into a temporary sibling of `path`; nothing visible changes yet.
 
@@ -401,7 +433,7 @@ def stage_adapter(
     """
     stage = AdapterStage(path, template=template, dtype=dtype, metadata_bound=metadata, force=force, inputs=inputs,
                          expected={name: (value.m, value.n) for name, value in modules.items()},
-                         target=target, max_lora_rank=max_lora_rank)
+                         target=target, max_lora_rank=max_lora_rank, full=full, full_dtype=full_dtype)
     stage.add(modules)
     return stage.finish(metadata=metadata, recipe=recipe, errors=errors)
 
@@ -624,7 +656,8 @@ def write_adapter(
     **serving: Any,
 ) -> Path:
     """Write one adapter folder atomically (stage + commit); returns its resolved path. `serving`:
-    `target`, `max_lora_rank` and `errors` as `stage_adapter` takes them."""
+    `target`, `max_lora_rank`, `errors`, and `full`/`full_dtype` (the full-weight modules and biases
+    to write beside the LoRA modules, SPEC §7.4) as `stage_adapter` takes them."""
     staged = stage_adapter(path, modules, template=template, dtype=dtype, metadata=metadata,
                            recipe=recipe, force=force, inputs=inputs, **serving)
     return commit_staged([staged])[0]

@@ -98,8 +98,9 @@ def const(value: Any, type_: Type, *, unique: bool = False) -> Node:
     return Node.make("const", (), {"value": value}, type_, unique=unique)
 
 
-def walk(roots: Iterable[Node]) -> Iterator[Node]:
-    """Every node reachable from `roots`, operands before users (a topological order)."""
+def walk(roots: Iterable[Node], operands: Callable[[Node], Iterable[Node]] | None = None) -> Iterator[Node]:
+    """Every node reachable from `roots`, operands before users (a topological order); `operands`
+    gives the operands to follow (default: all of them)."""
     seen: set[int] = set()
     order: list[Node] = []
     for root in roots:
@@ -113,7 +114,7 @@ def walk(roots: Iterable[Node]) -> Iterator[Node]:
                 continue
             seen.add(id(node))
             stack.append((node, True))
-            for arg in reversed(node.args):
+            for arg in reversed(tuple(node.args if operands is None else operands(node))):
                 if id(arg) not in seen:
                     stack.append((arg, False))
     return iter(order)

@@ -52,6 +52,8 @@ class Operator:
     returns_label: str | None = None     # the result as signatures show it, when `returns` is a function
     error_label: str | None = None       # prefix of its type errors; default "name" for callable operators
     batch_key: Callable[["Node", str], Any] | None = None  # (node, module) -> what a batch's modules share
+    unevaluated: tuple[str, ...] = ()    # operands no kernel reads, only the plan (keep_full's source):
+                                         # the executor never computes them for this operator
 
     @property
     def label(self) -> str:
@@ -114,6 +116,13 @@ class Operator:
         if len(args) != len(params):
             raise IRTypeError(f"{self.name} takes {len(params)} operands, got {len(args)}")
         return out
+
+    def evaluated(self, args: Sequence["Node"]) -> list[bool]:
+        """Per operand position, whether a kernel reads it (False for the `unevaluated` parameters)."""
+        if not self.unevaluated:
+            return [True] * len(args)
+        names = [p.name for p in self.operand_params]
+        return [i >= len(names) or names[i] not in self.unevaluated for i in range(len(args))]
 
     def type_of_node(self, args: Sequence["Node"], attrs: Mapping[str, Any]) -> tuple[Type, dict[str, Any]]:
         """The verifier's view: the type `op(args; attrs)` must have, and its attributes as the typing

@@ -530,9 +530,14 @@ class Text(Static):
 
 class Path(Text):
     """A file or folder path. The lowering resolves it against the folder of the file it is written
-    in (SPEC §3) and confines it to `--sandbox` before the kind sees it."""
+    in (SPEC §3) and confines it to `--sandbox` before the kind sees it. `hub`: an adapter input,
+    which may also be a Hugging Face Hub id (SPEC §7.5), kept as its canonical `hf://…` spelling."""
 
     label = "Path"
+
+    def __init__(self, optional: bool = False, *, hub: bool = False):
+        super().__init__(optional)
+        self.hub = hub
 
 
 class Numbers(Static):

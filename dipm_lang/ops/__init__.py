@@ -9,7 +9,7 @@ the REPL and the tests' operator coverage all read it from `OPERATORS`.
 from __future__ import annotations
 
 from dipm_lang.ir.operator import OperatorTable
-from dipm_lang.ops import (baselines, core, decouple, deltas, directions, fused, io, magnitudes, schedules,
+from dipm_lang.ops import (baselines, core, decouple, deltas, directions, full, fused, io, magnitudes, schedules,
                            selection)
 
 OPERATORS = OperatorTable.of(
@@ -22,5 +22,6 @@ OPERATORS = OperatorTable.of(
     deltas.OPERATORS,      # lowrank, x.A / x.B, lora
     selection.OPERATORS,   # select, replace
     baselines.OPERATORS,   # linear, ties, dare_*, magnitude_prune, svd and the *_svd merges, cat
+    full.OPERATORS,        # keep_full, drop_full: what an output keeps of full-weight modules and biases
     fused.OPERATORS,       # lincomb, unit_scale (made by fusion)
 )

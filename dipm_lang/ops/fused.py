@@ -61,8 +61,10 @@ def _to_lincomb(node: Node, ctx: Any) -> Node:
         merged.setdefault(id(x), [x, 0.0])[1] += c
     items = [(x, c) for x, c in merged.values() if is_schedule(c) or c != 0.0] or [(pairs[0][0], 0.0)]  # all cancelled
     if len(items) == 1 and items[0][0].op == "unit_scale" and len(items[0][0].args) == 2 \
-            and ctx.single_use(items[0][0]):
-        # k * recombine(...) -> one per-unit scaling with k folded in
+            and ctx.single_use(items[0][0]) and not is_schedule(items[0][1]) and items[0][1] > 0:
+        # k * recombine(...) -> one per-unit scaling with k folded in; only k > 0, so the sign of
+        # unit_scale's coeff stays its direction's (a reverse), as the full-weight analysis reads it
+        # (ir/full_weights.py: -recombine(d, m) carries -1 times m's owner's, recombine(reverse(d), m) +1)
         inner, c = items[0]
         new = inner.replace(attrs={**dict(inner.attrs), "coeff": inner.attr("coeff") * c})
         return ctx.note(new, f"scaling by {format_value(c)} folded into {ctx.note_of(inner, 'unit_scale')}")

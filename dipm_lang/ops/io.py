@@ -157,10 +157,11 @@ def _extract_check(t: Typing) -> None:
 
 
 OPERATORS = [
-    Operator("load", (Param("path", Path(optional=True), None), Param("name", Text(optional=True), None,
+    Operator("load", (Param("path", Path(optional=True, hub=True), None), Param("name", Text(optional=True), None,
                                                                          internal=True)), DELTA,
-             "Read a PEFT LoRA adapter folder (a DoRA adapter needs the base weights). load() without a path "
-             "is an input given from outside (--set NAME=PATH).",
+             "Read a PEFT LoRA adapter folder, or an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
+             "or ORG/NAME when no such local folder exists); a DoRA adapter needs the base weights. load() "
+             "without a path is an input given from outside (--set NAME=PATH).",
              factored=_load),
     Operator("save", (Param("x", Update(weights=True)), Param("path", Path()),
                       Param("rank", Int(minimum=1, optional=True, schedules=True), None),

@@ -34,6 +34,7 @@ from dipm_lang.frontend import ast
 from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.frontend.printer import format_string, print_expr, print_statement
+from dipm_lang.io.hub_ref import HF_SCHEME, hub_input, is_hub_path, library_problem
 from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program
 from dipm_lang.ir.numbers import NotConstant, const_eval
@@ -236,10 +237,17 @@ class Session:
         return plan(program, self.options, check_outputs=False, opener=self.adapter)
 
     def adapter(self, path: str):
-        """The opened adapter at `path` (validated; cached while its files are unchanged)."""
+        """The opened adapter at `path` (validated; cached while its files are unchanged). A Hub
+        adapter is fetched once per session: its files come from one commit, which does not change."""
         from dipm_lang.io.reader import open_adapter
 
         self.check_readable(path)
+        if is_hub_path(path):
+            if path not in self._adapters:
+                from dipm_lang.io.sources import open_source
+
+                self._adapters[path] = ((), open_source(path))  # huggingface_hub shows its download bars
+            return self._adapters[path][1]
         stamp = _stamp(path)
         cached = self._adapters.get(path)
         if cached is not None and cached[0] == stamp and stamp:
@@ -252,7 +260,9 @@ class Session:
         """Under --sandbox, the adapter folder `path` and the files in it must lie inside the sandbox."""
         from dipm_lang.io.layout import ADAPTER_FILES
 
-        if self.options.sandbox is not None:
+        if self.options.sandbox is not None and is_hub_path(path):
+            self.options.sandbox.check_hub(path, "load")
+        elif self.options.sandbox is not None:
             self.options.sandbox.check_files(path, ADAPTER_FILES, "load")
 
     # ---- :commands -------------------------------------------------------------------
@@ -303,14 +313,17 @@ class Session:
             return [(f":{c.name}", -len(word) - 1, c.help) for c in COMMANDS.values() if c.name.startswith(word)]
         string = _open_string(line)
         if string is not None:
-            return _path_completions(string)
+            return _hub_completions(string) + _path_completions(string)
         path_arg = re.match(r"\s*:(?P<cmd>load\s+\w+|inspect|save\s+.+)\s+(?:\S+\s+)*?(?P<path>\S*)$", line)
         word = re.search(r"[A-Za-z_]\w*$", line)
         prefix = word.group(0) if word else ""
         if path_arg:
             partial = path_arg.group("path")
+            hub = _hub_completions(partial) if not path_arg.group("cmd").startswith("save") else []
             if path_arg.group("cmd").startswith("load") or "/" in partial or partial.startswith(("~", ".")):
-                return _path_completions(partial)
+                return hub + _path_completions(partial)
+            if hub:
+                return hub
         if not prefix:
             return []
         candidates = self.names()
@@ -398,6 +411,9 @@ def _cmd_inspect(session: Session, args: str, raw: str, offset: int) -> None:
                 raise DipmTypeError(f":inspect: '{word}' is a {node.type}; only updates (Delta, Dir) can be "
                                     "inspected")
             sources.append(value_source(word, session.evaluate(node)))
+        elif (hub := hub_input(word, base_dir=Path.cwd())) is not None:  # an adapter on the Hub (SPEC §7.5)
+            session.check_readable(str(hub))
+            sources.append(adapter_source(str(hub), label=word))
         elif Path(word).expanduser().exists():
             session.check_readable(str(Path(word).expanduser()))
             sources.append(adapter_source(str(Path(word).expanduser().resolve()), label=word))
@@ -442,11 +458,12 @@ def _cmd_save(session: Session, args: str, raw: str, offset: int) -> None:
 def _cmd_load(session: Session, args: str, raw: str, offset: int) -> None:
     m = re.fullmatch(r"([A-Za-z_]\w*)\s+(.+)", args, re.S)
     if m is None:
-        raise UsageError(":load NAME PATH: bind NAME to the adapter folder PATH")
+        raise UsageError(":load NAME PATH: bind NAME to the adapter folder (or Hub id) PATH")
     name, path = m.group(1), m.group(2).strip().strip("\"'")
     if name in FUNCTIONS:
         raise NameResolutionError(f"'{name}' is a built-in operator and cannot be rebound")
-    target = str(Path(path).expanduser().resolve())
+    hub = hub_input(path, base_dir=Path.cwd())  # a Hub id (SPEC §7.5), or a folder
+    target = str(hub) if hub is not None else str(Path(path).expanduser().resolve())
     session.say(session._describe_binding(name, None, path=target))  # opens and validates the adapter first
     session.lowerer.bind_input(name, target, session.module)
     session.transcript.add(f"{name} = load({format_string(path)})", {name}, set())  # the path as typed
@@ -483,7 +500,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("inspect", ":inspect NAME [NAME …]", "ranks, norms, magnitudes; direction cosines between several",
             _cmd_inspect),
     Command("save", ":save EXPR PATH [--rank N] [--force]", "write an expression as an adapter folder", _cmd_save),
-    Command("load", ":load NAME PATH", "bind NAME to an adapter folder", _cmd_load),
+    Command("load", ":load NAME PATH", "bind NAME to an adapter folder or a Hugging Face Hub id", _cmd_load),
     Command("names", ":names", "what this session has bound and defined", _cmd_names),
     Command("help", ":help", "this help", _cmd_help),
     Command("quit", ":quit", "leave (also Ctrl-D)", _cmd_quit),
@@ -508,6 +525,8 @@ def _first_sentence(doc: str | None, limit: int = 100) -> str:
 def _display(path: str | None) -> str:
     if path is None:
         return "?"
+    if is_hub_path(path):
+        return path
     try:
         rel = os.path.relpath(path)
     except ValueError:
@@ -551,6 +570,23 @@ def _open_string(line: str) -> str | None:
             return None
         i += 1
     return line[start:] if quote else None
+
+
+def _hub_completions(partial: str) -> list[tuple[str, int, str]]:
+    """The Hub adapters huggingface_hub's cache holds (`hf://org/name@rev/sub`), for a partial that
+    starts spelling `hf://` (read from the cache alone; nothing without huggingface_hub)."""
+    if not partial or not (partial.startswith(HF_SCHEME) or HF_SCHEME.startswith(partial)) \
+            or library_problem() is not None:
+        return []
+    from huggingface_hub import constants
+
+    from dipm_lang.io.hub import cached_adapter_ids
+
+    try:
+        ids = cached_adapter_ids(cache_dir=constants.HF_HUB_CACHE)
+    except OSError:  # an unreadable cache: no completions, never an error while typing
+        return []
+    return [(found, -len(partial), "Hub adapter (cached)") for found in ids if found.startswith(partial)]
 
 
 def _path_completions(partial: str) -> list[tuple[str, int, str]]:

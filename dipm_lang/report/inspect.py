@@ -22,7 +22,8 @@ from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
 from dipm_lang.io.atomic import staged_file
-from dipm_lang.io.reader import open_adapter, read_module
+from dipm_lang.io.reader import read_module
+from dipm_lang.io.sources import open_input
 from dipm_lang.ir.modules import layer_order, natural_key, split_module
 from dipm_lang.report.summary import fmt, layer_table, ordered_kinds
 
@@ -190,15 +191,30 @@ class Source:
 
 
 def adapter_source(path: str | Path, label: str | None = None) -> Source:
-    """An adapter folder, validated up front; modules are read one at a time."""
-    info = open_adapter(path)
+    """An adapter folder or Hub id (SPEC §7.5), validated up front; modules are read one at a time."""
+    info = open_input(str(path))
     config = info.config
     meta = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
             "use_rslora": bool(config.get("use_rslora", False)), "base_model": info.base_model,
             "dtype": str(info.dtype).removeprefix("torch.")}
+    if getattr(info, "commit", None):  # from the Hub: the commit its revision resolved to
+        meta["commit"] = info.commit
     modules = {name: (m.shape, m.rank, m.scale) for name, m in info.modules.items()}
+    if info.full:
+        meta["full_weights"] = full_weight_stats(info)
+        meta["bias"] = config.get("bias", "none")
     return Source(label or str(path), str(info.path), meta, modules,
                   lambda name: read_module(info, name, dtype=WORK_DTYPE))
+
+
+def full_weight_stats(info: Any) -> dict[str, dict[str, Any]]:
+    """Per full-weight tensor (modules_to_save, trained biases; SPEC §7.4): what it is and its norm."""
+    out = {}
+    for name, tensor in info.full.items():
+        value = info.read_full(name).to(WORK_DTYPE)
+        out[name] = {"module": tensor.module, "kind": tensor.kind, "shape": list(tensor.shape),
+                     "dtype": str(tensor.dtype).removeprefix("torch."), "norm": float(torch.linalg.vector_norm(value))}
+    return out
 
 
 def value_source(label: str, values: Mapping[str, Any]) -> Source:
@@ -285,6 +301,8 @@ def _adapter_text(index: int, adapter: AdapterStats) -> str:
     facts.append(str(meta.get("dtype", "")))
     if meta.get("base_model"):
         facts.append(f"base {meta['base_model']}")
+    if meta.get("commit"):
+        facts.append(f"commit {meta['commit'][:12]}")
     facts.append(f"‖ΔW‖_F {fmt(adapter.norm)}")
     head.append("    " + " · ".join(f for f in facts if f))
     rows = [["module", "shape", "rank", "scale", "‖ΔW‖_F", "row norm min", "mean", "max"]]
@@ -298,7 +316,30 @@ def _adapter_text(index: int, adapter: AdapterStats) -> str:
     head.append("  ‖ΔW‖_F per layer × module (all: the layer as one update):")
     layer_totals = {row["layer"]: {"all": row["norm"]} for row in adapter.layers()}
     head += layer_table(adapter.cells(), extra=layer_totals)
+    head += _full_text(meta.get("full_weights") or {}, meta.get("bias"))
     return "\n".join(head)
+
+
+def _full_text(full: Mapping[str, Mapping[str, Any]], bias: Any) -> list[str]:
+    """Full-weight modules as a table, trained biases as one summary line (there can be hundreds)."""
+    lines = []
+    modules = {name: t for name, t in full.items() if t["kind"] == "module"}
+    if modules:
+        lines.append("  full-weight modules (modules_to_save: whole tensors beside the LoRA update):")
+        rows = [["tensor", "shape", "dtype", "‖W‖_F"]]
+        rows += [[name, "×".join(map(str, t["shape"])), t["dtype"], fmt(t["norm"])] for name, t in modules.items()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines += ["    " + "  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]),
+                                      r[3].rjust(widths[3])]).rstrip() for r in rows]
+    biases = [t for t in full.values() if t["kind"] == "bias"]
+    if biases:
+        kinds = ordered_kinds(split_module(t["module"])[1] for t in biases)
+        layers = {split_module(t["module"])[0] for t in biases} - {None}
+        dtypes = "/".join(sorted({t["dtype"] for t in biases}))
+        total = math.sqrt(sum(t["norm"] ** 2 for t in biases))
+        lines.append(f"  trained biases (bias=\"{bias}\"): {len(biases)} modules ({', '.join(kinds)}"
+                     f"{f' in {len(layers)} layers' if layers else ''}), {dtypes}, ‖b‖ together {fmt(total)}")
+    return lines
 
 
 def _pair_text(pair: PairStats, adapters: Sequence[AdapterStats]) -> str:

@@ -21,6 +21,7 @@ from dipm_lang.io.sources import AdapterSource
 from dipm_lang.io.writer import AdapterStage, StagedOutput
 from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program
+from dipm_lang.run.full_weights import describe
 from dipm_lang.run.planning import Plan, load_nodes
 from dipm_lang.run.weights import source_key
 from dipm_lang.safety.privacy import private_text
@@ -38,6 +39,7 @@ class OutputSummary:
     kept: dict[str, int] = field(default_factory=dict)      # module -> the rank it keeps (before padding)
     errors: dict[str, float] = field(default_factory=dict)  # module -> relative error dropped (energy=)
     target: str | None = None                               # "vllm": one rank for all, zero-padded
+    full: list[str] = field(default_factory=list)  # full-weight modules and biases written (SPEC §7.4)
 
     @classmethod
     def of(cls, staged: StagedOutput, stage: AdapterStage, dtype: torch.dtype,
@@ -46,7 +48,8 @@ class OutputSummary:
         kept = {name: stage.kept.get(name, rank) for name, (rank, _) in stage.ranks.items()}
         return cls(staged.destination, len(ranks), ranks, str(dtype).removeprefix("torch."), relative_error,
                    list(staged.zero_modules), list(staged.warnings), kept,
-                   {name: error for name, error in (errors or {}).items() if name in kept}, stage.target)
+                   {name: error for name, error in (errors or {}).items() if name in kept}, stage.target,
+                   list(staged.full))
 
     @classmethod
     def of_bake(cls, staged: StagedOutput, the_plan: Plan) -> "OutputSummary":
@@ -66,7 +69,8 @@ class OutputSummary:
         if self.zero_modules and not self.warnings:  # all zero: the warning says it
             shown = ", ".join(self.zero_modules[:3]) + (", …" if len(self.zero_modules) > 3 else "")
             zero = f"; zero in {len(self.zero_modules)} module{'s' if len(self.zero_modules) != 1 else ''} ({shown})"
-        return f"{self.path}  ({_count(self.modules, 'module')}, {rank}, {self.dtype}{err}{zero})"
+        full = f"; full weights: {describe(self.full)}" if self.full else ""
+        return f"{self.path}  ({_count(self.modules, 'module')}, {rank}, {self.dtype}{err}{zero}{full})"
 
     def module_lines(self) -> list[str]:
         """With energy=: each module's kept rank and the relative error it dropped."""
@@ -157,13 +161,18 @@ def provenance(program: Program, the_plan: Plan,
                digest: Callable[[AdapterSource], str] = lambda info: info.sha256, *,
                save: Node | None = None) -> dict[str, str]:
     """Safetensors metadata: the recipe's hash and each input by name, label (a folder's base name or
-    a Hub id — never a local path) and content hash (`digest`); for a `save`, the numbers given from
-    outside (`--set t=0.3`, a sweep's point) when there were any. The same recipe, inputs and numbers
-    give the same metadata from any working folder."""
+    a Hub id — never a local path) and content hash (`digest`), and for a Hub input the commit its
+    revision resolved to; for a `save`, the numbers given from outside (`--set t=0.3`, a sweep's
+    point) when there were any. The same recipe, inputs and numbers give the same metadata from any
+    working folder (and from the Hub or, offline, from its cache)."""
     inputs = {}
     for node in load_nodes(program):
         info = the_plan.inputs[source_key(node)]
-        inputs[node.attr("name") or info.label] = {"source": info.label, "sha256": digest(info)}
+        entry = {"source": info.label, "sha256": digest(info)}
+        commit = getattr(info, "commit", None)  # Hub inputs (io/hub_source.py)
+        if commit is not None:
+            entry["commit"] = commit
+        inputs[node.attr("name") or info.label] = entry
     metadata = {
         "dipm_lang_version": __version__,
         "dipm_script_sha256": hashlib.sha256(recipe_text(program).encode("utf-8")).hexdigest(),

@@ -51,7 +51,9 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
                 metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
                 force=options.force,
                 inputs=file_inputs(the_plan.inputs.values()) + base_inputs(the_plan),
-                dora=id(save.args[0]) in the_plan.forms, **serving(save))
+                dora=id(save.args[0]) in the_plan.forms, **serving(save),
+                full=the_plan.full.get(id(save), ()),  # full-weight modules and biases (SPEC §7.4)
+                full_dtype=the_plan.out_dtype if options.out_dtype else None)
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:

@@ -9,13 +9,14 @@ second input fails the run before the first output, and nothing is half-done. Wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from dipm_lang.errors import AdapterError, ExecutionError, Span, UsageError, did_you_mean
+from dipm_lang.io.hub_ref import is_hub_path
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
@@ -24,6 +25,7 @@ from dipm_lang.ir.modules import layer_index, natural_key
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
+from dipm_lang.run.full_weights import full_modules, plan_full_weights
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
 from dipm_lang.run import weights
 
@@ -40,6 +42,9 @@ class Plan:
     device: torch.device
     dtype: torch.dtype
     out_dtype: torch.dtype
+    # Per save (id of its node): the full-weight modules and biases it writes (SPEC §7.4, run/full_weights.py)
+    full: dict[int, list] = field(default_factory=dict)
+    full_modules: tuple[str, ...] = ()  # the modules the inputs' full-weight tensors belong to
     base: Any = None                          # the base model (io.base_model.BaseModel), SPEC §7.8
     forms: frozenset[int] = frozenset()       # ids of the nodes whose value is in DoRA's form
 
@@ -54,9 +59,9 @@ class Plan:
 
     @property
     def layers(self) -> int:
-        """L of SPEC §7.2: one plus the highest layer index over the program's modules (1 if none has one)."""
-        indices = [index for index in map(layer_index, self.modules) if index is not None]
-        return 1 + max(indices, default=0)
+        """L of SPEC §7.2: one plus the highest layer index over the program's modules — LoRA and
+        full-weight ones — (1 if none has one)."""
+        return layer_count([*self.modules, *self.full_modules])
 
     def group_key(self, name: str) -> tuple:
         """Modules with equal keys can run as one batch: same shape, same rank in every input."""
@@ -104,11 +109,16 @@ def schedule_values(the_plan: "Plan") -> list[tuple[Any, dict[str, float]]]:
     return list(seen.items())
 
 
+def layer_count(modules) -> int:
+    """One plus the highest layer index of these module names (1 if none has one)."""
+    indices = [index for index in map(layer_index, modules) if index is not None]
+    return 1 + max(indices, default=0)
+
+
 def check_schedules(program: Program, modules: Mapping[str, tuple[int, int]]) -> None:
     """Before any tensor is read: every schedule has a value for every module (a ramp with
     `layers=L` must not meet a module of layer index ≥ L; SPEC §7.2)."""
-    indices = [index for index in map(layer_index, modules) if index is not None]
-    layers = 1 + max(indices, default=0)
+    layers = layer_count(modules)
     for node, schedule in schedules_of(program):
         for name in modules:
             try:
@@ -126,8 +136,8 @@ def at_load(error: AdapterError, span: Span | None) -> AdapterError:
     if span is None:
         return error
     hint = error.hint
-    if hint is None and error.path and "not found" in error.message:
-        hint = near_names(Path(error.path))
+    if error.path and "not found" in error.message and not is_hub_path(error.path):
+        hint = near_names(Path(error.path)) or hint  # a typo's near name first
     moved = AdapterError(f"{error.path}: {error.message}" if error.path else error.message, hint=hint)
     moved.span = span
     return moved
@@ -162,7 +172,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     `recover` first cleans up what killed runs left next to each output (`writer.recover_stale`).
     """
     infos: dict[str, AdapterSource] = {}
-    open_ = opener or (lambda path: open_source(path, memory))
+    open_ = opener or (lambda path: open_source(path, memory, progress=options.progress))
     base_folder = weights.base_path(program, options)
     base_node = next(iter(weights.needs_base(program)), None)
     base = _open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
@@ -176,7 +186,9 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             raise UsageError(f"input '{name}' has no path: give it with --set {name}=PATH",
                              program.spans.get(node))
         if path not in infos:
-            if options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
+            if options.sandbox is not None and is_hub_path(path):  # the lowering checked it too
+                options.sandbox.check_hub(path, "load", program.spans.get(node))
+            elif options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
                 options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
             try:
                 infos[path] = open_(path)
@@ -199,6 +211,8 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             weights.check_modules(base, modules, infos)
         except AdapterError as error:
             raise at_load(error, program.spans.get(base_node)) from None
+    extra = full_modules(infos)
+    full = plan_full_weights(program, infos, layer_count([*modules, *extra]), list(modules))
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
@@ -221,7 +235,9 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         stored = {info.dtype for info in infos.values()}
         # the inputs' dtype, where an adapter can be written in it (float8 inputs are written in float32)
         out = stored.pop() if len(stored) == 1 and stored <= set(OUTPUT_DTYPES) else torch.float32
-    return Plan(program, infos, modules, resolve_device(options.device), compute, out, base=base, forms=forms)
+    return Plan(program, infos, modules, resolve_device(options.device), compute, out, full, tuple(extra),
+                base=base, forms=forms)
+
 
 
 def _open_base(path: str, options: RunOptions, span: Span | None) -> Any:

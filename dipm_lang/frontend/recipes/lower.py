@@ -18,6 +18,7 @@ from dipm_lang.frontend.lower import Lowerer
 from dipm_lang.frontend.parser import parse_expression, parse_script
 from dipm_lang.frontend.recipes.positions import LineIndex
 from dipm_lang.frontend.recipes.schema import Recipe, Text, read_recipe
+from dipm_lang.io.hub_ref import is_hub_path
 from dipm_lang.ir.node import Program
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ def lower_recipe(path: str | Path | Recipe, sets: Mapping[str, Any] | None = Non
     if sandbox is not None:  # here, where each input's key in the config is known
         for name, folder in recipe.inputs.items():
             if name not in sets:
-                sandbox.check(folder, f"input '{name}'", recipe.input_spans.get(name),
-                              written=recipe.input_texts.get(name))
+                check = sandbox.check_hub if is_hub_path(folder) else sandbox.check
+                check(folder, f"input '{name}'", recipe.input_spans.get(name), written=recipe.input_texts.get(name))
     external: dict[str, Any] = {name: str(folder) for name, folder in recipe.inputs.items()}
     external.update(recipe.parameters)  # numbers and schedules, usable by name in every expression
     external.update(sets)  # --set wins, and resolves against the working directory (Lowerer)

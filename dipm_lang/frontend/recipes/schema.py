@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dipm_lang.errors import ConfigError, Span, did_you_mean
+from dipm_lang.errors import ConfigError, DipmError, Span, did_you_mean
+from dipm_lang.io.hub_ref import hub_input
 from dipm_lang.ir.schedules import Ramp
 from dipm_lang.ir.targets import TARGETS
 from dipm_lang.ir.schedules import Where as Choose
@@ -56,7 +57,7 @@ class Output:
 class Recipe:
     file: str                 # as given (shown in messages)
     text: str
-    inputs: dict[str, Path]   # NAME -> absolute folder
+    inputs: dict[str, str]    # NAME -> absolute folder, or a Hub adapter's `hf://…` id (SPEC §7.5)
     outputs: list[Output]
     imports: list[tuple[str, Span | None]]
     defs: Text | None
@@ -109,7 +110,11 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
             fail(f"input '{name}' must be an adapter folder (a string), got {_kind(value)}", ("inputs", name))
         if path_problem(value):
             fail(f"input '{name}': {path_problem(value)}", ("inputs", name))
-        inputs[name] = absolute(base / Path(value).expanduser())
+        try:
+            hub = hub_input(value, base_dir=base)
+        except DipmError as e:  # a malformed hf:// id, or no huggingface_hub to read one
+            fail(f"input '{name}': {e.message}", ("inputs", name), hint=e.hint)
+        inputs[name] = str(hub) if hub is not None else str(absolute(base / Path(value).expanduser()))
 
     outputs_tree = tree["outputs"]
     if not isinstance(outputs_tree, dict) or not outputs_tree:
