@@ -214,7 +214,7 @@ def test_numeric_programs_cover_every_operator():
     seen: set[str] = set()
     texts = []
 
-    @settings(CI, max_examples=200)
+    @settings(CI, max_examples=300)
     @given(script=st.composite(lambda draw: NUMERIC.script(draw, depth=3, max_saves=2))())
     def collect(script):
         called(script, seen)

@@ -168,7 +168,7 @@ def test_every_written_operator_is_generated():
     """Across a fixed sample, every operator a script can write appears (so one added to
     `dipm_lang.ops` is exercised by every property here), and every standard-library def."""
     seen: set[str] = set()
-    for script in sample(SCRIPTS, 200):
+    for script in sample(SCRIPTS, 300):
         called(script, seen)
     assert {op.name for op in written_operators(OPERATORS)} <= seen, \
         {op.name for op in written_operators(OPERATORS)} - seen
