@@ -31,16 +31,19 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 
 @dataclass(frozen=True)
 class Shapes:
-    """A Llama-like model's module shapes (hidden, FFN width; no grouped-query attention)."""
+    """A Llama-like model's module shapes (hidden, FFN width; `kv`: rows of k_proj/v_proj under
+    grouped-query attention, None for none)."""
 
     hidden: int = 4096
     ffn: int = 11008
     name: str = "llama-7b-shapes"
+    kv: int | None = None
 
     def modules(self, layers: int) -> Iterator[tuple[str, int, int]]:
         """`(module name, out_features, in_features)` for every projection of every layer."""
         h, f = self.hidden, self.ffn
-        dims = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
+        kv = self.kv or h
+        dims = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
                 "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
         for layer in range(layers):
             for proj in PROJECTIONS:
@@ -49,6 +52,8 @@ class Shapes:
 
 
 LLAMA_7B = Shapes()
+LLAMA_70B = Shapes(hidden=8192, ffn=28672, name="llama-70b-shapes", kv=1024)
+SMALL = Shapes(hidden=256, ffn=704, name="small-llama-shapes")  # ≥ 128 wide: the randomized *_svd path
 TINY = Shapes(hidden=64, ffn=176, name="tiny-llama-shapes")
 
 

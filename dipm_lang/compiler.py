@@ -206,9 +206,9 @@ def _expression(lowerer: Lowerer, source: Expression, expr: ast.Expr) -> Program
                                         max_rank=source.max_rank), module)
         return lowerer.program(source.text)
     node, program = lowerer.expression(expr, source.text, source.file, require_used=source.require_used)
-    if node.type.kind not in ("Delta", "Dir", "Mag"):
-        raise DipmTypeError(f"this expression is a {node.type}; expected an update (Delta, Dir) or "
-                            "magnitudes (Mag)", expr.span)
+    if node.type.kind not in ("Delta", "Dir", "Mag", "Factor"):
+        raise DipmTypeError(f"this expression is a {node.type}; expected an update (Delta, Dir), "
+                            "magnitudes (Mag) or a factor (x.A, x.B)", expr.span)
     return program.replace(results={RESULT: node})
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny PEFT adapters built once per test session; one torch thread on request;
+"""Shared fixtures: tiny PEFT adapters and image-model LoRA files built once per test session; one torch thread on request;
 the detox miniature's smoke run, started in the background when the session starts."""
 
 from __future__ import annotations
@@ -45,6 +45,24 @@ def peft_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def peft_adapter_digests(peft_adapters: dict[str, Path]) -> dict[str, dict[str, str]]:
     """File hashes of every shared adapter, taken right after they were built."""
     return _DIGESTS
+
+
+@pytest.fixture(scope="session")
+def diffusion_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny image-model LoRA files (tests/diffusion_fixtures.py: PEFT's tuners, diffusers' savers and
+    converters), built once per session for the formats' tests and the language's (read-only for tests)."""
+    import diffusion_fixtures as fx
+
+    root = tmp_path_factory.mktemp("diffusion")
+    return {
+        "sd_diffusers_peft": fx.sd_diffusers_peft(root),
+        "sd_diffusers_scripts": fx.sd_diffusers_scripts(root),
+        "sd_kohya_converted": fx.sd_kohya_converted(root),
+        "sdxl_kohya": fx.sdxl_kohya(root),
+        "sd_loha": fx.sd_lycoris(root, "loha"),
+        "sd_lokr": fx.sd_lycoris(root, "lokr"),
+        "flux_diffusers": fx.flux_diffusers_peft(root),
+    }
 
 
 @pytest.fixture(scope="session")

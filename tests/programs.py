@@ -25,13 +25,19 @@ not on types):
   (SPEC §7.3), and the factor inherits its adapter's ranks.
 - `lora(B, A)` and factor arithmetic (`x.B + y.B`): factors of equal rank, so both sides come from
   one *rank class* of inputs (adapters whose ranks agree in every module they share).
+- `align(x, xs)`: x an input and xs distinct inputs holding it (the typing rule reads the values).
 - `UpdateList(adapters=…)` (the factor merges `linear`, `ties`, `dare_*`, `magnitude_prune`):
   loads of one rank class; a delta merge (`svd`, `*_svd`) whose `check` refuses computed items
   for the drawn static values (rank omitted) gets loads too — found by probing its typing rule.
+- `iso` (`FLAT`) in numeric mode is never truncated: not drawn under an operator that keeps top
+  singular vectors (a static `rank` or `k`), and a save whose value may hold it (directly, or through
+  a binding or the def) gets no `rank=`/`energy=`/`max_rank=`.
+- Statics that the typing rule needs after all (knots' `density` with method="ties") are given
+  when leaving them out is refused (probed with stand-ins).
 - `/`: the divisor is a nonzero literal (dividing by a zero number is a compile-time error); in
   numeric mode a magnitude divisor is `max(m, 0.5)`, so no unit divides by zero.
 - `Weights` (`mix`, `mean`): positive literals, so a mean never divides by a zero sum.
-- Schedules (`ramp`, `where`) stand wherever a number does; a schedule divisor is a ramp of
+- Schedules (`ramp`, `where`, `lbw`, `strengths`) stand wherever a number does; a schedule divisor is a ramp of
   nonzero points, and in numeric mode a ramp's `layers=` is left out or at least `INPUT_LAYERS`.
 - The standard library's defs (`STDLIB`, checked against stdlib/*.dipm by a test) and one `def` of
   the script itself (`blend`): defs are not operators, their parameter types are listed here.
@@ -47,6 +53,7 @@ not on types):
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +67,8 @@ from dipm_lang.ir.operator import Operator, OperatorTable
 from dipm_lang.ir.types import (BY_VALUES, DELTA, NUM, SCHEDULE, WEIGHT, WEIGHT_SPACE, Type, dir_t, factor_t, list_t,
                                 mag_t)
 from dipm_lang.ops import OPERATORS
-from dipm_lang.ops.schedules import NumberOrSchedule, Values
+from dipm_lang.ir.blocks import PRESETS
+from dipm_lang.ops.schedules import BlockWeights, NumberOrSchedule, Values
 from dipm_lang.ops.selection import Layers, Pattern
 
 # ---- what a script can write ----------------------------------------------------------------
@@ -71,15 +79,29 @@ WRITTEN_NONCALLABLE = {*INFIX, "neg", "factor"}
 non-callable ones (`const`, `list`: literals; `lincomb`, `unit_scale`: made by fusion) are never
 written as operators."""
 
-EXPLICIT = ("load", "save", "factor", "lora", "base", "bake", "extract")
+EXPLICIT = ("load", "save", "factor", "lora", "align", "base", "bake", "extract")
 """Operators drawn by the explicit strategies below instead of the generic walk."""
 UNPROBED = ("load", "save", "base", "bake", "extract")
 """Explicit operators whose signatures are not probed (they take paths, which only they draw)."""
 
-WEIGHT_DIRS: tuple[Type, ...] = tuple(dir_t(b, WEIGHT_SPACE) for b in BY_VALUES)
-BASE_TYPES: tuple[Type, ...] = (DELTA, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES), NUM,
-                                SCHEDULE, factor_t("A"), factor_t("B"), WEIGHT, *WEIGHT_DIRS)
+IMAGE_MODEL_ONLY = ("lbw",)
+"""Operators whose programs run only on LoRAs of image models (block weights need a model family): the
+numeric tests' adapters are language-model ones, so numeric programs leave them out (tests/test_lora_files.py
+runs them)."""
+
+
+SPACES = (None, "A", "B")
+"""Whose units a Dir or Mag holds: an update's, or a factor's (SPEC §7.3)."""
+DIRS = tuple(dir_t(b, of) for of in SPACES for b in BY_VALUES)
+MAGS = tuple(mag_t(b, of) for of in SPACES for b in BY_VALUES)
+WEIGHT_DIRS: tuple[Type, ...] = tuple(dir_t(b, space=WEIGHT_SPACE) for b in BY_VALUES)
+BASE_TYPES: tuple[Type, ...] = (DELTA, *DIRS, *MAGS, NUM, SCHEDULE, factor_t("A"), factor_t("B"), WEIGHT,
+                                *WEIGHT_DIRS)
 BASE_NAME = "w0"  # every script binds w0 = base("base")
+
+FLAT = frozenset({"iso"})
+"""Operators whose result has equal singular values (Iso-C's σ̄·U Vᵀ): truncating it keeps an arbitrary
+subspace of them, which no two backends choose alike."""
 
 INPUT_LAYERS = 8
 """At least the layer count of the numeric tests' adapters: a ramp's `layers=` there is never smaller."""
@@ -124,14 +146,16 @@ def _operand_options(kind: S.Kind) -> list[Type]:
     if isinstance(kind, S.Update):
         # a Dir stands wherever a Delta does (the drawing may give one); a weight where the kind takes one
         return [DELTA, WEIGHT] if kind.weights else [DELTA]
+    if isinstance(kind, S.Decouplable):
+        return [DELTA, factor_t("A"), factor_t("B"), WEIGHT]
     if isinstance(kind, S.Anything):
         return list(BASE_TYPES)
     if isinstance(kind, S.DirOf):
-        return [dir_t(b) for b in BY_VALUES] + list(WEIGHT_DIRS)
+        return [*DIRS, *WEIGHT_DIRS]
     if isinstance(kind, S.MagOf):
-        return [mag_t(b) for b in BY_VALUES]
+        return list(MAGS)
     if isinstance(kind, S.MagOrNumber):
-        return [*(mag_t(b) for b in BY_VALUES), NUM]
+        return [*MAGS, NUM]
     if isinstance(kind, S.Number):
         return [NUM, SCHEDULE]  # a schedule (ramp, where) stands wherever a number does
     if isinstance(kind, S.FactorOf):
@@ -155,6 +179,8 @@ def _static_options(kind: S.Kind) -> list[Any]:
         return [kind.high if kind.high is not None else 1.0]
     if isinstance(kind, S.Choice):
         return list(kind.values)
+    if isinstance(kind, S.Flag):
+        return [False, True]
     if isinstance(kind, S.Text):  # Path too
         return [None] if kind.optional else ["x"]
     if isinstance(kind, (S.Numbers, Pattern, Layers)):
@@ -163,6 +189,8 @@ def _static_options(kind: S.Kind) -> list[Any]:
         return [(0.0, 1.0)]
     if isinstance(kind, NumberOrSchedule):
         return [1.0]
+    if isinstance(kind, BlockWeights):
+        return ["ALL"]
     raise GeneratorGap(f"no static strategy for the parameter kind {type(kind).__name__}")
 
 
@@ -200,6 +228,8 @@ def probe(op: Operator) -> list[Signature]:
     found = []
     for combo in itertools.product(*options):
         operands = {p.name: stand_in(v) for p, v in zip(params, combo) if not p.static}
+        if op.name == "align":  # a value rule: x must be one of the adapters xs
+            operands["xs"] = Node.make("list", (operands["x"], stand_in(DELTA)), {}, list_t(DELTA), unique=True)
         statics = {p.name: v for p, v in zip(params, combo) if p.static}
         result = typing_accepts(op, operands, statics)
         if result is not None:
@@ -232,7 +262,7 @@ SYNTAX_INPUTS = Inputs((("h", "g", "bad"),))  # nothing is read: every combinati
 
 # ---- the standard library and the script's own def ---------------------------------------------
 
-U, U_LIST, W, BY = "update", "updates", "weights", "by"
+U, U_LIST, W, BY, ADAPTER = "update", "updates", "weights", "by", "adapter"
 STDLIB: dict[str, tuple[tuple[str, str], ...]] = {
     "transfer": (("src", U), ("tgt", U), ("t", "num"), ("by", BY)),
     "detox": (("h", U), ("bad", U), ("t", "num"), ("by", BY)),
@@ -240,9 +270,14 @@ STDLIB: dict[str, tuple[tuple[str, str], ...]] = {
     "multitask": (("xs", U_LIST), ("weights", W), ("by", BY)),
     "task_arithmetic": (("h", U), ("other", U), ("lam", "num")),
     "negate": (("h", U), ("bad", U), ("lam", "num")),
+    "transfer_b": (("src", ADAPTER), ("tgt", ADAPTER), ("t", "num"), ("by", BY)),
+    "detox_b": (("h", ADAPTER), ("bad", ADAPTER), ("t", "num"), ("by", BY)),
+    "transfer_aligned": (("src", ADAPTER), ("tgt", ADAPTER), ("t", "num"), ("by", BY)),
+    "detox_aligned": (("h", ADAPTER), ("bad", ADAPTER), ("t", "num"), ("by", BY)),
 }
 """The standard library's defs (all return a Delta) and their parameters' kinds; a test checks
-the names against stdlib/*.dipm, so a new def there fails until it is listed here."""
+the names against stdlib/*.dipm, so a new def there fails until it is listed here. `ADAPTER`: an
+input (the B-side recipes read `x.A`/`x.B`), all of one call's from one rank class."""
 
 
 
@@ -311,7 +346,7 @@ class Generator:
         self.stdlib = stdlib
         self.signatures: dict[Type, list[Signature]] = {}
         for op in written_operators(operators):
-            if op.name in UNPROBED:
+            if op.name in UNPROBED or (numeric and op.name in IMAGE_MODEL_ONLY):
                 continue
             sigs = probe(op)
             if not sigs:
@@ -321,6 +356,20 @@ class Generator:
                     self.signatures.setdefault(sig.result, []).append(sig)
         self.cost = self._costs()
         self._adapters_needed: dict[tuple, bool] = {}
+        self.excluded: frozenset[str] = frozenset()
+
+    @contextmanager
+    def without(self, names: frozenset[str]):
+        """Draw nothing from the operators `names` (numeric mode only) inside the block."""
+        before = self.excluded
+        self.excluded = before | names if self.numeric else before
+        try:
+            yield
+        finally:
+            self.excluded = before
+
+    def truncates(self, op: Operator) -> bool:
+        return any(p.name in ("rank", "k") for p in op.static_params)
 
     # ---- costs: how deep a type's cheapest expression is -------------------------------------
 
@@ -353,6 +402,8 @@ class Generator:
             wants += [dir_t(b) for b in BY_VALUES]
         if want == WEIGHT and not exact:
             wants += [t for t in WEIGHT_DIRS if not (self.numeric and t.by == "in")]
+        if want.kind == "Factor" and not exact:  # a direction of a factor stands for it (SPEC §7.3)
+            wants += [dir_t(b, want.by) for b in BY_VALUES]
         leaves = [(name, t) for t in wants for name in scope.of(t)]
         if want == DELTA:
             leaves += [(name, DELTA) for name in self.inputs.names]
@@ -364,8 +415,8 @@ class Generator:
             leaves += [(BASE_NAME, WEIGHT)]
         if want == NUM:
             leaves += [(v, NUM) for v in LITERALS]
-        sigs = [s for t in wants for s in self.signatures.get(t, [])]
-        if rank_class is None and want.kind == "Factor":
+        sigs = [s for t in wants for s in self.signatures.get(t, []) if s.op.name not in self.excluded]
+        if rank_class is None and want.factor is not None:  # factors and their Dir/Mag: one rank class
             rank_class = pick(draw, self.inputs.classes)
         if leaves and (depth <= 0 or not sigs or draw(st.integers(0, 3)) == 0):
             leaf, type_ = pick(draw, leaves)
@@ -374,7 +425,7 @@ class Generator:
             return self.stdlib_call(draw, depth, scope), DELTA
         if depth <= 0:
             sigs = self._cheap(sigs)
-        elif len(wants) > 1:  # an update: a Delta or a direction, evenly (there are many more Delta makers)
+        elif len(wants) > 1:  # an update or a factor: it or a direction, evenly (there are more makers of the first)
             kind = pick(draw, sorted({s.result.kind for s in sigs}))
             sigs = [s for s in sigs if s.result.kind == kind]
         # one operator uniformly among those that can give the type, then one of its signatures
@@ -394,10 +445,12 @@ class Generator:
             return self.factor(draw, sig.static("which"), depth, scope, rank_class)
         if op.name == "lora":
             return self.lora(draw, depth, scope)
+        if op.name == "align":
+            return self.align(draw, sig)
         if op.name in INFIX:
             a = self.operand(draw, op, "a", sig.operand("a"), depth, scope, rank_class)
             if op.name == "div":
-                b = self.divisor(draw, sig.operand("b"), depth, scope)
+                b = self.divisor(draw, sig.operand("b"), depth, scope, rank_class)
             else:
                 b = self.operand(draw, op, "b", sig.operand("b"), depth, scope, rank_class)
             return BinOp(INFIX[op.name], a, b)
@@ -408,9 +461,17 @@ class Generator:
     def generic_call(self, draw, sig: Signature, depth: int, scope: Scope, rank_class) -> Call:
         """A call drawn by its parameters' kinds: statics first (some operands depend on them),
         then operands in order, then the static lists sized by an operand (`Numbers(of=…)`)."""
+        with self.without(FLAT if self.truncates(sig.op) else frozenset()):
+            return self._generic_call(draw, sig, depth, scope, rank_class)
+
+    def _generic_call(self, draw, sig: Signature, depth: int, scope: Scope, rank_class) -> Call:
         op = sig.op
         params = op.call_params
         statics = {p.name: self.static(draw, p, sig) for p in params if p.static and not isinstance(p.kind, S.Numbers)}
+        if any(v is _OMIT for v in statics.values()) and not self.accepts(sig, statics):
+            # a value the others make required (knots' density with method="ties"): given after all
+            statics = {name: self.static(draw, p, sig, keep=True) if v is _OMIT else v
+                       for (name, v), p in zip(statics.items(), [p for p in params if p.name in statics])}
         operands: dict[str, Any] = {}
         sizes: dict[str, int] = {}
         for p in params:
@@ -421,7 +482,8 @@ class Generator:
                 sizes[p.name] = len(items)
                 operands[p.name] = ListExpr(tuple(items))
             elif isinstance(p.kind, S.ListOf):
-                operands[p.name], sizes[p.name] = self.item_list(draw, sig.operand(p.name).item, depth, scope)
+                operands[p.name], sizes[p.name] = self.item_list(draw, sig.operand(p.name).item, depth, scope,
+                                                                 rank_class)
             elif isinstance(p.kind, S.Weights):
                 operands[p.name] = self.weights(draw, sizes[p.kind.of], p)
             else:
@@ -448,30 +510,34 @@ class Generator:
             return self.number(draw, depth, scope)
         return self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
 
-    def divisor(self, draw, type_: Type, depth: int, scope: Scope) -> Any:
+    def divisor(self, draw, type_: Type, depth: int, scope: Scope, rank_class=None) -> Any:
         if type_ == NUM:
             return Number(pick(draw, NONZERO))
         if type_ == SCHEDULE:  # zero in no module
             points = ListExpr(tuple(Number(pick(draw, NONZERO)) for _ in range(draw(st.integers(1, 3)))))
             return Call("ramp", (points,), ())
-        magnitude = self.expr(draw, type_, depth, scope)[0]
+        magnitude = self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
         if self.numeric:  # no unit divides by zero (a module an adapter lacks has zero magnitudes)
             return Call("max", (magnitude, Number(0.5)), ())
         return magnitude
 
-    def item_list(self, draw, item: Type, depth: int, scope: Scope) -> tuple[ListExpr | Call, int]:
-        """A list of `item`s: written out, or an operator that maps over lists (`dir([a, b])`)."""
+    def item_list(self, draw, item: Type, depth: int, scope: Scope, rank_class=None) -> tuple[ListExpr | Call, int]:
+        """A list of `item`s: written out, or an operator that maps over lists (`dir([a, b])`); items
+        of a factor's units from one rank class."""
         count = draw(st.integers(1, 3))
-        mappers = [s for s in self.signatures.get(item, []) if s.op.maps_over_lists]
+        if rank_class is None and item.factor is not None:
+            rank_class = pick(draw, self.inputs.classes)
+        mappers = [s for s in self.signatures.get(item, []) if s.op.maps_over_lists and s.op.name not in self.excluded]
         if mappers and draw(st.integers(0, 3)) == 0:
             sig = pick(draw, mappers)
             first = sig.op.call_params[0]
-            inner = ListExpr(tuple(self.expr(draw, sig.operand(first.name), depth - 1, scope, exact=True)[0]
-                                   for _ in range(count)))
+            inner = ListExpr(tuple(self.expr(draw, sig.operand(first.name), depth - 1, scope, exact=True,
+                                             rank_class=rank_class)[0] for _ in range(count)))
             rest = [(p.name, self.static(draw, p, sig), p.default) for p in sig.op.call_params[1:]]
             return _write_call(draw, sig.op.name, [(first.name, inner, S.REQUIRED)] + [
                 (n, None if v is _OMIT else literal(v), d) for n, v, d in rest]), count
-        return ListExpr(tuple(self.expr(draw, item, depth, scope, exact=True)[0] for _ in range(count))), count
+        return ListExpr(tuple(self.expr(draw, item, depth, scope, exact=True, rank_class=rank_class)[0]
+                              for _ in range(count))), count
 
     def update_list(self, draw, op: Operator, kind: S.UpdateList, statics: dict, depth: int, scope: Scope) -> list:
         count = draw(st.integers(1, 3))
@@ -503,10 +569,18 @@ class Generator:
             return _OMIT
         return [pick(draw, SIGNED_WEIGHTS) for _ in range(count)]
 
-    def static(self, draw, param: S.Param, sig: Signature) -> Any:
-        """A static value for `param`, or `_OMIT` to leave it out (only where it has a default)."""
+    def accepts(self, sig: Signature, statics: dict) -> bool:
+        """Whether the typing rule accepts these static values (`_OMIT`: left out) with stand-ins of
+        the signature's operand types."""
+        operands = {name: stand_in(t) for name, t in sig.operands}
+        given = {k: v for k, v in statics.items() if v is not _OMIT}
+        return typing_accepts(sig.op, operands, given) is not None
+
+    def static(self, draw, param: S.Param, sig: Signature, keep: bool = False) -> Any:
+        """A static value for `param`, or `_OMIT` to leave it out (only where it has a default and
+        not `keep`)."""
         kind = param.kind
-        optional = param.default is not S.REQUIRED
+        optional = param.default is not S.REQUIRED and not keep
         if isinstance(kind, S.By):
             value = sig.static(param.name)  # bound by the signature
             return _OMIT if optional and value == param.default and draw(st.booleans()) else value
@@ -526,6 +600,8 @@ class Generator:
             return pick(draw, values)
         if isinstance(kind, S.Choice):
             return pick(draw, kind.values)
+        if isinstance(kind, S.Flag):
+            return pick(draw, (False, True))
         if isinstance(kind, Pattern):
             return pick(draw, PATTERNS)
         if isinstance(kind, Layers):
@@ -535,6 +611,10 @@ class Generator:
             return [pick(draw, LITERALS) for _ in range(draw(st.integers(1, 4)))]
         if isinstance(kind, NumberOrSchedule):  # where's branches
             return pick(draw, LITERALS)
+        if isinstance(kind, BlockWeights):  # a preset, or a vector of one of LBW's lengths
+            if draw(st.booleans()):
+                return pick(draw, sorted(PRESETS))
+            return [pick(draw, LITERALS) for _ in range(pick(draw, (12, 17, 20, 26, 61)))]
         raise GeneratorGap(f"no static strategy for {param.name}: {type(kind).__name__}")
 
     # ---- the explicit strategies ------------------------------------------------------------------
@@ -557,17 +637,33 @@ class Generator:
         by_rank = draw(st.booleans())
         rank = Number(float(draw(st.integers(1, 3)))) if by_rank else None
         energy = None if by_rank else Number(pick(draw, (0.5, 0.9, 0.99)))
-        exact = Number(1.0) if draw(st.integers(0, 3)) == 0 else None
+        exact = literal(True) if draw(st.integers(0, 3)) == 0 else None
         params = [("tuned", String("tuned")), ("base", None), ("rank", rank), ("energy", energy),
                   ("max_rank", None), ("exact", exact)]
         return _write_call(draw, "extract", [(name, expr, S.REQUIRED) for name, expr in params])
 
+    def align(self, draw, sig: Signature) -> Call:
+        """`align(x, xs)`: x an input, xs distinct inputs (any ranks) holding it, in a drawn order."""
+        names = self.inputs.names
+        chosen = [pick(draw, names)]
+        for _ in range(draw(st.integers(0, len(names) - 1))):
+            rest = [n for n in names if n not in chosen]
+            chosen.append(pick(draw, rest))
+        x = chosen[0]
+        xs = ListExpr(tuple(Name(n) for n in draw(st.permutations(chosen))))
+        side = self.static(draw, sig.op.call_params[2], sig)
+        return _write_call(draw, "align", [("x", Name(x), S.REQUIRED), ("xs", xs, S.REQUIRED),
+                                           ("side", None if side is _OMIT else String(side), "A")])
+
     def stdlib_call(self, draw, depth: int, scope: Scope) -> Call:
-        name = pick(draw, sorted(STDLIB))
+        name = draw(st.sampled_from(sorted(STDLIB)))  # evenly (bounded integers lean to their ends)
         by = pick(draw, BY_VALUES)
+        rank_class = pick(draw, self.inputs.classes)
         params = []
         for pname, kind in STDLIB[name]:
-            if kind == U:
+            if kind == ADAPTER:
+                expr = Name(pick(draw, rank_class))
+            elif kind == U:
                 expr = self.update(draw, depth - 1, scope)
             elif kind == U_LIST:
                 expr = ListExpr(tuple(self.update(draw, depth - 1, scope, exact=True)
@@ -589,6 +685,7 @@ class Generator:
         # the def's body reads its parameters and the inputs (bound before any call of it); its calls
         # have the body's type, or the argument's when the body is a bare parameter
         body, body_type = self.expr(draw, DELTA, depth - 1, Scope({NUM: ["k"]}, updates=["x", "y"]))
+        flat = {"blend"} if self.numeric and called(body) & FLAT else set()  # names whose value may be flat
         self.blend_type = None if isinstance(body, Name) and body.id in ("x", "y") else body_type
         statements: list = [Def("blend", (Param("x", None), Param("y", None), Param("k", Number(0.5))), body)]
         statements += [Binding(name, Call("load", (String(f"adapters/{name}"),), ())) for name in self.inputs.names]
@@ -602,6 +699,8 @@ class Generator:
                                    *(mag_t(b) for b in BY_VALUES)])
                 value, type_ = self.value(draw, want, depth, scope)
                 name = f"v{bindings}"
+                if self.numeric and self.is_flat(value, flat):
+                    flat.add(name)
                 statements.append(Binding(name, value))
                 scope.add(name, type_)
                 bindings += 1
@@ -614,12 +713,14 @@ class Generator:
                 dtype = () if draw(st.booleans()) else (Keyword("dtype", String(pick(draw, ("base", "float32")))),)
                 statements.append(ExprStmt(Call("bake", (value, String(f"baked/{saves}")), dtype)))
             else:
-                rank = draw(st.none() | st.integers(1, 16))
-                # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either (a value
-                # in DoRA's form, a weight, truncates by rank= only: SPEC §7.8)
-                energy = None if rank is not None or weight else \
-                    draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
-                max_rank = None if weight else draw(st.none() | st.integers(1, 12))
+                rank = energy = max_rank = None
+                if not (self.numeric and self.is_flat(value, flat)):
+                    rank = draw(st.none() | st.integers(1, 16))
+                    # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either (a
+                    # value in DoRA's form, a weight, truncates by rank= only: SPEC §7.8)
+                    energy = None if rank is not None or weight else \
+                        draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
+                    max_rank = None if weight else draw(st.none() | st.integers(1, 12))
                 kwargs = tuple(Keyword(key, Number(float(number))) for key, number in
                                (("rank", rank), ("energy", energy), ("max_rank", max_rank)) if number is not None)
                 statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
@@ -627,20 +728,33 @@ class Generator:
             if last:
                 return Script(tuple(statements))
 
+    @staticmethod
+    def is_flat(value: Any, flat: set[str]) -> bool:
+        """Whether `value` may hold a `FLAT` result: it calls one, or reads a name (or the def) that does."""
+        return bool(called(value) & (FLAT | flat) or read_names(value) & flat)
+
     def focused(self, draw, depth: int, scope: Scope) -> tuple[Any, Type]:
         """An update whose outermost operator is drawn uniformly among all the written ones that
-        make an update or magnitudes (a magnitude is recombined with a direction): so each one is
-        exercised about equally often, however deep the random trees put it."""
+        make an update, magnitudes or a factor's units (a magnitude is recombined with a direction, a
+        factor rebuilt into an update by `lora`): so each one is exercised about equally often,
+        however deep the random trees put it."""
         sigs = {}
         for result, found in self.signatures.items():
-            if result.kind in ("Delta", "Dir", "Mag"):
-                for sig in found:
+            if result.kind in ("Delta", "Dir", "Mag", "Factor"):
+                for sig in (s for s in found if s.op.name not in self.excluded):
                     sigs.setdefault(sig.op.name, []).append(sig)
-        sig = pick(draw, sigs[pick(draw, sorted(sigs))])
-        value = self.call(draw, sig, depth - 1, scope, None)
-        if sig.result.kind == "Mag":
-            return Call("recombine", (self.expr(draw, dir_t(sig.result.by), depth - 1, scope)[0], value), ()), DELTA
-        return value, sig.result
+        sig = pick(draw, sigs[draw(st.sampled_from(sorted(sigs)))])  # evenly, as stdlib_call
+        spaces = {t.item.factor if t.kind == "List" and t.item else t.factor for _, t in sig.operands}
+        rank_class = pick(draw, self.inputs.classes) if sig.result.factor or spaces - {None} else None
+        value, type_ = self.call(draw, sig, depth - 1, scope, rank_class), sig.result
+        if type_.kind == "Mag":
+            direction = self.expr(draw, dir_t(type_.by, type_.of), depth - 1, scope, rank_class=rank_class)[0]
+            value, type_ = Call("recombine", (direction, value), ()), (DELTA if type_.of is None else factor_t(type_.of))
+        if type_.is_factor:
+            other = self.expr(draw, factor_t("A" if type_.factor == "B" else "B"), min(depth - 1, 2), scope,
+                              rank_class=rank_class)[0]
+            value, type_ = Call("lora", (value, other) if type_.factor == "B" else (other, value), ()), DELTA
+        return value, type_
 
     def value(self, draw, want: Type, depth: int, scope: Scope) -> tuple[Any, Type | None]:
         """An expression for a binding or a save, and its type (None: an update of either kind);
@@ -670,6 +784,8 @@ def literal(value: Any):
         return ListExpr(tuple(literal(v) for v in value))
     if value is None:
         raise AssertionError("none is written by leaving the argument out")
+    if isinstance(value, bool):
+        return Name("true" if value else "false")
     return number_literal(float(value))
 
 
@@ -687,6 +803,18 @@ def expressions(generator: Generator, want: Type, depth: int = 3) -> st.SearchSt
     def build(draw):
         return generator.expr(draw, want, depth, Scope())[0]
     return build()
+
+
+def read_names(node: Any, out: set[str] | None = None) -> set[str]:
+    """Every name an expression reads."""
+    out = set() if out is None else out
+    if isinstance(node, Name):
+        out.add(node.id)
+    for value in vars(node).values() if hasattr(node, "__dataclass_fields__") else ():
+        for item in value if isinstance(value, tuple) else (value,):
+            if hasattr(item, "__dataclass_fields__"):
+                read_names(item, out)
+    return out
 
 
 def called(node: Any, out: set[str] | None = None) -> set[str]:

@@ -62,6 +62,66 @@ def relative(a: Tensor, b: Tensor) -> float:
     return float(difference / scale) if scale > 0 else float(difference)
 
 
+# --- dense references, from SPEC §7.9 (oracles of test_svd_merges and test_svd_merge_ops) ------
+
+
+def ref_iso(Ws: list[Tensor], w: list[float], flips: torch.Generator | None = None) -> Tensor:
+    U, S, Vh = dense_compact_svd(sum(wi * Wi for wi, Wi in zip(w, Ws)), flips)
+    if S.numel() == 0:
+        return torch.zeros_like(Ws[0])
+    return S.mean() * U @ Vh
+
+
+def ref_prune(Z: Tensor, density: float) -> Tensor:
+    """Keep the int(density·N) largest |entries| of Z (all entries tied with the cut)."""
+    if density >= 1:
+        return Z
+    count = int(density * Z.numel())
+    if count == 0:
+        return torch.zeros_like(Z)
+    cut = Z.abs().flatten().sort(descending=True).values[count - 1]
+    return torch.where(Z.abs() >= cut, Z, torch.zeros_like(Z))
+
+
+def ref_knots(Ws: list[Tensor], w: list[float], method: str, density: float | None = None,
+              flips: torch.Generator | None = None) -> Tensor:
+    n = Ws[0].shape[1]
+    U, S, Vh = dense_compact_svd(torch.cat(Ws, dim=1), flips)
+    Z = S[:, None] * Vh
+    if S.numel():
+        # SPEC §7's zero rule on the entries: a zero input's block is exactly zero, but the dense SVD
+        # leaves ~1e-16·σ₁ of noise there, and TIES would count those entries as votes.
+        Z = torch.where(Z.abs() > 1e-10 * S[0], Z, torch.zeros_like(Z))
+    blocks = Z.split(n, dim=1)
+    if method == "linear":
+        merged = sum(wi * Zi for wi, Zi in zip(w, blocks))
+    else:
+        pruned = torch.stack([ref_prune(Zi, density) for Zi in blocks])
+        elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(F64)
+        agree = (pruned.sign() == elected).to(F64)
+        weights = torch.tensor(w, dtype=F64)[:, None, None]
+        merged = (weights * pruned * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return U @ merged
+
+
+def ref_polar(X: Tensor) -> Tensor:
+    U, _, Vh = dense_compact_svd(X)
+    return U @ Vh
+
+
+def ref_tsv(Ws: list[Tensor], w: list[float], k: int | None = None, flips: torch.Generator | None = None
+            ) -> Tensor:
+    svds = [dense_compact_svd(W, flips) for W in Ws]
+    if k is None:
+        k = max(1, min(S.numel() for _, S, _ in svds) // len(Ws))
+    U = torch.cat([Ui[:, :k] for Ui, _, _ in svds], dim=1)
+    V = torch.cat([Vhi[:k].T for _, _, Vhi in svds], dim=1)
+    sigma = torch.cat([wi * Si[:k] for wi, (_, Si, _) in zip(w, svds)])
+    if sigma.numel() == 0:
+        return torch.zeros_like(Ws[0])
+    return ref_polar(U) @ torch.diag(sigma) @ ref_polar(V).T
+
+
 # --- 200 000 × 200 000 modules (never dense) ---------------------------------------------
 
 BIG = 200_000

@@ -152,3 +152,79 @@ def test_sweep_benchmark_quick(tmp_path: Path) -> None:
     assert rows["11-point sweep vs the I/O floor"][-1] == ("PASS" if floor_ok else "MISS")
     assert rows["peak memory vs one dipm run"][-1] == ("PASS" if memory_ok else "MISS")
     assert not (tmp_path / "tmp-sweep").exists()
+
+
+@pytest.mark.slow
+def test_svd_baselines_quick(tmp_path: Path) -> None:
+    """`python -m benchmarks.svd_baselines --quick`: every method and shape measured side by side,
+    dipm's truncation within 1.01× the optimum of its merged matrix (the randomized path's promise),
+    the methods without random masks merging PEFT's matrix, and each verdict agreeing with its number."""
+    pytest.importorskip("peft")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.svd_baselines", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "svd_baselines.json").read_text())
+    rows = results["rows"]
+    assert sorted((r["method"], r["module"]) for r in rows) == sorted(
+        (m, p) for m in ("ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
+        for p in ("q_proj", "up_proj"))
+    for row in rows:
+        for key in ("dipm_s", "dipm_exact_s", "peft_s", "optimal_error", "dipm_error"):
+            assert row[key] > 0, (row["method"], key)
+        assert row["dipm_error"] <= 1.01 * row["optimal_error"], row
+        assert row["dipm_exact_error"] == pytest.approx(row["optimal_error"], rel=1e-4), row
+        assert row["error_ratio"] == pytest.approx(row["dipm_error"] / row["optimal_error"])
+        if not row["method"].startswith("dare"):
+            assert row["merge_rel_diff"] < 1e-5, row
+    for target in results["targets"]:
+        bound = float(re.search(r"\d+(?:\.\d+)?", target["goal"]).group())
+        met = target["value"] >= bound if target["goal"].startswith("≥") else target["value"] <= bound
+        assert target["result"] == ("PASS" if met else "MISS"), target
+    text = (tmp_path / "svd_baselines.md").read_text()
+    assert all(f"`{r['method']}`" in text for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svd_baselines.json", "svd_baselines.md"]
+
+
+@pytest.mark.slow
+def test_scale_quick(tmp_path: Path) -> None:
+    """`python -m benchmarks.scale --quick`: the 70B (GQA), high-rank and many-adapter code paths run,
+    every number is positive, the ratios are their quotients, and the scratch files are deleted."""
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "scale.json").read_text())
+    seventy = results["70b"]
+    assert {k: (v["m"], v["n"]) for k, v in seventy["per_module"].items()}["k_proj"] == (32, 128)  # GQA rows
+    assert len(seventy["per_module"]) == 7 and all(v["transfer_ms"] > 0 for v in seventy["per_module"].values())
+    for row in (seventy, results["rank"]["whole_process"], results["adapters"]):
+        assert row["ratio_to_floor"] == pytest.approx(row["dipm_process_s"] / row["floor_process_s"])
+        assert row["dipm_peak_mib"] > 0 and row["inputs_mib"] > 0 and row["output_mib"] > 0
+    rank = results["rank"]
+    assert all(rank[k] > 0 for k in ("dense_product_ms", "transfer_ms", "detox_ms", "multitask_ms", "svd_ms"))
+    many = results["adapters"]
+    assert many["adapters"] == 4 and many["inputs"] == 4
+    assert many["peak_above_largest_input_mib"] == pytest.approx(many["dipm_peak_mib"] - many["largest_input_mib"])
+    assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]  # tmp-scale removed
+
+
+@pytest.mark.slow
+def test_svd_merges_benchmark_small(tmp_path: Path) -> None:
+    """`python -m benchmarks.svd_merges` on small shapes, dense path in float64: a row per method and
+    shape, the factored result equal to the dense one (so the speed-up compares equal work), the
+    dense path skipped above --dense-max-entries."""
+    out = tmp_path / "svd_merges.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.svd_merges", "--shapes", "96x64,160x80", "--rank", "4",
+                           "--repeat", "1", "--dense-dtype", "float64", "--dense-max-entries", str(96 * 64),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 96×64") or
+            line.startswith("| 160×80")]
+    assert len(rows) == 8
+    for shape, method, rank, factored, f_mib, dense, d_mib, speedup, difference in (map(str.strip, r) for r in rows):
+        assert float(factored.removesuffix(" ms")) > 0, method
+        if shape == "96×64":
+            assert float(dense.removesuffix(" s")) > 0 and float(speedup.removesuffix("×")) > 0, method
+            assert float(difference) <= 1e-6, (method, difference)  # float32 output vs float64 dense
+        else:
+            assert dense == speedup == difference == "—", method

@@ -26,7 +26,8 @@ from examples.experiments.detox_miniature.report import front_area, pareto_front
 from background import DetoxSmoke  # noqa: E402
 
 OUTPUTS = ("rows.json", "table.md", "pareto.png", "timings.json")
-DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink")
+DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink", "dipm_detox_b")
+TRANSFER_SWEEPS = ("dipm_transfer", "ta_transfer", "dipm_transfer_b")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_all_outputs_written(detox_smoke):
     timings = json.loads((out / "timings.json").read_text())
     assert timings["seeds"]["0"]["base_model_cached"] is False
     methods = {r["method"] for r in data["rows"]}
-    assert methods >= {"base", "H", "T", "C", *DETOX_SWEEPS, "dipm_transfer", "ta_transfer"}
+    assert methods >= {"base", "H", "T", "C", *DETOX_SWEEPS, *TRANSFER_SWEEPS}
 
 
 def test_zero_parameter_rows_equal_the_input(detox_smoke):
@@ -70,7 +71,7 @@ def test_zero_parameter_rows_equal_the_input(detox_smoke):
     H, C = reference(data, "H"), reference(data, "C")
     for method in DETOX_SWEEPS:
         same_metrics(rows_of(data, method)[0], H)
-    for method in ("dipm_transfer", "ta_transfer"):
+    for method in TRANSFER_SWEEPS:  # the B-side readings too: t = 0 rebuilds C from its own factors
         same_metrics(rows_of(data, method)[0], C)
     assert all(rows_of(data, m)[0]["value"] == 0 for m in DETOX_SWEEPS)
 

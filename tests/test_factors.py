@@ -68,12 +68,40 @@ def test_a_module_one_adapter_lacks_is_a_zero_factor(quartet, options):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_factors_of_different_ranks_name_one_modules_shapes(quartet, dense):
-    with pytest.raises(ExecutionError) as error:
-        outputs(quartet, "lora(H.B + T.B, H.A)", dense=dense)
-    # the first module both have (natural order), with its shapes: m×4 and m×8
-    assert "factor shapes differ: (32, 4) and (32, 8)" in str(error.value), str(error.value)
-    assert f"(module {Q})" in str(error.value)
+def test_factors_of_different_ranks_fail_before_any_tensor_is_read(quartet, dense, monkeypatch):
+    # the headers tell: the plan names the operator, both adapters' ranks and the first module both
+    # have (natural order); no tensor is read (a read would raise here)
+    from dipm_lang.io.reader import AdapterInfo
+
+    monkeypatch.setattr(AdapterInfo, "read", lambda *a, **k: pytest.fail("a tensor was read"))
+    for body, label in [("lora(H.B + T.B, H.A)", "+"), ("lora(H.B, T.A)", "lora"),
+                        ("lora(shift(dir(H.B), dir(T.B), 0.5), H.A)", "shift"),
+                        ("lora(recombine(dir(H.B, by=\"in\"), mag(T.B, by=\"in\")), H.A)", "recombine")]:
+        with pytest.raises(ExecutionError) as error:
+            outputs(quartet, body, dense=dense)
+        message = str(error.value)
+        assert f"{label}: factors of different ranks meet here" in message, message
+        assert "adapters/H has rank 4" in message and "adapters/T has rank 8" in message, message
+        assert f"(module {Q})" in message, message
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_the_kernels_name_one_modules_shapes(batch):
+    # where the headers cannot tell (factors of align), the kernels' own check names one module's
+    # shapes, without the batch dimension the factored backend stacks in front
+    from dipm_lang.backend import arith
+    from dipm_lang.backend.factor_units import fill_missing
+
+    four, eight = torch.zeros(*batch, 32, 4), torch.zeros(*batch, 32, 8)
+    with pytest.raises(ExecutionError, match=r"factor shapes differ: \(32, 4\) and \(32, 8\)"):
+        arith.plain("add", four, eight, factors=True)
+    with pytest.raises(ExecutionError, match=r"factor shapes differ: \(32, 4\) and \(32, 8\)"):
+        fill_missing([four, eight], [-1, -1], [2, 2])
+    with pytest.raises(ExecutionError, match=r"factor shapes differ: \(4,\) and \(8,\)"):
+        fill_missing([torch.zeros(*batch, 4), torch.zeros(*batch, 8)], [-1, -1], [1, 1])
+    widened = fill_missing([torch.zeros(*batch, 32, 0), torch.ones(*batch, 32, 4), torch.ones(*batch, 7)],
+                           [-1, -1, None], [2, 2, 1])
+    assert widened[0].shape == (*batch, 32, 4) and not widened[0].any() and widened[2].shape == (*batch, 7)
 
 
 @pytest.mark.parametrize("options", [dict(dense=True), dict(dtype="float64"), dict(dtype="float64", level=0)])

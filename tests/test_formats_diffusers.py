@@ -12,17 +12,8 @@ from dipm_lang.io.formats.kohya import flux_fused_group, module_name, to_parts
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("diffusion")
-    return {
-        "sd_diffusers_peft": fx.sd_diffusers_peft(root),
-        "sd_diffusers_scripts": fx.sd_diffusers_scripts(root),
-        "sd_kohya_converted": fx.sd_kohya_converted(root),
-        "sdxl_kohya": fx.sdxl_kohya(root),
-        "sd_loha": fx.sd_lycoris(root, "loha"),
-        "sd_lokr": fx.sd_lycoris(root, "lokr"),
-        "flux_diffusers": fx.flux_diffusers_peft(root),
-    }
+def built(diffusion_files):
+    return diffusion_files  # conftest.py: built once per session, shared with test_lora_files.py
 
 
 EXPECTED = {

@@ -179,9 +179,8 @@ def test_write_refusals(tmp_path):
     value = LowRank(torch.randn(8, 2), torch.randn(2, 8))
     name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     out = tmp_path / "o.safetensors"
-    for fmt, words in (("loha", "Hadamard"), ("lokr", "Kronecker"), ("comfy", "unknown LoRA file format")):
-        with pytest.raises(AdapterError, match=words):
-            write_lora_file(out, {name: value}, format=fmt, family="sd1")
+    with pytest.raises(AdapterError, match="unknown LoRA file format"):
+        write_lora_file(out, {name: value}, format="comfy", family="sd1")
     with pytest.raises(AdapterError, match="not a module of SDXL"):
         elsewhere = name.replace("down_blocks.0", "down_blocks.1").replace("attentions.0", "attentions.5")
         write_lora_file(out, {elsewhere: value}, format="kohya", family="sdxl")

@@ -122,7 +122,7 @@ def test_exact_is_peft_full_svd_split() -> None:
     approx, error = rnd.randomized_lowrank(W, 5, seed=0, exact=True)
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     U, S, Vh = U[:, :5], S[:5], Vh[:5]
-    # The sign rule of baselines.truncate_dense: the largest-|·| entry of each column of U positive.
+    # The sign rule of lowrank._svd: the largest-|·| entry of each column of U positive.
     sign = U.gather(0, U.abs().argmax(dim=0, keepdim=True)).sign()
     assert torch.equal(approx.B, U * sign * S) and torch.equal(approx.A, Vh * sign.T)
     assert abs(float(error) - optimal_error(W, 5)) < 1e-6

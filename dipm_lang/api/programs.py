@@ -208,8 +208,8 @@ def value_of(program: Program, memory: Mapping[str, MemoryAdapter], options: Run
     from dipm_lang.run.outputs import output_template, provenance
 
     node = program.results[RESULT]
-    if node.type.kind not in ("Delta", "Dir", "Mag"):  # pragma: no cover - the lowering checks it
-        raise DipmTypeError(f"this expression is a {node.type}; expected an update or magnitudes")
+    if node.type.kind not in ("Delta", "Dir", "Mag", "Factor"):  # pragma: no cover - the lowering checks it
+        raise DipmTypeError(f"this expression is a {node.type}; expected an update, magnitudes or a factor")
     from dipm_lang.errors import ExecutionError
     from dipm_lang.ir.full_weights import Carry
     from dipm_lang.run.full_weights import carried_outputs

@@ -31,7 +31,8 @@ class AdapterValue(Mapping[str, Any]):
     """The value of an expression: one entry per module.
 
     Updates (`Delta`, `Dir[by]`) hold a `LowRank` per module (ΔW = B @ A, scale folded into
-    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar). It is a
+    `B`); magnitudes (`Mag[by]`) hold a tensor per module (`[m]`, `[n]` or a scalar), factors
+    (`Factor[A]`, `Dir[in] of Factor[B]`, SPEC §7.3) the factor matrix per module. It is a
     read-only mapping module name → value; `print(value)` shows a summary (type, modules,
     ranks, Frobenius norms per layer), never a tensor dump.
     """
@@ -64,8 +65,9 @@ class AdapterValue(Mapping[str, Any]):
 
     @property
     def is_update(self) -> bool:
-        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes."""
-        return self.kind in ("Delta", "Dir")
+        """Whether each module holds an update (Delta or Dir), as opposed to magnitudes or a factor
+        (or a direction of one: `Dir[out] of Factor[B]`, SPEC §7.3)."""
+        return self.kind == "Delta" or (self.kind == "Dir" and " of Factor[" not in self.type)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -91,8 +93,10 @@ class AdapterValue(Mapping[str, Any]):
 
     def save(self, path: str | os.PathLike[str], rank: int | None = None, force: bool = False, *,
              dtype: str | torch.dtype | None = None, energy: float | None = None, max_rank: int | None = None,
-             target: str | None = None) -> OutputSummary:
-        """Write the value as a PEFT LoRA adapter folder (atomically), like `save(x, path, rank=…)`.
+             target: str | None = None, format: str | None = None) -> OutputSummary:
+        """Write the value as a PEFT LoRA adapter folder (atomically), like `save(x, path, rank=…)`;
+        a value computed from LoRAs of an image model is written in its first input's format, or in
+        `format` ("kohya", "diffusers", "peft"; SPEC §7.10).
 
         `rank` truncates every module with the factored SVD; `energy` keeps per module the smallest
         rank holding that fraction of its energy (SPEC §7.6) and `max_rank` caps either (the summary
@@ -105,6 +109,7 @@ class AdapterValue(Mapping[str, Any]):
 
         from dipm_lang.backend import lowrank as L
         from dipm_lang.backend.ranks import save_by_energy
+        from dipm_lang.io.lora_output import write_lora_output
         from dipm_lang.io.writer import write_adapter
         from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
         from dipm_lang.run.outputs import OutputSummary, to_output
@@ -138,10 +143,17 @@ class AdapterValue(Mapping[str, Any]):
                 value, dropped_sq, total_sq = L.truncate(value, cut)
             dropped, total = dropped + dropped_sq, total + total_sq
             modules[name] = to_output(value)
-        written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
-                                recipe=self.recipe, force=force, inputs=self._input_paths, target=target,
-                                max_lora_rank=max_rank if target == "vllm" else None, errors=errors,
-                                full=self._full, full_dtype=torch_dtype(dtype) if dtype is not None else None)
+        image = self._image_target(path, format, target)
+        if image is not None:
+            written = write_lora_output(image.destination, modules, format=image.format, family=image.family,
+                                        template=image.template, file=image.file, dtype=out_dtype,
+                                        metadata=self._metadata, recipe=self.recipe, force=force,
+                                        inputs=self._input_paths, errors=errors)
+        else:
+            written = write_adapter(path, modules, template=self._template, dtype=out_dtype, metadata=self._metadata,
+                                    recipe=self.recipe, force=force, inputs=self._input_paths, target=target,
+                                    max_lora_rank=max_rank if target == "vllm" else None, errors=errors,
+                                    full=self._full, full_dtype=torch_dtype(dtype) if dtype is not None else None)
         ranks = [v.rank for v in modules.values() if v.rank > 0]
         cuts = rank is not None or by_energy
         error = (math.sqrt(dropped / total) if total > 0 else 0.0) if cuts else None
@@ -149,6 +161,19 @@ class AdapterValue(Mapping[str, Any]):
         written_ranks = [max(ranks)] * len(ranks) if target == "vllm" and ranks else ranks
         return OutputSummary(written, len(ranks), written_ranks, str(out_dtype).removeprefix("torch."), error,
                              kept=kept, errors={n: e for n, e in errors.items() if n in kept}, target=target)
+
+    def _image_target(self, path: Any, format: str | None, target: str | None) -> Any:
+        """How an image-model LoRA value is written (`run/image_models.choose_target`), None for a PEFT folder."""
+        from dipm_lang.io.lora_files import family_of
+        from dipm_lang.ops.io import OUTPUT_FORMATS
+        from dipm_lang.run.image_models import choose_target
+
+        if format is not None and format not in OUTPUT_FORMATS:
+            raise UsageError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {format!r}")
+        if target is not None and format not in (None, "peft"):
+            raise UsageError(f"target={target!r} writes a PEFT adapter folder, not a {format} file")
+        family = family_of(self._template)
+        return choose_target(os.fspath(path), format, self._template if family else None, family, serving=target)
 
     def _need_update(self, what: str) -> None:
         if not self.is_update:

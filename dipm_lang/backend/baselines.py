@@ -11,8 +11,12 @@ what to do) for a group of same-shape modules; its operand is the list of items:
   skipped (as PEFT does); the others must have equal ranks there.
 - `svd` stays factored: the weighted sum is a factor concatenation and the truncation is
   `lowrank.lowrank` (QR of both factors + SVD of the small core) — never an m×n matrix.
-- the other *delta* methods need ΔW entry by entry: they build each module's ΔWᵢ, merge,
-  truncate with a dense SVD, and free it before the next module of the group.
+- the other *delta* methods need ΔW entry by entry (`_delta_merge`), one module at a time: the
+  sources' ΔWᵢ are produced in row tiles (backend/delta_tiles.py: exact pruning cuts from one pass
+  over the tiles), pruned, elected and merged tile by tile into the one m×n matrix the truncation
+  needs, which a randomized SVD (backend/randomized.py, seeded per (seed, module), error within
+  1.01× the optimum; SPEC §7.11) or, with `exact=true` or below EXACT_BELOW, the full SVD cuts to
+  `rank`. The m×n work of the modules in flight is bounded by memory (backend/scratch.py).
 
 DARE masks are schedule-independent: the mask of item `i` of a merge in module `name` (factor
 `part` A, B or the whole ΔW) is drawn on the CPU from a generator seeded with a SHA-256 of
@@ -24,13 +28,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from dipm_lang.backend import lowrank as L
+from dipm_lang.backend import scratch
+from dipm_lang.backend.delta_tiles import TILE_BYTES, merge_delta
 from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.backend.randomized import randomized_lowrank
 from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.node import Node
 
@@ -78,8 +85,14 @@ def combine(method: MergeMethod, t: Tensor, w: Tensor, density: float | None, si
         t = prune_magnitude(t, density)  # type: ignore[arg-type]
     elif base in ("dare_linear", "dare_ties") and keep is not None:
         t = t * keep / density
+    return merge_pruned(method, t, w, sign_method)
+
+
+def merge_pruned(method: MergeMethod, t: Tensor, w: Tensor, sign_method: str | None) -> Tensor:
+    """The merge after pruning: Σ wᵢ·tᵢ, or for TIES the mean of the weighted entries whose sign agrees
+    with the elected one (`t` [S, ..., a, b] pruned, `w` [S, ...])."""
     weighted = t * w[..., None, None]
-    if base in ("ties", "dare_ties"):
+    if method.base in ("ties", "dare_ties"):
         agree = majority_sign_mask(t, sign_method)  # type: ignore[arg-type]
         return (weighted * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1).to(t.dtype)
     return weighted.sum(dim=0)
@@ -103,6 +116,15 @@ def dare_keep(seed: int, name: str, index: int, part: str, shape: Sequence[int],
     """The Bernoulli(density) keep-mask of one item's tensor in one module (CPU, bool)."""
     generator = torch.Generator(device="cpu").manual_seed(dare_seed(seed, name, index, part))
     return torch.rand(tuple(shape), generator=generator, dtype=torch.float32) < density
+
+
+def dare_rows(seed: int, name: str, index: int, part: str, n: int) -> Callable[[int], Tensor]:
+    """The draws behind `dare_keep`'s mask of an m×n tensor, a block of rows at a time: `next_rows(rows)`
+    gives the next `rows`×n uniform floats (keep where < density). The same bits as `dare_keep(…, (m, n),
+    density)` cut into rows: torch draws uniform floats on the CPU one after another in row-major order
+    (tests/test_svd_baselines.py checks it)."""
+    generator = torch.Generator(device="cpu").manual_seed(dare_seed(seed, name, index, part))
+    return lambda rows: torch.rand((rows, n), generator=generator, dtype=torch.float32)
 
 
 def needs_masks(method: MergeMethod, density: float | None) -> bool:
@@ -168,21 +190,6 @@ def check_ranks(fn: str, ranks: dict[int, int]) -> None:
         raise ExecutionError(message)  # the executor adds the node's position and the module
 
 
-def truncate_dense(w: Tensor, rank: int) -> LowRank:
-    """Best rank-`rank` factors of one dense m×n matrix: B = U_k·diag(S_k), A = Vh_k (PEFT's split).
-
-    Signs are fixed as in lowrank.py (largest-|·| entry of each left singular vector positive)
-    so the factors depend on the matrix only.
-    """
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    k = min(rank, s.shape[-1])
-    u, s, vh = u[..., :k], s[..., :k], vh[..., :k, :]
-    pivot = u.abs().argmax(dim=-2, keepdim=True)
-    sign = torch.gather(u, -2, pivot).sign()
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return LowRank((u * sign * s[..., None, :]).contiguous(), (vh * sign.mT).contiguous())
-
-
 # ---- the factored kernel -----------------------------------------------------------------
 
 def merge_kernel(method: MergeMethod, ctx: GroupContext, node: Node, args: list) -> LowRank:
@@ -235,25 +242,49 @@ def _factor_merge(method: MergeMethod, node: Node, args: list[LowRank], weights:
     return LowRank(out[1].contiguous(), out[0].contiguous())
 
 
+EXACT_BELOW = 128
+"""Below this many rows or columns the `*_svd` baselines take the full SVD: it costs under 2 ms
+there and is the optimum (a randomized sketch pays off from about 100; benchmarks/randomized_svd.py)."""
+
+
+def svd_seed(seed: int, name: str) -> int:
+    """The randomized SVD's seed for one module: from the merge's `seed` (0 where it has none) and
+    the module's name only, so a module's result is independent of batching and of other modules."""
+    digest = hashlib.sha256(f"dipm-svd\0{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def scratch_bytes(m: int, n: int, itemsize: int, exact: bool) -> int:
+    """What one module's ΔW-space merge holds at its peak: the merged m×n matrix (the full SVD's
+    factors and workspace about three more), the tiles' stack and temporaries, the pruning cut's
+    candidates (a few percent of one matrix)."""
+    return m * n * itemsize * (4 if exact else 1) + 4 * TILE_BYTES + m * n * itemsize // 10
+
+
 def _delta_merge(method: MergeMethod, node: Node, args: list[LowRank], weights: list[float], rank: int,
                  ctx: GroupContext) -> LowRank:
-    """ΔW-space methods, one module at a time: build the S updates, merge, truncate, free."""
+    """ΔW-space methods, one module at a time: merge the sources' updates into one m×n matrix tile by
+    tile, truncate it to `rank`, free it before the next module of the batch."""
     density, sign = _density(node, ctx), node.attr("majority_sign_method")
+    seed = node.attr("seed") or 0
     first = args[0]
-    results = []
     batch = list(first.batch_shape)
     count = math.prod(batch)
-    flat = [LowRank(x.B.reshape(count, x.m, x.rank), x.A.reshape(count, x.rank, x.n)) for x in args]
-    w = torch.tensor(weights, dtype=first.dtype, device=first.device)
+    # float16/bfloat16 runs merge and truncate in float32 (no half-precision SVD or QR on the CPU)
+    work = first.dtype if first.dtype.itemsize >= 4 else torch.float32
+    flat = [LowRank(x.B.reshape(count, x.m, x.rank).to(work), x.A.reshape(count, x.rank, x.n).to(work))
+            for x in args]
+    m, n = first.m, first.n
+    exact = bool(node.attr("exact")) or min(m, n) < EXACT_BELOW
+    results = []
     for g in range(count):
-        t = torch.stack([x.B[g] @ x.A[g] for x in flat])  # [S, m, n]
-        keep = None
-        if needs_masks(method, density):
-            keep = torch.stack([dare_keep(node.attr("seed"), ctx.names[g], i, "delta", t.shape[-2:], density)
-                                for i in range(len(args))]).to(t.device)
-        merged = combine(method, t, w, density, sign, keep)
-        del t, keep
-        results.append(truncate_dense(merged, rank))
-        del merged
-    return LowRank(torch.stack([r.B for r in results]).reshape(*batch, first.m, -1),
-                   torch.stack([r.A for r in results]).reshape(*batch, -1, first.n))
+        name = ctx.names[g]
+        masks = ([dare_rows(seed, name, i, "delta", n) for i in range(len(args))]
+                 if needs_masks(method, density) else None)
+        with scratch.budget().hold(scratch_bytes(m, n, work.itemsize, exact)):
+            merged = merge_delta(method, [x[g] for x in flat], weights, density, sign, masks)
+            approx, _ = randomized_lowrank(merged, rank, seed=svd_seed(seed, name), exact=exact, residual=False)
+            del merged
+        results.append(approx.to(first.dtype))
+    return LowRank(torch.stack([r.B for r in results]).reshape(*batch, m, -1),
+                   torch.stack([r.A for r in results]).reshape(*batch, -1, n))

@@ -25,3 +25,9 @@ class MergeMethod:
     @property
     def random(self) -> bool:
         return self.seed
+
+    @property
+    def dense(self) -> bool:
+        """Needs ΔW entry by entry (`ties_svd`, `dare_*_svd`, `magnitude_prune_svd`): merged as an m×n
+        matrix, truncated by a randomized SVD (SPEC §7.11), `exact=true` for the full one."""
+        return self.space == "delta" and self.base != "task_arithmetic"

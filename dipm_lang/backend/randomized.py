@@ -65,16 +65,18 @@ ROW_BLOCK = 1024
 
 
 def randomized_lowrank(W: Tensor, rank: int, *, seed: int | Sequence[int], tolerance: float = 0.01,
-                       exact: bool = False) -> tuple[LowRank, Tensor]:
+                       exact: bool = False, residual: bool = True) -> tuple[LowRank, Tensor]:
     """Rank-`rank` factors of each m×n matrix of W ([..., m, n]) and the relative error they leave.
 
     Returns (LowRank with B [..., m, k], A [..., k, n] in W's dtype, k = min(rank, m, n),
     relative Frobenius errors ‖W − BA‖/‖W‖ per module, float64 `[...]` on the CPU; 0 for a zero matrix).
     B = U_k·diag(S_k), A = V_kᵀ, signs fixed so the largest-|·| entry of each column of U is
-    positive (as `baselines.truncate_dense`). `seed`: an int for one matrix, or one int per module
+    positive (as `lowrank._svd`). `seed`: an int for one matrix, or one int per module
     (row-major over W's batch dims). `exact=True`: the full SVD (`torch.linalg.svd(W,
     full_matrices=False)` in W's dtype, PEFT's numbers). Otherwise the error is within
-    (1 + tolerance)× the optimal one (see the module docstring).
+    (1 + tolerance)× the optimal one (see the module docstring). `residual=False` skips forming
+    W − BA (a pass as costly as a power iteration, for callers that do not report the error): the
+    randomized path then reports √(‖W‖² − Σ s̃ᵢ²)/‖W‖, accurate to about √eps relative.
     Raises ValueError for rank < 1, tolerance ≤ 0, a non-matrix W or seeds that do not match.
     """
     _check_matrix(W)
@@ -88,7 +90,7 @@ def randomized_lowrank(W: Tensor, rank: int, *, seed: int | Sequence[int], toler
     pieces, errors = [], []
     for g in range(flat.shape[0]):
         approx, error = (exact_lowrank(flat[g], rank) if exact
-                         else _randomized_module(flat[g], rank, seeds[g], tolerance))
+                         else _randomized_module(flat[g], rank, seeds[g], tolerance, residual))
         pieces.append(approx)
         errors.append(error)
     k = min(rank, m, n)
@@ -137,7 +139,8 @@ def exact_lowrank(W: Tensor, rank: int) -> tuple[LowRank, Tensor]:
 # --- one module ---------------------------------------------------------------------------
 
 
-def _randomized_module(W: Tensor, rank: int, seed: int, tolerance: float) -> tuple[LowRank, Tensor]:
+def _randomized_module(W: Tensor, rank: int, seed: int, tolerance: float, residual: bool = True
+                       ) -> tuple[LowRank, Tensor]:
     m, n = W.shape
     k = min(rank, m, n)
     width = k + OVERSAMPLE
@@ -147,7 +150,7 @@ def _randomized_module(W: Tensor, rank: int, seed: int, tolerance: float) -> tup
     if total == 0:
         return _zero(W, k)
     Q, Z = _subspace_iteration(W, k, width, seed, tolerance, total)
-    return _finish(W, Q, Z, k, total)
+    return _finish(W, Q, Z, k, total, residual)
 
 
 def _subspace_iteration(W: Tensor, k: int, width: int, seed: int, tolerance: float, total: float
@@ -183,11 +186,15 @@ def _subspace_iteration(W: Tensor, k: int, width: int, seed: int, tolerance: flo
     return Q, Z
 
 
-def _finish(W: Tensor, Q: Tensor, Z: Tensor, k: int, total: float) -> tuple[LowRank, Tensor]:
+def _finish(W: Tensor, Q: Tensor, Z: Tensor, k: int, total: float, residual: bool = True
+            ) -> tuple[LowRank, Tensor]:
     """W ≈ Q·(QᵀW) cut to its best k directions: QᵀW = Zᵀ = Ũ S Ṽᵀ → B = QŨ_k S_k, A = Ṽ_kᵀ."""
     U_small, S, Vh = torch.linalg.svd(Z.mT.to(F64), full_matrices=False)
     U = Q.to(F64) @ U_small
     approx = _factors(U[:, :k], S[:k], Vh[:k], W.dtype)
+    if not residual:  # the energy identity: ‖W − BA‖² = ‖W‖² − Σ_{i≤k} s̃ᵢ² for this projection
+        dropped = max(total - float(S[:k].square().sum()), 0.0)
+        return approx, torch.tensor(math.sqrt(dropped / total), dtype=F64)
     return approx, _relative_residual(W, approx, total)
 
 
@@ -240,7 +247,7 @@ def _from_svd(U: Tensor, S: Tensor, Vh: Tensor, rank: int) -> tuple[LowRank, Ten
 
 
 def _factors(U: Tensor, S: Tensor, Vh: Tensor, dtype: torch.dtype) -> LowRank:
-    """B = U·diag(S), A = Vh with the sign rule of `baselines.truncate_dense`, cast to `dtype`."""
+    """B = U·diag(S), A = Vh with the sign rule of `lowrank._svd`, cast to `dtype`."""
     if U.shape[-1]:
         pivot = U.abs().argmax(dim=-2, keepdim=True)
         sign = torch.gather(U, -2, pivot).sign()

@@ -91,12 +91,34 @@ def _print_schedules(schedules) -> None:
     """The numbers each schedule gave, per layer and module kind (SPEC §7.2)."""
     from dipm_lang.ir.modules import split_module
     from dipm_lang.ir.numbers import format_value
+    from dipm_lang.ir.schedules import blocks_in
     from dipm_lang.report.summary import layer_table
 
     for schedule, values in schedules:
+        if blocks_in(schedule):  # block weights of an image model: per block, as sd-webui-lora-block-weight shows them
+            print(printable(f"schedule {format_value(schedule)}, per block:"))
+            print(block_table(values, flux=any(len(b.values) == 61 for b in blocks_in(schedule))))
+            continue
         print(printable(f"schedule {format_value(schedule)}, per layer:"))
         cells = {split_module(name): value for name, value in values.items()}
         print("\n".join(layer_table(cells)))
+
+
+def block_table(values, *, flux: bool) -> str:
+    """`BLOCK  value` lines in block order (a range where the block's modules differ); `-` is outside every block."""
+    from dipm_lang.ir.blocks import BLOCKID26, BLOCKIDFLUX, block_id
+    from dipm_lang.ir.numbers import format_number
+
+    found: dict[str, list[float]] = {}
+    for name, value in values.items():
+        found.setdefault(block_id(name, flux=flux) or "-", []).append(value)
+    order = list(BLOCKIDFLUX if flux else BLOCKID26) + ["-"]
+    lines = []
+    for block in sorted(found, key=order.index):
+        low, high = min(found[block]), max(found[block])
+        shown = format_number(low) if low == high else f"{format_number(low)}–{format_number(high)}"
+        lines.append(f"    {block:>5}  {shown}")
+    return "\n".join(lines)
 
 
 def _input_folders(program, args: argparse.Namespace) -> list[str]:

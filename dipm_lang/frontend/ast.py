@@ -125,7 +125,7 @@ class Script:
 
 def save_call(expr: Expr, path: str, rank: int | None = None, span: Span | None = None, *,
               energy: float | None = None, max_rank: int | None = None, target: str | None = None,
-              spans: dict[str, Span | None] | None = None) -> ExprStmt:
+              spans: dict[str, Span | None] | None = None, format: str | None = None) -> ExprStmt:
     """The statement `save(expr, "path", rank=N, energy=E, max_rank=M, target="T")`, built as a tree so
     the path needs no quoting (recipe configs, `dipm eval -o`); `spans`: where each keyword was given."""
     span = span or expr.span
@@ -135,8 +135,9 @@ def save_call(expr: Expr, path: str, rank: int | None = None, span: Span | None 
         if value is not None:
             at = spans.get(name) or span
             kwargs.append(Keyword(name, Number(float(value), repr(value), span=at), span=at))
-    if target is not None:
-        at = spans.get("target") or span
-        kwargs.append(Keyword("target", String(target, span=at), span=at))
+    for name, text in (("target", target), ("format", format)):
+        if text is not None:
+            at = spans.get(name) or span
+            kwargs.append(Keyword(name, String(text, span=at), span=at))
     call = Call("save", (expr, String(path, span=span)), tuple(kwargs), span=span)
     return ExprStmt(call, span=span)

@@ -27,6 +27,7 @@ from dipm_lang.frontend.parser import STATEMENT_KEYWORDS, parse_script
 from dipm_lang.frontend.recursion import stack_room
 from dipm_lang.frontend.resources import stdlib_dir
 from dipm_lang.io.hub_ref import hub_input
+from dipm_lang.ir.constants import BOOLEANS
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.numbers import NotConstant, const_eval, numeric
 from dipm_lang.ir.operator import Builder, Operator, OperatorTable
@@ -331,7 +332,7 @@ class Lowerer:
 
     def bind_input(self, name: str, path: str, module: "Module", span: Span | None = None) -> Node:
         """`name = load(path)` without source text (the REPL's `:load NAME PATH`)."""
-        node = self.make("load", (), {"path": path, "name": name}, DELTA, span)
+        node = self.make("load", (), {"path": path, "family": None, "name": name}, DELTA, span)
         self.inputs[name] = node
         module.values[name] = node
         module.functions.pop(name, None)
@@ -357,7 +358,8 @@ class Lowerer:
             if name in self.external:
                 self.used_external.add(name)
                 path = self._external_path(name)
-            node = self.make("load", (), {"path": path, "name": name}, node.type, self.spans.get(node))
+            node = self.make("load", (), {**dict(node.attrs), "path": path, "name": name}, node.type,
+                             self.spans.get(node))  # keeps family=
             self.inputs[name] = node
         elif name in self.external:
             self.used_external.add(name)
@@ -527,9 +529,12 @@ class Lowerer:
                 self.given_numbers[expr.id] = number
                 return self.make("const", (), {"value": number}, NUM, expr.span)
             if expr.id not in self.inputs:
-                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "name": expr.id},
+                self.inputs[expr.id] = self.make("load", (), {"path": self._external_path(expr.id), "family": None,
+                                                                   "name": expr.id},
                                                  DELTA, expr.span)
             return self.inputs[expr.id]
+        if expr.id in BOOLEANS:  # exact=true: after every binding, so a user's own `true` wins
+            return self.make("const", (), {"value": BOOLEANS[expr.id]}, NUM, expr.span)
         if module.function(expr.id) is not None or expr.id in self.functions:
             raise DipmTypeError(f"'{expr.id}' is a function; call it: {expr.id}(…)", expr.span)
         if self.free_numbers and expr.id not in STATEMENT_KEYWORDS:

@@ -3,7 +3,8 @@
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
-ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME)  # what open_adapter reads in a folder
+DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LoRA folders (LORA_WEIGHT_NAME_SAFE)
+ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, DIFFUSERS_WEIGHTS_NAME)  # what a load reads in a folder
 
 
 def weights_candidates(folder: str) -> list[str]:

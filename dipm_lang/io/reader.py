@@ -178,8 +178,8 @@ def open_adapter(path: str | Path) -> AdapterInfo:
         raise AdapterError("not a folder; give the adapter folder (with adapter_config.json)", folder)
 
     config_path = folder / CONFIG_NAME
-    config = _read_config(config_path, folder)
-    _check_lora_variant(config, config_path)
+    config = read_config(config_path, folder)
+    check_lora_variant(config, config_path)
     settings = parse_settings(config, config_path)
 
     weights_file, source = _open_weights(folder)
@@ -221,7 +221,8 @@ def _stamp(file: Path) -> Stamp:
         raise AdapterError(f"cannot read: {exc}", file) from None
 
 
-def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
+def read_config(config_path: Path, folder: Path) -> dict[str, Any]:
+    """An adapter folder's `adapter_config.json`, size-limited and checked to be a JSON object."""
     if not (config_path.exists() or config_path.is_symlink()):
         hint = None
         nested = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))
@@ -253,7 +254,7 @@ def _read_config(config_path: Path, folder: Path) -> dict[str, Any]:
 _TEXT_FIELDS = ("base_model_name_or_path", "task_type", "revision")
 
 
-def _check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
+def check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
     """Refuse configs whose update is not `s · B @ A` on its own."""
     peft_type = config.get("peft_type")
     if peft_type is None:

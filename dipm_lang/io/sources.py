@@ -3,7 +3,8 @@
 The runtime plans and reads every input through `AdapterSource`, whatever holds it — a PEFT
 folder (`io/reader.py`), an in-memory PEFT model or value (`io/memory.py`), an adapter on the
 Hugging Face Hub (`io/hub_source.py`, `hf://` load paths), and as they arrive other file formats
-and base weights. `open_source` turns a `load` path into a source.
+and base weights. `open_source` turns a `load` path into a source; LoRA files of image
+models (kohya, diffusers, LyCORIS) are `io/lora_files.py`'s.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ def is_memory_key(path: Any) -> bool:
 
 
 def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
-                progress: bool | None = None) -> AdapterSource:
+                family: str | None = None, progress: bool | None = None) -> AdapterSource:
     """The source a `load` path names: an in-memory input by its key, a Hub adapter by its `hf://`
-    id (`progress`: huggingface_hub's download bars; None: when stderr is a terminal), else an
-    adapter folder."""
+    id (`progress`: huggingface_hub's download bars; None: when stderr is a terminal), a LoRA file
+    of an image model (a `.safetensors` file, a diffusers folder, or any folder with `family=`;
+    SPEC §7.10), else a PEFT adapter folder."""
     if is_memory_key(path):
         if memory is None or path not in memory:
             raise UsageError(f"{path}: no such in-memory input")
@@ -75,7 +77,11 @@ def open_source(path: str, memory: Mapping[str, AdapterSource] | None = None, *,
         from dipm_lang.io.hub_source import open_hub  # huggingface_hub: only for Hub inputs
 
         return open_hub(path, progress=progress)
-    from dipm_lang.io.reader import open_adapter  # torch: only when a folder is really opened
+    from dipm_lang.io.lora_files import is_lora_path, open_lora_source  # torch: only when really opened
+
+    if family is not None or is_lora_path(path):
+        return open_lora_source(path, family=family)
+    from dipm_lang.io.reader import open_adapter
 
     return open_adapter(path)
 

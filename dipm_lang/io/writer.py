@@ -47,7 +47,7 @@ from dipm_lang.io.finite import all_finite
 from dipm_lang.io.full import FullOutput, longest_key, output_key, output_settings
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from dipm_lang.io.peft_config import exact_pattern_keys, parse_settings
-from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
+from dipm_lang.io.layout import BIN_NAME, CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, SAFETENSORS_NAME
 from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo
 from dipm_lang.ir.modules import natural_key
 
@@ -68,6 +68,12 @@ class StagedOutput:
     zero_modules: tuple[str, ...] = ()  # modules whose update is exactly zero (left out, or all rank-1 zeros)
     warnings: tuple[str, ...] = ()
     full: tuple[str, ...] = ()  # full-weight modules and biases written (modules_to_save, bias; io/full.py)
+    file: str | None = None  # a one-file output (a LoRA file, SPEC §7.10): `temp_dir / file` becomes `destination`
+
+    @property
+    def staged(self) -> Path:
+        """What is renamed onto the destination: the staged folder, or the file in it."""
+        return self.temp_dir / self.file if self.file else self.temp_dir
 
 
 # --------------------------------------------------------------------------- validation
@@ -117,8 +123,9 @@ def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: boo
         raise AdapterError(f"cannot create the output: {ancestor} is not writable", dest)
 
 
-OUTPUT_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, "README.md")
-"""What an adapter folder holds (what dipm and PEFT write): the only folder `--force` replaces."""
+OUTPUT_FILES = (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, "README.md", DIFFUSERS_WEIGHTS_NAME)
+"""What an adapter folder holds (what dipm and PEFT write; diffusers' LoRA folders hold their weights file):
+the only folder `--force` replaces."""
 
 
 def _foreign_entries(folder: Path) -> list[str]:
@@ -127,7 +134,7 @@ def _foreign_entries(folder: Path) -> list[str]:
         names = sorted(entry.name for entry in folder.iterdir())
     except OSError as exc:
         raise AdapterError(f"cannot read the existing output: {exc.strerror or exc}", folder) from None
-    if names and CONFIG_NAME not in names:
+    if names and CONFIG_NAME not in names and DIFFUSERS_WEIGHTS_NAME not in names:
         return names
     return [name for name in names if name not in OUTPUT_FILES]
 
@@ -269,25 +276,9 @@ class AdapterStage:
             self.ranks[name] = (rank, kind)
 
     def _faithful(self, name: str, value: LowRank) -> LowRank:
-        """The factors to store: `value`'s own, unless they are badly balanced for their product.
-
-        A result that nearly cancels (`orth`, `shift`, `transfer − src` on nearly parallel inputs)
-        has factors far larger than the update they make: ‖B‖·‖A‖/‖BA‖ in the thousands. Rounding
-        them to the output dtype — or evaluating B @ A in it, as PEFT does — then loses that ratio
-        times the dtype's precision. Such modules are re-factored exactly (`backend/balance.py`: QR of
-        both factors, SVD of the small core), whose ratio is at most √rank; numerically-zero
-        directions go, and an exact cancellation becomes a zero module.
-        """
-        x = LowRank(value.B.detach().cpu(), value.A.detach().cpu())
-        if x.rank == 0:
-            return x
-        ratio = imbalance(x)
-        if ratio <= 2.0 * math.sqrt(x.rank):
-            return x
-        candidate = balanced(x.to(torch.float64))
-        if candidate.rank == 0 or imbalance(candidate) < ratio:
+        x, rebalanced = faithful(value)
+        if rebalanced:
             self.rebalanced.append(name)
-            return candidate
         return x
 
     def _write_factors(self, name: str, kind: str, b: torch.Tensor, a: torch.Tensor) -> None:
@@ -337,8 +328,8 @@ class AdapterStage:
                               task_type=config.get("task_type"), license=shared_license(self.inputs),
                               target=self.target)
             self._writer.finish(st_metadata)
-            _write_text(self.temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
-            _write_text(self.temp_dir / "README.md", card)
+            write_text(self.temp_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_text(self.temp_dir / "README.md", card)
             apply_umask(self.temp_dir)
         return StagedOutput(destination=self.destination, temp_dir=self.temp_dir, force=self.force,
                             created_dirs=self.created, modules=tuple(ranks),
@@ -384,6 +375,29 @@ class AdapterStage:
             if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
                 raise
             raise AdapterError(f"failed to write the output: {exc}", self.destination) from exc
+
+
+def faithful(value: LowRank) -> tuple[LowRank, bool]:
+    """The factors to store for `value`, and whether they were re-factored: `value`'s own, unless they
+    are badly balanced for their product.
+
+    A result that nearly cancels (`orth`, `shift`, `transfer − src` on nearly parallel inputs)
+    has factors far larger than the update they make: ‖B‖·‖A‖/‖BA‖ in the thousands. Rounding
+    them to the output dtype — or evaluating B @ A in it, as PEFT does — then loses that ratio
+    times the dtype's precision. Such modules are re-factored exactly (`backend/balance.py`: QR of
+    both factors, SVD of the small core), whose ratio is at most √rank; numerically-zero
+    directions go, and an exact cancellation becomes a zero module.
+    """
+    x = LowRank(value.B.detach().cpu(), value.A.detach().cpu())
+    if x.rank == 0:
+        return x, False
+    ratio = imbalance(x)
+    if ratio <= 2.0 * math.sqrt(x.rank):
+        return x, False
+    candidate = balanced(x.to(torch.float64))
+    if candidate.rank == 0 or imbalance(candidate) < ratio:
+        return candidate, True
+    return x, False
 
 
 def _stored_dtype(out: FullOutput) -> torch.dtype:
@@ -492,7 +506,8 @@ def _build_metadata(metadata: Mapping[str, str], dest: Path) -> dict[str, str]:
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write a text file and flush it to disk (it is renamed into place next)."""
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -544,19 +559,21 @@ def commit_staged(staged: Sequence[StagedOutput]) -> list[Path]:
             raise AdapterError("the output appeared while the run was working (use --force to replace it)",
                                item.destination)
 
-    done: list[tuple[StagedOutput, Path | None]] = []  # (output, where its old folder went)
+    done: list[tuple[StagedOutput, Path | None]] = []  # (output, where its old folder (or file) went)
     try:
         for item in staged:
             old = None
             if item.destination.exists() or item.destination.is_symlink():
                 old = _aside_name(item.destination, "old")
+                if item.file:  # an old file goes inside the aside folder, under its own name
+                    old = old / item.destination.name
                 try:
                     os.replace(item.destination, old)
                 except BaseException:
-                    old.rmdir()  # the empty placeholder mkdtemp made
+                    (old.parent if item.file else old).rmdir()  # the empty placeholder mkdtemp made
                     raise
             try:
-                os.replace(item.temp_dir, item.destination)
+                os.replace(item.staged, item.destination)
             except BaseException:
                 if old is not None:
                     os.replace(old, item.destination)
@@ -564,17 +581,19 @@ def commit_staged(staged: Sequence[StagedOutput]) -> list[Path]:
             done.append((item, old))
     except BaseException as exc:
         for item, old in reversed(done):
-            # Put the new folder back where discard_staged will remove it, restore the old one.
-            os.replace(item.destination, item.temp_dir)
+            # Put the new output back where discard_staged will remove it, restore the old one.
+            os.replace(item.destination, item.staged)
             if old is not None:
                 os.replace(old, item.destination)
         discard_staged(staged)
         if isinstance(exc, Exception) and not isinstance(exc, AdapterError):
             raise AdapterError(f"failed to move the output into place: {exc}", staged[len(done)].destination) from exc
         raise
-    for _, old in done:
+    for item, old in done:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)  # the new outputs are in place already
+            shutil.rmtree(old.parent if item.file else old, ignore_errors=True)  # the new outputs are in place
+        if item.file:
+            shutil.rmtree(item.temp_dir, ignore_errors=True)  # the staging folder its file came from
     return dests
 
 
@@ -583,6 +602,17 @@ def discard_staged(staged: Sequence[StagedOutput]) -> None:
     for item in staged:
         shutil.rmtree(item.temp_dir, ignore_errors=True)
         _remove_created(item.created_dirs)
+
+
+def staging_folder(destination: Path) -> tuple[Path, list[Path]]:
+    """A hidden temporary sibling of `destination` to stage an output in (named so that `recover_stale`
+    knows it), and the parent folders created for it (for `StagedOutput.created_dirs`)."""
+    created = _make_parents(destination.parent)
+    try:
+        return Path(tempfile.mkdtemp(prefix=_staging_prefix(destination, "tmp"), dir=destination.parent)), created
+    except BaseException:
+        _remove_created(created)
+        raise
 
 
 def _aside_name(dest: Path, tag: str) -> Path:
@@ -622,7 +652,12 @@ def recover_stale(path: str | Path) -> list[Path]:
         if not found or entry.is_symlink() or not entry.is_dir() or _alive(int(found[2])):
             continue
         if found[1] == "old" and not (dest.exists() or dest.is_symlink()):
-            os.replace(entry, dest)
+            kept = entry / dest.name  # a one-file output's previous file waits inside (commit_staged)
+            if kept.is_file() and not kept.is_symlink() and not (entry / CONFIG_NAME).exists():
+                os.replace(kept, dest)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, dest)
         else:
             shutil.rmtree(entry, ignore_errors=True)
         handled.append(entry)

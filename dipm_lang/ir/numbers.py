@@ -12,7 +12,7 @@ from typing import Any
 
 from dipm_lang.errors import DipmTypeError
 from dipm_lang.ir.node import Node, walk
-from dipm_lang.ir.schedules import Combine, Parameter, Ramp, Where, is_schedule
+from dipm_lang.ir.schedules import Blocks, Combine, Parameter, Ramp, Where, is_schedule
 
 NUMBER_OPS = ("add", "sub", "mul", "div", "neg", "max", "min", "abs")
 """Operators that compute a number from numbers (constant-folded at compile time)."""
@@ -107,6 +107,10 @@ def format_value(value: Any) -> str:
     if isinstance(value, Ramp):
         inner = "[" + ", ".join(format_number(v) for v in value.values) + "]"
         return f"ramp({inner}" + (f", layers={value.layers})" if value.layers is not None else ")")
+    if isinstance(value, Blocks):
+        if value.preset is not None:
+            return f"lbw({format_string(value.preset)})"
+        return "lbw([" + ", ".join(format_number(v) for v in value.values) + "])"
     if isinstance(value, Where):
         return f"where({format_string(value.pattern)}, {format_value(value.then)}, {format_value(value.otherwise)})"
     symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}

@@ -2,7 +2,8 @@
 
 A schedule is a compile-time value, like a number, whose value for each module follows from the
 module's name: `ramp([v0, …, vk], layers=L)` interpolates along the layers (mergekit's rule),
-`where(pattern, a, b)` picks by name, and arithmetic on schedules is a schedule too (`0.5 *
+`where(pattern, a, b)` picks by name, `lbw(…)` by an image model's block (sd-webui-lora-block-weight's
+vectors, `ir/blocks.py`), and arithmetic on schedules is a schedule too (`0.5 *
 ramp(…)`). Schedules are frozen and hashable, so they are IR attributes and constants like
 numbers; kernels read every number through `GroupContext.number`, which evaluates a schedule
 for the modules of a batch (`value_at`). The number of layers `L` of a ramp without `layers=`
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Union
 
+from dipm_lang.ir.blocks import FORMS, block_weight
 from dipm_lang.ir.modules import layer_index
 
 Value = Union[float, "Schedule"]
@@ -78,6 +80,15 @@ class Where(Schedule):
 
 
 @dataclass(frozen=True, eq=True)
+class Blocks(Schedule):
+    """sd-webui-lora-block-weight's block weights (SPEC §7.10): each module gets its block's value,
+    0 in a block the vector's form does not name, 1 outside every block (`ir/blocks.py`)."""
+
+    values: tuple[float, ...]  # 12, 17, 20, 26 or 61 numbers: the form is the length
+    preset: str | None = None  # the preset's name when written as one (`lbw("INS")`)
+
+
+@dataclass(frozen=True, eq=True)
 class Parameter(Schedule):
     """A number given later, by name; the same for every module."""
 
@@ -99,7 +110,7 @@ def is_schedule(value: object) -> bool:
 
 def varies(value: object) -> bool:
     """Whether the value may differ between modules (a ramp or a where somewhere in it)."""
-    if isinstance(value, (Ramp, Where)):
+    if isinstance(value, (Ramp, Where, Blocks)):
         return True
     if isinstance(value, Combine):
         return any(varies(arg) for arg in value.args)
@@ -171,6 +182,8 @@ def value_at(value: Value, module: str, layers: int) -> float:
     if isinstance(value, Where):
         chosen = value.then if _compiled(value.pattern).search(module) else value.otherwise
         return value_at(chosen, module, layers)
+    if isinstance(value, Blocks):
+        return block_weight(value.values, module)
     args = [value_at(arg, module, layers) for arg in value.args]
     if value.op == "neg":
         return -args[0]
@@ -192,12 +205,25 @@ def value_at(value: Value, module: str, layers: int) -> float:
     return a / b
 
 
+def blocks_in(value: object) -> list[Blocks]:
+    """The block-weight vectors a value is built from (their form must fit the inputs' family)."""
+    if isinstance(value, Blocks):
+        return [value]
+    if isinstance(value, Where):
+        return blocks_in(value.then) + blocks_in(value.otherwise)
+    if isinstance(value, Combine):
+        return [found for arg in value.args for found in blocks_in(arg)]
+    return []
+
+
 def leaves(value: Value) -> list[float]:
     """The numbers a schedule is made of (its possible values, for ramps and choices)."""
     if not isinstance(value, Schedule):
         return [float(value)]
     if isinstance(value, Ramp):
         return list(value.values)
+    if isinstance(value, Blocks):  # and 1 outside every block, 0 in a block its form does not name
+        return list(value.values) + [1.0] + ([0.0] if len(value.values) < len(FORMS[26]) else [])
     if isinstance(value, Where):
         return leaves(value.then) + leaves(value.otherwise)
     if isinstance(value, Parameter):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 from dipm_lang.errors import did_you_mean
 from dipm_lang.ir.numbers import NotConstant, const_eval, format_number, format_string
 from dipm_lang.ir.schedules import bounds, is_schedule, varies
-from dipm_lang.ir.types import BY_VALUES, Type, dir_t, factor_t, mag_t
+from dipm_lang.ir.types import BY_VALUES, DELTA, WEIGHT, WEIGHT_SPACE, Type, dir_t, factor_t, mag_t
 
 if TYPE_CHECKING:
     from dipm_lang.ir.node import Node
@@ -102,7 +102,8 @@ class Typing:
         self._warn = warn
         self.label = op.label if label is None else label
         self._vars: dict[str, tuple[str, str, Type | None]] = {}  # var -> (by, param that bound it, its type)
-        self._spaces: dict[str, tuple[str | None, str, Type]] = {}  # var -> (Dir's space, param, its type)
+        self._spaces: dict[str, tuple[str | None, str, Type]] = {}  # var -> (factor or None, param, its type)
+        self._weights: dict[str, tuple[bool, str, Type]] = {}  # var -> (of a weight?, param, its type)
 
     # ---- reading --------------------------------------------------------------------
 
@@ -150,20 +151,37 @@ class Typing:
     def by(self, var: str) -> str:
         return self._vars[var][0]
 
-    def bind_space(self, var: str, type_: Type, param: str) -> None:
-        """Directions named by one type variable are all of updates or all of weights (SPEC §7.8)."""
+    def bind_space(self, var: str, of: str | None, param: str, type_: Type) -> None:
+        """Unify whose units `var` holds: an update's (None) or a factor's ("A", "B"; SPEC §7.3)."""
         bound = self._spaces.get(var)
         if bound is None:
-            self._spaces[var] = (type_.space, param, type_)
+            self._spaces[var] = (of, param, type_)
             return
-        if bound[0] != type_.space:
+        if bound[0] != of:
+            self.fail(param, f"'{bound[1]}' is {bound[2]} but '{param}' is {type_}: directions and magnitudes "
+                             "combine only with those of the same kind of value (an update, x.A or x.B)",
+                      hint="decouple both from updates, or both from the same factor (dir(x.B), mag(x.B))")
+
+    def space(self, var: str) -> str | None:
+        """The factor whose units `var` holds (None: an update's, or nothing bound it)."""
+        bound = self._spaces.get(var)
+        return None if bound is None else bound[0]
+
+    def bind_weight(self, var: str, type_: Type, param: str) -> None:
+        """Directions named by one type variable are all of updates or all of weights (SPEC §7.8)."""
+        bound = self._weights.get(var)
+        if bound is None:
+            self._weights[var] = (type_.is_weight, param, type_)
+            return
+        if bound[0] != type_.is_weight:
             self.fail(param, f"'{bound[1]}' is {bound[2]} but '{param}' is {type_}: directions of a weight and of "
                              "an update do not combine",
                       hint="decouple both weights (dir(base + x)) or both updates (dir(x))")
 
-    def space(self, var: str) -> str | None:
-        """The space bound to `var` (None: directions of updates, or none bound)."""
-        return self._spaces[var][0] if var in self._spaces else None
+    def weight_space(self, var: str) -> str | None:
+        """WEIGHT_SPACE when `var` holds directions of weights (None: of updates, or none bound)."""
+        bound = self._weights.get(var)
+        return WEIGHT_SPACE if bound is not None and bound[0] else None
 
 
 # ---- kinds --------------------------------------------------------------------------------
@@ -198,8 +216,43 @@ class Update(Kind):
             t.fail(param, f"'{param}' must be an update, got {ty} (a full weight W0 + x)",
                    "this operator works on updates: use the update x itself, or dir/mag, shift … on the weight")
         if not (ty.is_update or (self.weights and ty.is_weight)):
-            hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
+            hint = ("recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag"
+                    else "lora(B, A) builds a Delta from factors" if ty.is_factor else None)
             t.fail(param, f"'{param}' must be a Delta (an adapter update), got {ty}", hint)
+
+
+class Decouplable(Kind):
+    """What `dir`, `normalize` and `mag` split: an update (Delta or Dir) or a factor (SPEC §7.3:
+    x.A, x.B, or a direction of one); binds whose units the result holds to the variable `var`."""
+
+    label = "Delta | Weight | Factor"
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def check(self, t: Typing, param: str) -> None:
+        ty = t.type(param)
+        if not (ty.is_update or ty.is_factor or ty.is_weight):
+            hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
+            t.fail(param, f"'{param}' must be a Delta, a weight (base + x) or a factor (x.A, x.B), got {ty}", hint)
+        t.bind_space(self.var, ty.factor, param, ty)
+        t.bind_weight(self.var, ty, param)  # dir(W0 + x) is a weight's direction (SPEC §7.8)
+
+
+class UpdateOf(Kind):
+    """The result of `recombine`: a Delta, the factor whose direction and magnitude it joins, or a
+    weight for a weight's direction (SPEC §7.8)."""
+
+    label = "Delta | Weight | Factor"
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def result(self, t: Typing) -> Type:
+        space = t.space(self.var)
+        if space is not None:
+            return factor_t(space)
+        return WEIGHT if t.weight_space(self.var) else DELTA
 
 
 class DirOf(Kind):
@@ -212,13 +265,15 @@ class DirOf(Kind):
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if ty.kind != "Dir":
-            hint = f"use dir(x) or normalize(x) to get a direction from a {ty}" if ty.is_update else None
+            hint = (f"use dir(x) or normalize(x) to get a direction from a {ty}" if ty.is_update or ty.is_factor
+                    else None)
             t.fail(param, f"'{param}' must be a direction Dir[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
-        t.bind_space(self.var, ty, param)
+        t.bind_space(self.var, ty.of, param, ty)
+        t.bind_weight(self.var, ty, param)
 
     def result(self, t: Typing) -> Type:
-        return dir_t(t.by(self.var), t.space(self.var))
+        return dir_t(t.by(self.var), t.space(self.var), space=t.weight_space(self.var))
 
 
 class MagOf(Kind):
@@ -231,12 +286,13 @@ class MagOf(Kind):
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
         if ty.kind != "Mag":
-            hint = "use mag(x) to get the magnitudes of an update" if ty.is_update else None
+            hint = "use mag(x) to get the magnitudes of an update" if ty.is_update or ty.is_factor else None
             t.fail(param, f"'{param}' must be a magnitude Mag[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+        t.bind_space(self.var, ty.of, param, ty)
 
     def result(self, t: Typing) -> Type:
-        return mag_t(t.by(self.var))
+        return mag_t(t.by(self.var), t.space(self.var))
 
 
 class MagOrNumber(Kind):
@@ -252,6 +308,7 @@ class MagOrNumber(Kind):
             t.fail(param, f"'{param}' must be a Mag or a number, got {ty}")
         if ty.kind == "Mag":
             t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
+            t.bind_space(self.var, ty.of, param, ty)
 
 
 class Number(Kind):
@@ -294,7 +351,7 @@ class FactorOf(Kind):
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if ty != factor_t(self.which):
+        if not (ty.is_factor and ty.factor == self.which):  # a direction of the factor stands for it
             t.fail(param, f"'{param}' must be a Factor[{self.which}] (x.{self.which}), got {ty}")
 
 
@@ -339,14 +396,16 @@ class ListOf(Kind):
         for item in node.args:
             if item.type.kind != kind:
                 t.fail(param, f"'{param}' must hold only {kind} values, found a {item.type}")
-            if item.type.by != first.by:
-                t.fail(param, f"{self.noun} of different `by` in one {t.op.name}: {first} and {item.type}")
+            if item.type.by != first.by or item.type.of != first.of:
+                what = "`by`" if item.type.by != first.by else "kinds of value (updates, x.A, x.B)"
+                t.fail(param, f"{self.noun} of different {what} in one {t.op.name}: {first} and {item.type}")
             if item.type.space != first.space:
                 t.fail(param, f"{self.noun} of a weight and of an update in one {t.op.name}: {first} and {item.type}",
                        hint="decouple all weights (dir(base + x)) or all updates (dir(x))")
         t.bind(self.item.var, first.by, param, first)  # type: ignore[arg-type]
+        t.bind_space(self.item.var, first.of, param, first)
         if isinstance(self.item, DirOf):
-            t.bind_space(self.item.var, first, param)
+            t.bind_weight(self.item.var, first, param)
 
 
 class Weights(Kind):
@@ -458,7 +517,8 @@ class Int(Static):
 
 class Real(Static):
     """A number in an interval (`density` in [0, 1]; DARE's (0, 1]); `schedules` admits a schedule
-    whose pieces lie in the interval; `optional` admits none (`energy=` left out)."""
+    whose pieces lie in the interval; `optional` admits none (a parameter some settings need: `density`
+    of `knots`' linear merge, `energy=` left out)."""
 
     label = "Num"
 
@@ -494,7 +554,7 @@ def _schedule_allowed(t: Typing, param: str, value: Any, allowed: bool) -> None:
 
 
 class Choice(Static):
-    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=` left out)."""
+    """One of a few strings (`majority_sign_method`); `optional` admits none (`target=`, `format=` left out)."""
 
     def __init__(self, values: Sequence[str], aliases: Mapping[str, str] | None = None, optional: bool = False):
         self.values = tuple(values)
@@ -512,6 +572,18 @@ class Choice(Static):
             t.fail(param, f"{param} must be {listed}, not {text!r}",
                    hint=f"did you mean \"{guess}\"?" if guess else None)
         return text
+
+
+class Flag(Static):
+    """A yes/no switch (`exact=true`): `true`/`false` — the language's names for 1 and 0 — become a
+    bool attribute; any other value is an error."""
+
+    label = "Bool"
+
+    def convert(self, t: Typing, param: str, value: Any) -> bool:
+        if isinstance(value, (bool, int, float)) and value in (0, 1):
+            return bool(value)
+        t.fail(param, f"'{param}' must be true or false, got {_listed(value)}")
 
 
 class Text(Static):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dipm_lang.ir.operator import OperatorTable
 from dipm_lang.ops import (baselines, core, decouple, deltas, directions, full, fused, io, magnitudes, schedules,
-                           selection)
+                           selection, svd_merges)
 
 OPERATORS = OperatorTable.of(
     core.OPERATORS,        # constants, lists, + - * / and negation
@@ -22,6 +22,7 @@ OPERATORS = OperatorTable.of(
     deltas.OPERATORS,      # lowrank, x.A / x.B, lora
     selection.OPERATORS,   # select, replace
     baselines.OPERATORS,   # linear, ties, dare_*, magnitude_prune, svd and the *_svd merges, cat
+    svd_merges.OPERATORS,  # iso, knots, tsv (SPEC §7.9), align (one shared basis of factors)
     full.OPERATORS,        # keep_full, drop_full: what an output keeps of full-weight modules and biases
     fused.OPERATORS,       # lincomb, unit_scale (made by fusion)
 )

@@ -41,3 +41,6 @@ R = _lazy("dipm_lang.backend.ranks")            # rank by energy (SPEC §7.6)
 arith = _lazy("dipm_lang.backend.arith")        # + - * / on values of either backend
 merges = _lazy("dipm_lang.backend.baselines")   # PEFT's merge baselines, factored
 merges_dense = _lazy("dipm_lang.backend.baselines_dense")  # … and their dense reference
+FX = _lazy("dipm_lang.backend.factor_units")    # factors handed to the update kernels (SPEC §7.3)
+svd_merges = _lazy("dipm_lang.backend.svd_merges")              # Iso-C, KnOTS, TSV, align, factored
+svd_merges_dense = _lazy("dipm_lang.backend.svd_merges_dense")  # … and their dense reference

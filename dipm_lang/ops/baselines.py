@@ -17,7 +17,7 @@ from __future__ import annotations
 from dipm_lang.backend.merge_method import MergeMethod
 from dipm_lang.ir.node import Node
 from dipm_lang.ir.operator import Builder, Operator
-from dipm_lang.ir.signature import (REQUIRED, Choice, Int, Numbers, Param, Real, Typing, UpdateList,
+from dipm_lang.ir.signature import (REQUIRED, Choice, Flag, Int, Numbers, Param, Real, Typing, UpdateList,
                                     require_adapters)
 from dipm_lang.ir.types import DELTA
 from dipm_lang.ops.backend import merges, merges_dense
@@ -28,6 +28,8 @@ SIGN_METHODS = ("total", "frequency")
 _SQRT = ("PEFT's square-root weights: A' = Σ sign(wᵢsᵢ)√|wᵢsᵢ|·Aᵢ, B' = Σ √|wᵢsᵢ|·Bᵢ "
          "(sᵢ = the source's LoRA scale); items must be adapters of equal rank per module")
 _SVD = "then the best rank-`rank` approximation (default: the largest source rank, as PEFT)"
+_RANDOMIZED = (" The m×n merge is built in row tiles and truncated by a randomized SVD whose error is within "
+               "1.01× the optimal one (seeded per module); exact=true takes PEFT's full SVD.")
 _DARE = ("DARE: keep each entry with probability density and divide by density; the mask depends only "
          "on (seed, module, item position)")
 _TIES = ("TIES: keep the top density fraction by |value|, elect a sign per entry from the unweighted "
@@ -75,6 +77,8 @@ def _params(method: MergeMethod) -> tuple[Param, ...]:
         params.append(Param("rank", Int(minimum=1, optional=True), None))
     if method.seed:
         params.append(Param("seed", Int(minimum=0), 0))
+    if method.dense:
+        params.append(Param("exact", Flag(), False))
     return tuple(params)
 
 
@@ -87,7 +91,7 @@ def _default_rank_needs_adapters(t: Typing) -> None:
 
 
 def _declare(method: MergeMethod) -> Operator:
-    return Operator(method.name, _params(method), DELTA, method.doc,
+    return Operator(method.name, _params(method), DELTA, method.doc + (_RANDOMIZED if method.dense else ""),
                     factored=lambda ctx, node, xs: merges.merge_kernel(method, ctx, node, xs),
                     dense=lambda ctx, node, xs: merges_dense.merge_dense_kernel(method, ctx, node, xs),
                     check=_default_rank_needs_adapters if method.rank else None)

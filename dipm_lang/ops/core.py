@@ -3,8 +3,10 @@
 Typing of arithmetic (`binary_result`):
 - numbers with numbers → Num;
 - updates (Delta or Dir) add and subtract → Delta; scaled by a number → Delta;
-- magnitudes combine elementwise with magnitudes of the same `by` and with numbers → Mag;
-- factors of the same kind add; scaled by a number → Factor;
+- magnitudes combine elementwise with magnitudes of the same `by` (and of the same kind of value:
+  an update's, x.A's or x.B's) and with numbers → Mag;
+- factors of the same kind add (a direction of a factor counts as that factor, as a Dir counts as
+  a Delta); scaled by a number → Factor;
 - with base weights (SPEC §7.8) a weight-level value (`Weight`, `Dir[by, weight]`) is a full weight
   matrix per module: any sum, difference or scaling that involves one is a `Weight` (the matrix it
   computes; saving it writes that matrix − W0). So `W + x`, `0.5*W1 + 0.5*W2` and
@@ -22,7 +24,7 @@ from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ir.signature import Anything, Attribute, Param, Rest, Typing
 from dipm_lang.ir.schedules import is_schedule, varies
-from dipm_lang.ir.types import DELTA, NUM, SCHEDULE, STR, WEIGHT, Type, list_t
+from dipm_lang.ir.types import DELTA, NUM, SCHEDULE, STR, WEIGHT, Type, factor_t, list_t
 from dipm_lang.ops.backend import arith
 
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -67,20 +69,23 @@ def binary_result(t: Typing) -> Type:
             if left.by != right.by:
                 fail(f"magnitudes of different `by` in '{op}': {left} and {right}",
                      "compute both magnitudes with the same by=…")
+            if left.of != right.of:
+                fail(f"magnitudes of different kinds of value in '{op}': {left} and {right}",
+                     "combine magnitudes of updates with magnitudes of updates, of x.B with x.B, of x.A with x.A")
             return left
         other = right if left.kind == "Mag" else left
         if other.is_number:
             return left if left.kind == "Mag" else right
         fail(f"cannot {_VERBS[op]} {left} and {right}")
-    if "Factor" in kinds:
-        if left.kind == right.kind == "Factor":
-            if op in "+-" and left.by == right.by:
-                return left
+    if left.is_factor or right.is_factor:
+        if left.is_factor and right.is_factor:
+            if op in "+-" and left.factor == right.factor:
+                return factor_t(left.factor)  # arithmetic on directions of factors yields a factor
             fail(f"cannot {_VERBS[op]} {left} and {right}",
                  "factors of the same kind add and subtract; scale them by numbers")
-        factor, other = (left, right) if left.kind == "Factor" else (right, left)
-        if other.is_number and (op == "*" or (op == "/" and left.kind == "Factor")):
-            return factor
+        factor, other = (left, right) if left.is_factor else (right, left)
+        if other.is_number and (op == "*" or (op == "/" and left.is_factor)):
+            return factor_t(factor.factor)
     fail(f"cannot {_VERBS[op]} {left} and {right}")
     raise AssertionError  # unreachable: fail raises
 
@@ -109,8 +114,8 @@ def negate_result(t: Typing) -> Type:
     operand = t.type("x")
     if operand.is_weight:
         return WEIGHT  # −W: a weight-level value, like any scaling of one
-    if operand.kind == "Dir":
-        return DELTA  # arithmetic on directions yields a Delta (SPEC §2); reverse(d) keeps a Dir
+    if operand.kind == "Dir":  # arithmetic on directions yields a Delta (SPEC §2); reverse(d) keeps a Dir
+        return DELTA if operand.of is None else factor_t(operand.of)
     if operand.kind in ("Num", "Delta", "Mag", "Factor"):
         return operand
     t.fail(None, f"cannot negate a {operand}")
@@ -174,7 +179,7 @@ def _binary(op: str, dense: bool):
     def kernel(ctx, node, a, b):
         if not node.type.is_number:  # a number scaling a value: one per module where it is a schedule
             a, b = (ctx.number(v) if arg.type.is_number else v for arg, v in zip(node.args, (a, b)))
-        factors = node.type.kind == "Factor"
+        factors = node.type.factor is not None  # factors, or magnitudes of a factor's units
         return arith.plain(op, a, b, factors=factors) if dense else arith.factored(op, a, b, factors=factors)
 
     return kernel

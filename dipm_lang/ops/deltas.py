@@ -7,6 +7,7 @@ from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.signature import Choice, FactorOf, Int, Param, Typing, Update
 from dipm_lang.ir.types import DELTA, Type, factor_t
 from dipm_lang.ops.backend import D, L
+from dipm_lang.ops.backend import svd_merges_dense as SMD
 
 
 def _lora(ctx, node, B, A):
@@ -32,16 +33,23 @@ def _check_ranks(ctx, B, A) -> None:
 
 def _factor_dense(ctx, node, x):
     """x.A / x.B in the dense reference, whose values are m×n matrices that do not determine the
-    factors: an adapter's factors are read again (`ctx.factors`, one module at a time)."""
+    factors: an adapter's factors are read again (`ctx.factors`, one module at a time), and those of
+    `align(x, xs)` computed from its adapters' factors by the dense reference of the alignment."""
     source = node.args[0]
-    if source.op != "load" or ctx.factors is None:
+    if source.op not in ("load", "align") or ctx.factors is None:
         raise ExecutionError("the dense reference has the factors of adapters only (x.A of a lora(...) value)")
+    if source.op == "align":
+        items = source.args[1].args
+        read = [ctx.factors(item)[0] for item in items]
+        index = [item is source.args[0] for item in items].index(True)
+        B, A = SMD.aligned_factors([f.B for f in read], [f.A for f in read], index, source.attr("side"))
+        return A if node.attr("which") == "A" else B
     factors = ctx.factors(source)
     return (factors.A if node.attr("which") == "A" else factors.B)[0]
 
 
 def _swapped(t: Typing) -> None:
-    if t.type("B") == factor_t("A") and t.type("A") == factor_t("B"):
+    if t.type("B").factor == "A" and t.type("A").factor == "B":
         t.fail(None, "the arguments look swapped: it takes (B, A), like ΔW = B @ A")
 
 
@@ -53,9 +61,9 @@ def _factor_of_update(t: Typing) -> None:
     ty = t.type("x")
     if not ty.is_update:
         t.fail("x", f"'.{t.values.get('which')}' needs a Delta, got {ty}")
-    if t.node("x").op not in ("load", "lora"):  # SPEC §7.3
-        t.fail("x", f"'.{t.values.get('which')}' needs an adapter (load(...)) or lora(B, A), not a computed "
-                    f"{ty}: the factors of a computed value depend on the implementation")
+    if t.node("x").op not in ("load", "lora", "align"):  # SPEC §7.3; align's factors are its contract
+        t.fail("x", f"'.{t.values.get('which')}' needs an adapter (load(...)), lora(B, A) or align(x, xs), not a "
+                    f"computed {ty}: the factors of a computed value depend on the implementation")
 
 
 OPERATORS = [

@@ -1,7 +1,8 @@
 """Modulators on directions (SPEC §3, §7.1): `reverse`, `shift`, `lerp`, `mix`, `orth`.
 
 Each returns a `Dir[by]`, unit by unit; the factored kernels never build an m×n matrix. Directions
-of values in DoRA's form (SPEC §7.8: DoRA adapters, weights) go through `backend/forms.py`.
+of values in DoRA's form (SPEC §7.8: DoRA adapters, weights) go through `backend/forms.py`; directions
+of factors (SPEC §7.3) go through the same kernels (`factorwise`) and stay directions of that factor.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ops.core import is_number
 from dipm_lang.ir.signature import DirOf, ListOf, Number, Param, Weights
 from dipm_lang.ops.backend import D, F, L
+from dipm_lang.ops.factorwise import factorwise
 
 D_, E_, T_ = Var("d"), Var("e"), Var("t")
 TWO_DIRECTIONS = (Param("d", DirOf("by")), Param("e", DirOf("by")))
@@ -54,7 +56,8 @@ def _orth(ctx, d, e, by):
 
 OPERATORS = [
     Operator("reverse", (Param("d", DirOf("by")),), DirOf("by"), "The opposite direction, -d.",
-             factored=lambda ctx, node, d: F.reverse(d), dense=lambda ctx, node, d: D.reverse(d),
+             factored=factorwise(lambda ctx, node, d: F.reverse(d)),
+             dense=factorwise(lambda ctx, node, d: D.reverse(d), wrap=False),
              simplify=(
                  # reverse(reverse(d)) -> d
                  Rule("reverse-reverse", P("reverse", P("reverse", D_)), lambda d: d),
@@ -62,8 +65,9 @@ OPERATORS = [
              maps_over_lists=True),
     Operator("shift", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "Move d toward e along the great circle by the fraction t (per-unit slerp).",
-             factored=_shift,
-             dense=lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+             factored=factorwise(_shift),
+             dense=factorwise(lambda ctx, node, d, e, t: D.shift(d, e, ctx.number(t), node.type.by, ctx.eps),
+                              wrap=False),
              simplify=(
                  # shift(d, e, 0) -> d
                  Rule("shift-0", P("shift", D_, E_, _constant(0.0)), lambda d: d),
@@ -74,8 +78,9 @@ OPERATORS = [
              )),
     Operator("lerp", (*TWO_DIRECTIONS, Param("t", EXTRAPOLATES)), DirOf("by"),
              "normalize((1-t)*d + t*e) per unit: the straight path from d to e, renormalised.",
-             factored=lambda ctx, node, d, e, t: _mix(ctx, [d, e], _path(ctx, t), node.type.by),
-             dense=lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+             factored=factorwise(lambda ctx, node, d, e, t: _mix(ctx, [d, e], _path(ctx, t), node.type.by)),
+             dense=factorwise(lambda ctx, node, d, e, t: D.mix([d, e], _path(ctx, t), node.type.by, ctx.eps),
+                              wrap=False),
              simplify=(
                  # lerp(d, e, 0) -> d   (d is a direction: normalize(d) = d)
                  Rule("lerp-0", P("lerp", D_, E_, _constant(0.0)), lambda d: d),
@@ -86,9 +91,11 @@ OPERATORS = [
              )),
     Operator("mix", (Param("dirs", ListOf(DirOf("by"), "directions")), Param("weights", Weights("dirs"), [])),
              DirOf("by"), "normalize(sum of w_i * d_i); [] or omitted weights: all equal.",
-             factored=lambda ctx, node, dirs, w: _mix(ctx, dirs, _weights(ctx, w, len(dirs)), node.type.by),
-             dense=lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by, ctx.eps)),
+             factored=factorwise(lambda ctx, node, dirs, w: _mix(ctx, dirs, _weights(ctx, w, len(dirs)),
+                                                                 node.type.by)),
+             dense=factorwise(lambda ctx, node, dirs, w: D.mix(dirs, _weights(ctx, w, len(dirs)), node.type.by,
+                                                                ctx.eps), wrap=False)),
     Operator("orth", TWO_DIRECTIONS, DirOf("by"), "Remove from d its component along e, then normalize.",
-             factored=lambda ctx, node, d, e: _orth(ctx, d, e, node.type.by),
-             dense=lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps)),
+             factored=factorwise(lambda ctx, node, d, e: _orth(ctx, d, e, node.type.by)),
+             dense=factorwise(lambda ctx, node, d, e: D.orth(d, e, node.type.by, ctx.eps), wrap=False)),
 ]

@@ -130,7 +130,7 @@ def _unit_scale_type(t: Typing) -> Type:
     # without a magnitude it is a (possibly reversed) direction
     if not (t.value("normalize") is True and abs(t.value("coeff")) == 1.0):
         t.fail(None, "unit_scale without m must be ±dir(x)")
-    return dir_t(by, WEIGHT_SPACE if weight else None)
+    return dir_t(by, space=WEIGHT_SPACE if weight else None)
 
 
 def _unit_scale(ctx, node, x, *m):
@@ -174,9 +174,11 @@ OPERATORS = [
              factored=_unit_scale, dense=_unit_scale_dense,
              fuse=(
                  # recombine(±dir…(x), m) -> unit_scale(x, m): norms once, the scaling folded into a factor
-                 Rule("unit_scale", P("recombine"), _from_recombine),
+                 # (of updates: a factor's recombine stays, its factor is small)
+                 Rule("unit_scale", P("recombine", where=lambda n: n.type == DELTA), _from_recombine),
                  # reverse(dir(x)) -> unit_scale(x; coeff=-1, normalize)
-                 Rule("reverse-dir", P("reverse", P("dir", name="inner")), _from_reverse_dir),
+                 Rule("reverse-dir", P("reverse", P("dir", name="inner"), where=lambda n: n.type.of is None),
+                      _from_reverse_dir),
              ),
              callable=False, returns_label="Delta | Dir[by]"),
 ]

@@ -19,13 +19,19 @@ from __future__ import annotations
 
 from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.operator import Operator
+from dipm_lang.ir.blocks import FAMILY_TITLES
 from dipm_lang.ir.schedules import is_schedule, varies
-from dipm_lang.ir.signature import Choice, Int, Param, Path, Real, Text, Typing, Update
+from dipm_lang.ir.signature import Choice, Flag, Int, Param, Path, Real, Text, Typing, Update
 from dipm_lang.ir.targets import TARGETS, vllm_max_rank_problem
 from dipm_lang.ir.types import DELTA, UNIT, WEIGHT
 from dipm_lang.ops.backend import D, F, L, R
 
 BAKE_DTYPES = ("base", "float32", "bfloat16", "float16", "float64")
+
+
+OUTPUT_FORMATS = ("kohya", "diffusers", "peft", "loha", "lokr")
+"""save's format=: kohya's single file, diffusers' LoRA file (a folder unless the path ends in .safetensors),
+a PEFT adapter folder, or LyCORIS LoHa / LoKr in kohya's layout (the low-rank result held exactly; SPEC §7.10)."""
 
 
 def _ranks(ctx, rank, one: bool = False):
@@ -61,6 +67,8 @@ def _check_save(t: Typing) -> None:
         t.fail("energy", "give rank= or energy=, not both (rank keeps N directions in every module; "
                          "energy keeps as many as each module needs)",
                hint="max_rank=N caps the ranks energy= keeps")
+    if t.value("target") is not None and t.value("format") not in (None, "peft"):
+        t.fail("format", f"target={t.value('target')!r} writes a PEFT adapter folder, not a {t.value('format')} file")
     max_rank = t.value("max_rank")
     if t.value("target") == "vllm" and not (is_schedule(max_rank) and not varies(max_rank)):
         problem = vllm_max_rank_problem(max_rank)  # a number given later is checked once it is known
@@ -145,31 +153,35 @@ def _bake_dense(ctx, node, x):
 
 
 def _extract_check(t: Typing) -> None:
-    rank, energy, cap, exact = (t.value(name) for name in ("rank", "energy", "max_rank", "exact"))
+    rank, energy, cap = (t.value(name) for name in ("rank", "energy", "max_rank"))
     if (rank is None) == (energy is None):
         t.fail("rank" if rank is None else "energy", "give rank=N or energy=E (one of them)",
                hint="rank keeps N singular directions per module; energy the fewest that hold that share of "
                     "Σσ² (SPEC §7.6)")
     if cap is not None and energy is None:
         t.fail("max_rank", "max_rank caps energy=; with rank=N the rank is N")
-    if exact not in (0, 1):
-        t.fail("exact", f"exact must be 0 (randomized SVD) or 1 (full SVD), got {exact}")
 
 
 OPERATORS = [
-    Operator("load", (Param("path", Path(optional=True, hub=True), None), Param("name", Text(optional=True), None,
-                                                                         internal=True)), DELTA,
-             "Read a PEFT LoRA adapter folder, or an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
-             "or ORG/NAME when no such local folder exists); a DoRA adapter needs the base weights. load() "
-             "without a path is an input given from outside (--set NAME=PATH).",
+    Operator("load", (Param("path", Path(optional=True, hub=True), None),
+                      Param("family", Choice(tuple(FAMILY_TITLES), optional=True), None),
+                      Param("name", Text(optional=True), None, internal=True)), DELTA,
+             "Read a PEFT LoRA adapter folder, an adapter on the Hugging Face Hub (hf://ORG/NAME[@REV][/SUB], "
+             "or ORG/NAME when no such local folder exists), or a LoRA file of an image model (kohya, diffusers, "
+             "LyCORIS LoHa/LoKr .safetensors; family= (\"sd1\", \"sd2\", \"sdxl\", \"flux\") settles a file whose "
+             "model family is ambiguous); a DoRA adapter needs the base weights. load() without a path is an "
+             "input given from outside (--set NAME=PATH).",
              factored=_load),
     Operator("save", (Param("x", Update(weights=True)), Param("path", Path()),
                       Param("rank", Int(minimum=1, optional=True, schedules=True), None),
                       Param("energy", Real(0.0, 1.0, open_low=True, optional=True, schedules=True,
                                            why=" (the fraction of each module's squared norm to keep)"), None),
                       Param("max_rank", Int(minimum=1, optional=True, schedules=True), None),
-                      Param("target", Choice(TARGETS, optional=True), None)),
-             UNIT, "Write x as a PEFT adapter folder; rank=N keeps the best rank-N approximation, energy=e "
+                      Param("target", Choice(TARGETS, optional=True), None),
+                      Param("format", Choice(OUTPUT_FORMATS, optional=True), None)),
+             UNIT, "Write x as a PEFT adapter folder, or for image-model LoRAs in the first input's format (a "
+                   "path ending in .safetensors is one file; format= chooses \"kohya\", \"diffusers\", "
+                   "\"peft\", \"loha\" or \"lokr\"); rank=N keeps the best rank-N approximation, energy=e "
                    "per module the smallest rank keeping the fraction e of its energy, max_rank=N caps "
                    "either; target=\"vllm\" writes what vLLM serves. A weight writes W − W0; a value in DoRA's "
                    "form (DoRA adapters, weights) a DoRA adapter.",
@@ -189,9 +201,9 @@ OPERATORS = [
                          Param("rank", Int(minimum=1, optional=True), None),
                          Param("energy", Real(0.0, 1.0, open_low=True, optional=True), None),
                          Param("max_rank", Int(minimum=1, optional=True), None),
-                         Param("exact", Int(minimum=0), 0), Param("seed", Int(minimum=0), 0),
+                         Param("exact", Flag(), False), Param("seed", Int(minimum=0), 0),
                          Param("target_modules", Text(), "all-linear")), DELTA,
              "A LoRA from a fine-tuned model folder: per module, the best rank-N (or energy=E) approximation of "
-             "W_tuned − W0 by randomized SVD (exact=1: the full SVD), its error reported.",
+             "W_tuned − W0 by randomized SVD (exact=true: the full SVD), its error reported.",
              factored=lambda ctx, node: ctx.load(node), check=_extract_check),
 ]

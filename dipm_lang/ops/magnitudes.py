@@ -6,6 +6,7 @@ from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.signature import ListOf, MagOf, MagOrNumber, Param, Typing, Weights
 from dipm_lang.ir.types import NUM, SCHEDULE, Type
 from dipm_lang.ops.backend import arith
+from dipm_lang.ops.factorwise import factorwise
 
 
 def _elementwise(t: Typing) -> Type:
@@ -27,14 +28,16 @@ def _numbers_of(ctx, node, values):
 def _extremum(which: str) -> Operator:
     return Operator(which, (Param("a", MagOrNumber("by")), Param("b", MagOrNumber("by"))), _elementwise,
                     f"Elementwise {'maximum' if which == 'max' else 'minimum'}.",
-                    factored=lambda ctx, node, a, b: arith.extremum(which, *_numbers_of(ctx, node, (a, b))),
+                    factored=factorwise(lambda ctx, node, a, b: arith.extremum(which, *_numbers_of(ctx, node, (a, b))),
+                                        wrap=False),
                     returns_label="Mag[by] | Num")
 
 
 OPERATORS = [
     Operator("mean", (Param("mags", ListOf(MagOf("by"), "magnitudes")), Param("weights", Weights("mags"), [])),
              MagOf("by"), "Weighted mean of magnitudes: sum(w_i m_i) / sum(w_i); [] or omitted weights: all equal.",
-             factored=lambda ctx, node, mags, w: arith.weighted_mean(mags, [ctx.number(x) for x in w] or [1.0] * len(mags))),
+             factored=factorwise(lambda ctx, node, mags, w: arith.weighted_mean(
+                 mags, [ctx.number(x) for x in w] or [1.0] * len(mags)), wrap=False)),
     _extremum("max"),
     _extremum("min"),
     Operator("abs", (Param("a", MagOrNumber("by")),), _elementwise, "Elementwise absolute value.",

@@ -1,5 +1,5 @@
 """Module selection (SPEC §3): keep or replace only the modules whose name matches a pattern and/or
-whose layer lies in a range. Which modules match is known from the names alone, so the executor
+whose layer lies in a range, or (SPEC §7.10) that belong to one component of an image model. Which modules match is known from the names alone, so the executor
 groups modules by it and a kernel sees one outcome per batch."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dipm_lang.ir.blocks import COMPONENTS
 from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.operator import Operator
-from dipm_lang.ir.signature import Param, Static, Typing, Update, _listed, _string
+from dipm_lang.ir.signature import Choice, Param, Static, Typing, Update, _listed, _string
 from dipm_lang.ir.types import DELTA
 from dipm_lang.ops.backend import F, L
 from dipm_lang.safety.regex import compile_pattern
@@ -55,6 +56,11 @@ def _matches(node, name: str) -> bool:
     return module_matches(name, node.attr("pattern"), node.attr("layers"))
 
 
+def _in_component(node, name: str) -> bool:
+    """Whether `name` is in the chosen component of an image model (`ir/blocks.py`'s patterns)."""
+    return module_matches(name, COMPONENTS[node.attr("which")], None)
+
+
 def _zero(x: Any) -> Any:
     if isinstance(x, L.LowRank) or F.has_form(x):
         return F.zeros_like(x)
@@ -69,4 +75,10 @@ OPERATORS = [
     Operator("replace", (Param("x", Update()), Param("y", Update()), *WHERE), DELTA,
              "x, with the matching modules taken from y instead.",
              factored=lambda ctx, node, x, y: y if _matches(node, ctx.names[0]) else x, batch_key=_matches),
+    Operator("component", (Param("x", Update()), Param("which", Choice(tuple(COMPONENTS)))), DELTA,
+             "Keep only one component of an image-model LoRA: \"model\" (the UNet or transformer), \"clip\" "
+             "(every text encoder), or \"unet\", \"transformer\", \"text_encoder\", \"text_encoder_2\"; "
+             "others become zero.",
+             factored=lambda ctx, node, x: x if _in_component(node, ctx.names[0]) else _zero(x),
+             batch_key=_in_component),
 ]

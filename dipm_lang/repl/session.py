@@ -84,7 +84,7 @@ class Session:
         self.inputs_seen = 0
         self.errors = 0
         self.last_exit_code = 0
-        self._adapters: dict[str, tuple[tuple, Any]] = {}  # path -> (file stamps, AdapterInfo)
+        self._adapters: dict[tuple, tuple[tuple, Any]] = {}  # (path, family) -> (file stamps, AdapterSource)
 
     # ---- the one entry point ---------------------------------------------------------
 
@@ -236,24 +236,23 @@ class Session:
 
         return plan(program, self.options, check_outputs=False, opener=self.adapter)
 
-    def adapter(self, path: str):
-        """The opened adapter at `path` (validated; cached while its files are unchanged). A Hub
-        adapter is fetched once per session: its files come from one commit, which does not change."""
-        from dipm_lang.io.reader import open_adapter
+    def adapter(self, path: str, family: str | None = None):
+        """The opened adapter at `path` (validated; cached while its files are unchanged); `family`
+        as `load(…, family=)` gives it, for LoRA files of image models. A Hub adapter is fetched once
+        per session: its files come from one commit, which does not change."""
+        from dipm_lang.io.sources import open_source
 
         self.check_readable(path)
         if is_hub_path(path):
-            if path not in self._adapters:
-                from dipm_lang.io.sources import open_source
-
-                self._adapters[path] = ((), open_source(path))  # huggingface_hub shows its download bars
-            return self._adapters[path][1]
+            if (path, None) not in self._adapters:  # huggingface_hub shows its download bars
+                self._adapters[(path, None)] = ((), open_source(path))
+            return self._adapters[(path, None)][1]
         stamp = _stamp(path)
-        cached = self._adapters.get(path)
+        cached = self._adapters.get((path, family))
         if cached is not None and cached[0] == stamp and stamp:
             return cached[1]
-        info = open_adapter(path)
-        self._adapters[path] = (stamp, info)
+        info = open_source(path, family=family)
+        self._adapters[(path, family)] = (stamp, info)
         return info
 
     def check_readable(self, path: str) -> None:
@@ -535,8 +534,10 @@ def _display(path: str | None) -> str:
 
 
 def _stamp(path: str) -> tuple:
-    """Sizes and modification times of an adapter folder's files (empty when unreadable)."""
+    """Sizes and modification times of an adapter folder's files, or of a LoRA file (empty when unreadable)."""
     try:
+        if Path(path).is_file():
+            return ((Path(path).name, Path(path).stat().st_mtime_ns, Path(path).stat().st_size),)
         return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                             for p in Path(path).iterdir() if p.is_file()))
     except OSError:

@@ -22,6 +22,7 @@ from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import RuntimeDipmError, UsageError
 from dipm_lang.io.atomic import staged_file
+from dipm_lang.io.lora_files import is_lora_path, open_lora_source
 from dipm_lang.io.reader import read_module
 from dipm_lang.io.sources import open_input
 from dipm_lang.ir.modules import layer_order, natural_key, split_module
@@ -191,7 +192,14 @@ class Source:
 
 
 def adapter_source(path: str | Path, label: str | None = None) -> Source:
-    """An adapter folder or Hub id (SPEC §7.5), validated up front; modules are read one at a time."""
+    """An adapter folder or Hub id (SPEC §7.5), or a LoRA file of an image model (SPEC §7.10), validated
+    up front; modules are read one at a time."""
+    if is_lora_path(path):
+        lora = open_lora_source(path)
+        meta = {"format": lora.format, "family": lora.family, "dtype": str(lora.dtype).removeprefix("torch.")}
+        modules = {name: (m.shape, m.rank, m.scale) for name, m in lora.modules.items()}
+        return Source(label or str(path), str(lora.path), meta, modules,
+                      lambda name: lora.read([name], dtype=WORK_DTYPE)[0])
     info = open_input(str(path))
     config = info.config
     meta = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"),

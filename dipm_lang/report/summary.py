@@ -66,12 +66,12 @@ def summarize(type_: Type | str, values: Mapping[str, Any]) -> str:
         return _list(type_, values)
     if not values:
         return f"{label} over no modules (no adapter is involved)"
+    if kind == "Factor" or (kind == "Dir" and " of Factor[" in label):  # a direction of a factor is one
+        return _factor(label, values)
     if kind in ("Delta", "Dir"):
         return _update(type_, label, values)
     if kind == "Mag":
         return _magnitude(type_, label, values)
-    if kind == "Factor":
-        return _factor(label, values)
     return f"{label} over {len(values)} modules"
 
 

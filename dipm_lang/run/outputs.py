@@ -17,10 +17,13 @@ import torch
 
 from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
-from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.lora_output import LoraFileStage
+from dipm_lang.io.sources import AdapterSource, file_inputs
 from dipm_lang.io.writer import AdapterStage, StagedOutput
 from dipm_lang.ir.modules import natural_key
 from dipm_lang.ir.node import Node, Program
+from dipm_lang.run import image_models
+from dipm_lang.run.options import RunOptions
 from dipm_lang.run.full_weights import describe
 from dipm_lang.run.planning import Plan, load_nodes
 from dipm_lang.run.weights import source_key
@@ -42,7 +45,7 @@ class OutputSummary:
     full: list[str] = field(default_factory=list)  # full-weight modules and biases written (SPEC §7.4)
 
     @classmethod
-    def of(cls, staged: StagedOutput, stage: AdapterStage, dtype: torch.dtype,
+    def of(cls, staged: StagedOutput, stage: AdapterStage | LoraFileStage, dtype: torch.dtype,
            relative_error: float | None, errors: Mapping[str, float] | None = None) -> "OutputSummary":
         ranks = [rank for rank, _ in stage.ranks.values()]
         kept = {name: stage.kept.get(name, rank) for name, (rank, _) in stage.ranks.items()}
@@ -136,6 +139,24 @@ def serving(save: Node) -> dict[str, Any]:
         return {}
     max_rank = save.attr("max_rank")
     return {"target": target, "max_lora_rank": int(max_rank) if isinstance(max_rank, (int, float)) else None}
+
+
+def output_stage(program: Program, save: Node, the_plan: Plan, template: AdapterSource | None,
+                 options: RunOptions) -> AdapterStage | LoraFileStage:
+    """The stage that writes `save`: a PEFT adapter folder, or a LoRA file of an image model in the format
+    `run/image_models.py` chooses (SPEC §7.10). Created before any work, so a bad output fails first."""
+    inputs = file_inputs(the_plan.inputs.values()) + base_inputs(the_plan)
+    target = image_models.output_target(program, save, the_plan.inputs, the_plan.family)
+    if target is None:
+        return AdapterStage(save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
+                            metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
+                            force=options.force, inputs=inputs,
+                            dora=id(save.args[0]) in the_plan.forms, **serving(save),
+                            full=the_plan.full.get(id(save), ()),  # full-weight modules and biases (SPEC §7.4)
+                            full_dtype=the_plan.out_dtype if options.out_dtype else None)
+    return LoraFileStage(target.destination, format=target.format, family=target.family, template=target.template,
+                         dtype=the_plan.out_dtype, compute_dtype=the_plan.dtype, force=options.force, inputs=inputs,
+                         file=target.file, span=program.spans.get(save))
 
 
 def to_output(value: Any) -> Any:

@@ -15,15 +15,17 @@ import torch
 
 from dipm_lang.io.digest import FileDigest, start_all
 from dipm_lang.io.sources import AdapterSource
+from dipm_lang.io.lora_output import LoraFileStage
 from dipm_lang.io.writer import AdapterStage, StagedOutput, commit_staged, discard_staged, remove_own_staging
 from dipm_lang.ir.node import Program
 from dipm_lang.backend.executor import ExecutionResult
 from dipm_lang.run.execution import execute
 from dipm_lang.run.options import RunOptions
-from dipm_lang.run.planning import file_inputs, plan, schedule_values
+from dipm_lang.run.planning import plan, schedule_values
 from dipm_lang.run.progress import Progress
-from dipm_lang.run.outputs import (OutputSummary, RunSummary, base_inputs, extraction_notes, output_template,
-                                   peak_memory_mb, provenance, recipe_text, serving, to_output, truncates, write_bake)
+from dipm_lang.run.outputs import (OutputSummary, RunSummary, base_inputs, extraction_notes, output_stage,
+                                   output_template, peak_memory_mb, provenance, recipe_text, to_output, truncates,
+                                   write_bake)
 
 
 def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
@@ -38,7 +40,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and not quiet)
     progress = Progress("modules", enabled=show)
     template = output_template(list(the_plan.inputs.values()))
-    stages: dict[int, AdapterStage] = {}
+    stages: dict[int, AdapterStage | LoraFileStage] = {}
     baked: dict[int, dict] = {id(root): {} for root in program.roots if root.op == "bake"}
     staged: list[StagedOutput] = []
     try:
@@ -46,14 +48,7 @@ def run_program(program: Program, options: RunOptions, *, quiet: bool = False,
         for save in program.roots:
             if save.op == "bake":
                 continue
-            stages[id(save)] = AdapterStage(
-                save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
-                metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
-                force=options.force,
-                inputs=file_inputs(the_plan.inputs.values()) + base_inputs(the_plan),
-                dora=id(save.args[0]) in the_plan.forms, **serving(save),
-                full=the_plan.full.get(id(save), ()),  # full-weight modules and biases (SPEC §7.4)
-                full_dtype=the_plan.out_dtype if options.out_dtype else None)
+            stages[id(save)] = output_stage(program, save, the_plan, template, options)
 
         def write_part(part: ExecutionResult) -> None:
             for save in part.saves:

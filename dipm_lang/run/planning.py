@@ -20,11 +20,14 @@ from dipm_lang.io.hub_ref import is_hub_path
 from dipm_lang.io.layout import ADAPTER_FILES
 from dipm_lang.io.reader import check_compatible
 from dipm_lang.io.sources import AdapterSource, file_inputs, is_memory_key, open_source
+from dipm_lang.io.lora_output import check_output
 from dipm_lang.io.writer import OUTPUT_DTYPES, prepare_output, recover_stale
 from dipm_lang.ir.modules import layer_index, natural_key
 from dipm_lang.ir.node import Node, Program, walk
 from dipm_lang.ir.schedules import LayerError, is_schedule, value_at
 from dipm_lang.ops.baselines import METHODS
+from dipm_lang.run import image_models
+from dipm_lang.run.factor_ranks import check_factor_ranks
 from dipm_lang.run.full_weights import full_modules, plan_full_weights
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
 from dipm_lang.run import weights
@@ -56,6 +59,7 @@ class Plan:
     def kind(self, name: str) -> str:
         """A module's LoRA kind ("linear" or "embedding"), from the first input that has it."""
         return next((info.modules[name].kind for info in self.inputs.values() if name in info.modules), "linear")
+    family: str | None = None                 # the inputs' image-model family (SPEC §7.10), None for PEFT ones
 
     @property
     def layers(self) -> int:
@@ -172,7 +176,8 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     `recover` first cleans up what killed runs left next to each output (`writer.recover_stale`).
     """
     infos: dict[str, AdapterSource] = {}
-    open_ = opener or (lambda path: open_source(path, memory, progress=options.progress))
+    open_ = opener or (lambda path, family=None: open_source(path, memory, family=family, progress=options.progress))
+    families: dict[str, str | None] = {}
     base_folder = weights.base_path(program, options)
     base_node = next(iter(weights.needs_base(program)), None)
     base = _open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
@@ -191,11 +196,16 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             elif options.sandbox is not None and not is_memory_key(path):  # the files a folder holds may be links
                 options.sandbox.check_files(path, ADAPTER_FILES, "load", program.spans.get(node))
             try:
-                infos[path] = open_(path)
+                family = node.attr("family")
+                infos[path] = open_(path) if family is None else open_(path, family=family)
             except AdapterError as error:
                 raise at_load(error, program.spans.get(node)) from None
+        if families.setdefault(path, node.attr("family")) != node.attr("family"):
+            raise UsageError(f"{path} is loaded with two different family= values", program.spans.get(node))
     modules = check_compatible(list(infos.values()), ignore_base_model=options.ignore_base_model)
+    family = image_models.check_inputs(program, infos, schedules_of(program), at_load)
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
+    check_factor_ranks(program, infos)  # so do factors that meet (lora(H.B, T.A), shift(dir(H.B), dir(T.B), t))
     check_schedules(program, modules)
     dora = [(node, infos[node.attr("path")]) for node in load_nodes(program)
             if node.op == "load" and getattr(infos[node.attr("path")], "dora", False)]
@@ -224,8 +234,12 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
                 from dipm_lang.io.bake_output import prepare_model_output
 
                 prepare_model_output(save.attr("path"), inputs=inputs, force=options.force)
-            else:
+                continue
+            target = image_models.output_target(program, save, infos, family)
+            if target is None:
                 prepare_output(save.attr("path"), inputs=inputs, force=options.force)
+            else:
+                check_output(target.destination, file=target.file, inputs=inputs, force=options.force)
     compute = torch_dtype(options.dtype, "--dtype")
     if options.dense:
         compute = torch.float64
@@ -236,7 +250,7 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         # the inputs' dtype, where an adapter can be written in it (float8 inputs are written in float32)
         out = stored.pop() if len(stored) == 1 and stored <= set(OUTPUT_DTYPES) else torch.float32
     return Plan(program, infos, modules, resolve_device(options.device), compute, out, full, tuple(extra),
-                base=base, forms=forms)
+                base=base, forms=forms, family=family)
 
 
 

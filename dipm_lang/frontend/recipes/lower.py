@@ -53,7 +53,8 @@ def lower_recipe(path: str | Path | Recipe, sets: Mapping[str, Any] | None = Non
     for output in recipe.outputs:
         expr = _embedded(output.expr, recipe.file, lines, lambda t, f: parse_expression(t, f))
         lowerer.statement(ast.save_call(expr, str(output.path), output.rank, expr.span, energy=output.energy,
-                                        max_rank=output.max_rank, target=output.target, spans=output.spans),
+                                        max_rank=output.max_rank, target=output.target, spans=output.spans,
+                                        format=output.format),
                           module)
 
     unused = sorted(set(sets) - lowerer.used_external - set(recipe.inputs) - set(recipe.parameters))

@@ -22,7 +22,7 @@ from dipm_lang.safety.limits import MAX_CONFIG_BYTES
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 TOP_KEYS = ("inputs", "outputs", "parameters", "import", "defs")
-OUTPUT_KEYS = ("expr", "rank", "energy", "max_rank", "target")
+OUTPUT_KEYS = ("expr", "rank", "energy", "max_rank", "target", "format")
 
 
 def is_config(path: str | Path) -> bool:
@@ -51,6 +51,7 @@ class Output:
     max_rank: int | None = None
     target: str | None = None       # "vllm": written for vLLM's LoRA loader
     spans: dict[str, Span | None] = field(default_factory=dict)  # where each of these was given
+    format: str | None = None       # SPEC §7.10: "kohya", "diffusers" or "peft" (save's format=, checked there)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
         at: KeyPath = ("outputs", key)
         if not isinstance(key, str) or not key:
             fail(f"an output folder must be a string, got {_kind(key)}", at)
-        rank = energy = max_rank = target = None
+        rank = energy = max_rank = target = format = None
         spans: dict[str, Span | None] = {}
         if isinstance(value, dict):
             for sub in value:
@@ -146,7 +147,10 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
                      hint="'max_rank' caps the ranks 'energy' keeps")
             if target is not None and target not in TARGETS:
                 fail(f"'target' of output '{key}' must be one of {', '.join(TARGETS)}, got {target!r}", at + ("target",))
-            spans = {k: where.span(at + (k,)) for k in ("rank", "energy", "max_rank", "target") if k in value}
+            format = value.get("format")
+            if format is not None and not isinstance(format, str):
+                fail(f"'format' of output '{key}' must be a string, got {_kind(format)}", at + ("format",))
+            spans = {k: where.span(at + (k,)) for k in ("rank", "energy", "max_rank", "target", "format") if k in value}
             value, at = value["expr"], at + ("expr",)
         if not isinstance(value, str):
             fail(f"output '{key}' must be an expression (a string), got {_kind(value)}", at,
@@ -156,7 +160,7 @@ def _check(tree: Any, where: "Where", file: str, text: str, base: Path) -> Recip
         if path_problem(key):
             fail(f"output {key!r:.80}: {path_problem(key)}", ("outputs", key))
         outputs.append(Output(absolute(base / Path(key).expanduser()), Text(value, where.offsets(at, value)),
-                              rank, where.span(("outputs", key)), energy, max_rank, target, spans))
+                              rank, where.span(("outputs", key)), energy, max_rank, target, spans, format))
 
     imports_tree = tree.get("import") or []
     if isinstance(imports_tree, str):

@@ -32,7 +32,7 @@ from dipm_lang.io.finite import all_finite
 import dipm_lang.io.formats.detect as detect
 import dipm_lang.io.formats.names as family_names
 from dipm_lang.io.formats.factors import lokr_factors, loha_factors, lora_factors
-from dipm_lang.io.formats.header import read_header
+from dipm_lang.io.formats.header import Header, read_header
 from dipm_lang.io.peft_config import LoraSettings, parse_settings
 
 LORA_ADAPTER_METADATA = "lora_adapter_metadata"  # diffusers' `LORA_ADAPTER_METADATA_KEY`
@@ -138,9 +138,18 @@ def open_lora_file(path: str | Path, *, family: str | None = None) -> FormatAdap
     "flux") settles a file whose names and metadata fit more than one family."""
     header = read_header(path)
     layout, raw = detect.group_modules(header)
+    settings = _diffusers_settings(header.metadata, header.path) if layout != detect.KOHYA else {}
+    return assemble(header, layout, raw, settings, family)
+
+
+def assemble(header: Header, layout: str, raw: list[detect.RawModule], settings: dict[str, LoraSettings],
+             family: str | None, *, format: str | None = None) -> FormatAdapter:
+    """The opened adapter from a file's grouped modules: family, canonical names, scales, kernels.
+
+    `settings`: per component, the LoraConfig that gives diffusers-layout modules their scales;
+    `format`: the input's format when the layout does not say it (a PEFT folder)."""
     chosen, parts = detect.infer_family(raw, header.metadata, header.path, family)
     alphas = _read_alphas(header.path, raw)
-    settings = _diffusers_settings(header.metadata, header.path) if layout != detect.KOHYA else {}
     modules: dict[str, ModuleSpec] = {}
     sources: dict[str, detect.RawModule] = {}
     for module in raw:
@@ -156,7 +165,9 @@ def open_lora_file(path: str | Path, *, family: str | None = None) -> FormatAdap
                 alpha=alphas.get(module.key), rows=part.rows, swap_halves=part.swap_halves)
             sources[part.name] = module
     algos = {module.algo for module in raw}
-    if layout != detect.KOHYA:
+    if format is not None:
+        fmt = format
+    elif layout != detect.KOHYA:
         fmt = layout
     elif algos == {"lora"}:
         fmt = "kohya"

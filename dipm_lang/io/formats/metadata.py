@@ -39,10 +39,13 @@ def output_metadata(template: Mapping[str, str] | None, *, template_format: str 
     linear = [name for name in ranks if name not in conv_modules]
     conv = [name for name in ranks if name in conv_modules]
     _set_uniform(out, "ss_network_dim", [ranks[n] for n in linear] or [ranks[n] for n in conv],
-                 always=output_format == "kohya")
+                 always=output_format != "diffusers")
     _set_uniform(out, "ss_network_alpha", [alphas[n] for n in linear] or [alphas[n] for n in conv],
-                 always=output_format == "kohya")
-    if template_format in _LYCORIS_FORMATS:
+                 always=output_format != "diffusers")
+    if output_format in ("loha", "lokr"):  # LyCORIS' own description of the file (its `algo`)
+        out["ss_network_module"] = "lycoris.kohya"
+        out["ss_network_args"] = json.dumps({"algo": output_format})
+    elif template_format in _LYCORIS_FORMATS:
         out.pop("ss_network_args", None)
         if "ss_network_module" in out:
             out["ss_network_module"] = "networks.lora"

@@ -24,10 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-FAMILIES = ("sd1", "sd2", "sdxl", "flux")
-"""Model families whose LoRA files dipm reads and writes."""
+from dipm_lang.ir.blocks import FAMILY_TITLES
 
-FAMILY_TITLES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL", "flux": "Flux.1"}
+FAMILIES = tuple(FAMILY_TITLES)
+"""Model families whose LoRA files dipm reads and writes (`FAMILY_TITLES` lives in `ir.blocks`, which
+block-weight schedules read)."""
 
 CLIP, T5, UNET, DIT = "clip", "t5", "unet", "flux-transformer"
 

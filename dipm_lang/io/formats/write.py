@@ -40,10 +40,14 @@ import dipm_lang.io.formats.kohya as kohya
 import dipm_lang.io.formats.names as names
 from dipm_lang.io.formats.adapter import FormatAdapter, ModuleSpec
 from dipm_lang.io.formats.metadata import output_metadata
+from dipm_lang.io.layout import DIFFUSERS_WEIGHTS_NAME
 from dipm_lang.io.safetensors_file import DTYPE_CODES, SafetensorsWriter, header_bound
 
-OUTPUT_FORMATS = ("kohya", "diffusers")
-DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+OUTPUT_FORMATS = ("kohya", "diffusers", "loha", "lokr")
+LYCORIS_OUTPUTS = ("loha", "lokr")
+"""LyCORIS layouts a low-rank result is written in exactly, for tools that want them: each module's B·A as
+LoHa `(B A) ⊙ (1 1ᵀ)` (`hada_w2_a`, `hada_w2_b` of ones, rank 1) or LoKr `[1] ⊗ (B A)` (`lokr_w1` = [[1]]),
+kohya's key names and `.alpha` (scale alpha / rank, as LyCORIS' dim is B A's inner size)."""
 
 
 def writable_format(input_format: str) -> str:
@@ -67,18 +71,16 @@ def weights_file(path: str | Path, format: str) -> Path:
 
 def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format: str, family: str,
                     template: FormatAdapter | None = None, metadata_extra: Mapping[str, str] | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, scales: Mapping[str, float] | None = None) -> Path:
     """Write `modules` (canonical name → one module's ΔW = B @ A) as one `.safetensors` file.
 
     `format`: "kohya" or "diffusers" (see `writable_format`); `family`: the model family the
     names belong to; `template`: the opened input whose names, kernels, dtype and metadata the
     output follows; `metadata_extra`: keys to record (recipe, input hashes); `dtype`: the stored
-    dtype (default: the template's, else the factors'). Modules of rank 0 are left out (ΔW = 0)."""
+    dtype (default: the template's, else the factors'); `scales` (kohya layout): modules whose factors are
+    an input's own with that scale folded into B — stored as B / scale with alpha = rank · scale, so an
+    input copied in its own dtype keeps its stored bits. Modules of rank 0 are left out (ΔW = 0)."""
     path = Path(path)
-    if format in ("loha", "lokr", "lycoris"):
-        raise AdapterError(f"cannot write format {format!r}: a low-rank result is in general not a "
-                           f"{'Hadamard' if format == 'loha' else 'Kronecker'} product; write format='kohya' "
-                           "(LoRA/LoCon in kohya's layout holds it exactly)", path)
     if format not in OUTPUT_FORMATS:
         raise AdapterError(f"unknown LoRA file format {format!r}; formats: {', '.join(OUTPUT_FORMATS)}", path)
     if family not in names.FAMILIES:
@@ -95,10 +97,10 @@ def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format:
             values[name] = value
     if not values:
         raise AdapterError("has no module with a nonzero rank to write", path)
-    if format == "kohya":
-        entries = _kohya_entries(values, family, template, out_dtype, path)
+    if format in ("kohya", *LYCORIS_OUTPUTS):
+        entries = _kohya_entries(values, family, template, out_dtype, path, scales or {})
     else:
-        entries = _diffusers_entries(values, family, specs, out_dtype, path)
+        entries = _diffusers_entries(values, family, template, out_dtype, path)
     metadata = output_metadata(
         template.metadata if template is not None else None,
         template_format=template.format if template is not None else None, output_format=format, family=family,
@@ -106,7 +108,7 @@ def write_lora_file(path: str | Path, modules: Mapping[str, LowRank], *, format:
         conv_modules={e.name for e in entries if e.down.dim() == 4 and tuple(e.down.shape[2:]) != (1, 1)},
         extra=dict(metadata_extra or {}))
     tensors = _tensors(entries, format)
-    _write(path, tensors, metadata)
+    write_tensors(path, tensors, metadata)
     return path
 
 
@@ -166,7 +168,7 @@ def _balanced(up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype | None) -
 
 
 def _kohya_entries(values: dict[str, LowRank], family: str, template: FormatAdapter | None,
-                   dtype: torch.dtype | None, path: Path) -> list[_Entry]:
+                   dtype: torch.dtype | None, path: Path, scales: Mapping[str, float]) -> list[_Entry]:
     specs = template.modules if template is not None else {}
     style = _naming_style(template, family)
     entries: list[_Entry] = []
@@ -183,13 +185,21 @@ def _kohya_entries(values: dict[str, LowRank], family: str, template: FormatAdap
         else:
             module = _default_name(name, family, style)
         up, down = _shaped(name, value, family, spec, path)
-        entries.append(_kohya_entry(module, up, down, dtype))
+        entries.append(_kohya_entry(module, up, down, dtype, scales.get(name)))
     for body, present in fused.items():
-        entries.append(_fused_entry(body, present, values, specs, family, dtype, path))
+        kept = {scales.get(name) for name in present.values()}
+        entries.append(_fused_entry(body, present, values, specs, family, dtype, path,
+                                    kept.pop() if len(kept) == 1 else None))
     return entries
 
 
-def _kohya_entry(module: str, up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype | None) -> _Entry:
+def _kohya_entry(module: str, up: torch.Tensor, down: torch.Tensor, dtype: torch.dtype | None,
+                 kept: float | None = None) -> _Entry:
+    if kept is not None and kept != 0.0:  # an input's own factors: its scale back out of B, as its alpha
+        up = up / kept
+        if dtype is not None:
+            up, down = up.to(dtype), down.to(dtype)
+        return _Entry(module, up, down, down.shape[0] * kept)
     up, scale = _balanced(up, down, dtype)  # before the cast: float16 would flush small entries
     if dtype is not None:
         up, down = up.to(dtype), down.to(dtype)
@@ -223,7 +233,7 @@ def _default_name(name: str, family: str, style: dict) -> str:
 
 
 def _fused_entry(body: str, present: dict[int, str], values: dict[str, LowRank], specs: Mapping[str, ModuleSpec],
-                 family: str, dtype: torch.dtype | None, path: Path) -> _Entry:
+                 family: str, dtype: torch.dtype | None, path: Path, kept: float | None = None) -> _Entry:
     parts = kohya.fused_part_names(body)
     given = [values.get(parts[i]) if i in present else None for i in range(len(parts))]
     n = next(v.n for v in given if v is not None)
@@ -258,24 +268,42 @@ def _fused_entry(body: str, present: dict[int, str], values: dict[str, LowRank],
         half = B.shape[0] // 2
         B = torch.cat([B[half:], B[:half]])
     prefix = kohya.WRITE_PREFIXES[family]["transformer"]
-    return _kohya_entry(f"{prefix}_{body}", B, A, dtype)
+    return _kohya_entry(f"{prefix}_{body}", B, A, dtype, kept if shared else None)
 
 
-def _diffusers_entries(values: dict[str, LowRank], family: str, specs: Mapping[str, ModuleSpec],
+def _diffusers_entries(values: dict[str, LowRank], family: str, template: FormatAdapter | None,
                        dtype: torch.dtype | None, path: Path) -> list[_Entry]:
+    """PEFT-style diffusers keys under canonical names — except that a text-encoder module a diffusers
+    template spells as transformers ≥ 5 names CLIP (`text_encoder.encoder.layers…`, no `text_model.`)
+    keeps that spelling, so a copy of such a file has its keys."""
+    specs = template.modules if template is not None else {}
     entries = []
     for name, value in values.items():
-        up, down = _shaped(name, value, family, specs.get(name), path)
+        spec = specs.get(name)
+        up, down = _shaped(name, value, family, spec, path)
         if dtype is not None:
             up, down = up.to(dtype), down.to(dtype)
-        entries.append(_Entry(name, up, down, float(down.shape[0])))
+        flat = name.replace(".text_model.encoder.", ".encoder.", 1)
+        written = flat if spec is not None and spec.key == flat and template.layout.startswith("diffusers") else name
+        entries.append(_Entry(written, up, down, float(down.shape[0])))
     return entries
 
 
 def _tensors(entries: list[_Entry], format: str) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for entry in entries:
-        if format == "kohya":
+        if format in LYCORIS_OUTPUTS:
+            up, down = entry.up.reshape(entry.up.shape[0], -1), entry.down.reshape(entry.rank, -1)  # 2-D, as LyCORIS
+            one = torch.ones((), dtype=up.dtype)
+            if format == "loha":
+                tensors[f"{entry.name}.hada_w1_a"], tensors[f"{entry.name}.hada_w1_b"] = up, down
+                tensors[f"{entry.name}.hada_w2_a"] = one.expand(up.shape[0], 1).contiguous()
+                tensors[f"{entry.name}.hada_w2_b"] = one.expand(1, down.shape[1]).contiguous()
+            else:
+                tensors[f"{entry.name}.lokr_w1"] = one.reshape(1, 1).clone()
+                tensors[f"{entry.name}.lokr_w2_a"], tensors[f"{entry.name}.lokr_w2_b"] = up, down
+            tensors[f"{entry.name}.alpha"] = torch.tensor(entry.alpha, dtype=torch.float32)
+        elif format == "kohya":
             tensors[f"{entry.name}.lora_up.weight"] = entry.up
             tensors[f"{entry.name}.lora_down.weight"] = entry.down
             tensors[f"{entry.name}.alpha"] = torch.tensor(entry.alpha, dtype=torch.float32)
@@ -285,7 +313,8 @@ def _tensors(entries: list[_Entry], format: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """One safetensors file, tensors in sorted key order (deterministic output)."""
     for name, tensor in tensors.items():
         if tensor.dtype not in DTYPE_CODES:
             raise AdapterError(f"cannot store {name!r} as {tensor.dtype}", path)

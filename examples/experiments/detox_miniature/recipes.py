@@ -46,6 +46,10 @@ METHODS = (
     Method("shrink", "(1 − α)·H", "detox", "(1 - alpha) * H", "alpha"),
     Method("dipm_transfer", "DiPM transfer", "transfer", "recombine(shift(dir(C), dir(T), t), mag(C))", "t", "C"),
     Method("ta_transfer", "C + λ·T", "transfer", "C + lam * T", "lam"),
+    # the factor-level readings (SPEC §7.3; stdlib): modulate B's rows, keep the first adapter's A —
+    # meaningful here because H, T, C share their initial A (`--no-shared-init` breaks that)
+    Method("dipm_detox_b", "DiPM detox on B", "detox", "detox_b(H, T, t)", "t"),
+    Method("dipm_transfer_b", "DiPM transfer on B", "transfer", "transfer_b(C, T, t)", "t"),
 )
 REFERENCES = ("base", "H", "T", "C")
 

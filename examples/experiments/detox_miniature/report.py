@@ -197,7 +197,7 @@ def plot(rows: list[dict[str, Any]], settings: dict[str, Any], path: Path) -> No
     panels = (("detox", "helpful_skill", "Detox: helpful skill kept"),
               ("detox", "general_skill", "Detox: general skill kept"),
               ("transfer", "helpful_skill", "Transfer: helpful skill kept"))
-    colors = dict(zip([m.name for m in METHODS], ["C3", "C0", "C2", "C7", "C3", "C0"]))
+    colors = dict(zip([m.name for m in METHODS], ["C3", "C0", "C2", "C7", "C3", "C0", "C1", "C1"]))
     for ax, (family, metric, title) in zip(axes, panels):
         for method in METHODS:
             if method.family != family:
