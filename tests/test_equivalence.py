@@ -62,11 +62,8 @@ def rounding_shadow(seed: int) -> Iterator[None]:
     def noise(value: torch.Tensor) -> torch.Tensor:
         return (torch.rand(value.shape, generator=generator, dtype=torch.float64) * 2 - 1).to(value.dtype)
 
-    def normwise(value: torch.Tensor, operands: tuple = ()) -> torch.Tensor:
-        # a truncated SVD rounds relative to the matrix it decomposes, which is made from its operands:
-        # an exact cancellation (svd([H, H], [1, -1])) still rounds at the operands' scale
-        scale = max(float(value.norm()), _norm(operands))
-        return value + DELTA_SHADOW * noise(value) * scale / max(1, value.numel()) ** 0.5
+    def normwise(value: torch.Tensor) -> torch.Tensor:
+        return value + DELTA_SHADOW * noise(value) * value.norm() / max(1, value.numel()) ** 0.5
 
     def apply(self, node, args, ctx):
         if node.op == "save":  # save(…, rank=N) truncates too
@@ -75,7 +72,7 @@ def rounding_shadow(seed: int) -> Iterator[None]:
             return original_apply(self, node, args, ctx)
         value = original_apply(self, node, args, ctx)
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            value = normwise(value, args) if node.op in TRUNCATING else value * (1 + DELTA_SHADOW * noise(value))
+            value = normwise(value) if node.op in TRUNCATING else value * (1 + DELTA_SHADOW * noise(value))
         return value
 
     Executor._apply = apply
@@ -83,17 +80,6 @@ def rounding_shadow(seed: int) -> Iterator[None]:
         yield
     finally:
         Executor._apply = original_apply
-
-
-def _norm(values) -> float:
-    """‖·‖ of every floating tensor among `values` (lists flattened) together."""
-    total = 0.0
-    for value in values:
-        if isinstance(value, (list, tuple)):
-            total += _norm(value) ** 2
-        elif isinstance(value, torch.Tensor) and value.is_floating_point():
-            total += float(value.norm()) ** 2
-    return total ** 0.5
 
 
 # Tolerances. Both backends compute the same formulas; the factored one in float32 (the default) or
