@@ -114,12 +114,13 @@ def source_of(path: str | Path) -> ScriptFile | RecipeFile:
 
 
 def text_source(text: str, file: str = "<input>") -> ScriptText | Expression:
-    """Text as a source (the Python API): one expression statement that is not a `save(…)` is an
-    `Expression` (every name given from outside must be read by it); anything else a script."""
+    """Text as a source (the Python API): one expression statement that is not a `save(…)` or a
+    `bake(…)` (SPEC §7.8) is an `Expression` (every name given from outside must be read by it);
+    anything else a script."""
     statements = parse_script(text, file).statements
     if len(statements) == 1 and isinstance(statements[0], ast.ExprStmt):
         expr = statements[0].expr
-        if not (isinstance(expr, ast.Call) and expr.func == "save"):
+        if not (isinstance(expr, ast.Call) and expr.func in ("save", "bake")):
             return Expression(text, file, require_used=True)
     return ScriptText(text, file)
 
@@ -341,6 +342,10 @@ def merge(programs: Sequence[Program]) -> Program:
             if warning not in seen_warnings:
                 seen_warnings.add(warning)
                 merged.warnings.append(warning)
+    bases = {program.base for program in programs} - {None}
+    if len(bases) > 1:
+        raise ValueError("merged programs name different base models")
+    merged.base = next(iter(bases), None)
     paths = [root.attr("path") for root in merged.roots]
     if len(set(paths)) != len(paths):
         raise ValueError("merged programs write to the same folder")

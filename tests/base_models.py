@@ -162,3 +162,23 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 ModelFactory = Callable[[], torch.nn.Module]
+
+
+def make_finetune(model: torch.nn.Module, path: Path, *, seed: int, targets: Sequence[str], rank: int,
+                  noise: float = 0.0, **save: Any) -> dict[str, torch.Tensor]:
+    """A "fine-tune" of `model` (modified in place and saved to `path`): every Linear whose name ends
+    with one of `targets` gets a known rank-`rank` update U plus `noise`·‖U‖-relative Gaussian noise.
+    Returns the known updates U per module (the stored layout: out × in), for extract's tests."""
+    gen = torch.Generator().manual_seed(seed)
+    updates: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in sorted(model.named_modules()):
+            if not isinstance(module, torch.nn.Linear) or not name.endswith(tuple(targets)):
+                continue
+            m, n = module.weight.shape
+            U = torch.randn(m, rank, generator=gen) @ torch.randn(rank, n, generator=gen) / (m * n) ** 0.5
+            E = torch.randn(m, n, generator=gen)
+            module.weight.add_(U + noise * float(U.norm()) * E / float(E.norm()))
+            updates[name] = U
+    save_model(model, path, **save)
+    return updates

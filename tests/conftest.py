@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters import folder_digest, make_peft_adapter
+from adapters import folder_digest, make_peft_adapter, tiny_llama
+from base_models import make_finetune, save_model
 from background import DetoxSmoke, Job
 
 # name -> make_peft_adapter keyword arguments; together they cover the config semantics.
@@ -66,10 +67,10 @@ def diffusion_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="session")
 def quartet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with `adapters/{H,G,T,C}`; a script written as `<folder>/prog.dipm` loads them by
-    relative paths. They differ in rank, scale convention and module set: H and G have equal ranks
-    wherever both have a module (one rank class: factor merges, `lora` and factor sums may mix
-    them), T has rank 8, C a `rank_pattern` (rank 2 in `v_proj`) and an `alpha_pattern`; G and T
+    """A folder with `adapters/{H,G,T,C}`, the base model `base` and a fine-tune of it `tuned`; a
+    script written as `<folder>/prog.dipm` loads them by relative paths. They differ in rank, scale
+    convention and module set: H and G have equal ranks wherever both have a module (one rank
+    class: factor merges, `lora` and factor sums may mix them), T has rank 8, C a `rank_pattern` (rank 2 in `v_proj`) and an `alpha_pattern`; G and T
     have a `down_proj` that H and C lack, C an `o_proj` that the others lack."""
     root = tmp_path_factory.mktemp("quartet")
     make_peft_adapter(root / "adapters" / "H", seed=21, r=4, alpha=8)
@@ -78,6 +79,9 @@ def quartet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_peft_adapter(root / "adapters" / "T", seed=23, r=8, alpha=16, target_modules=("q_proj", "v_proj", "down_proj"))
     make_peft_adapter(root / "adapters" / "C", seed=24, r=4, alpha=4, target_modules=("q_proj", "v_proj", "o_proj"),
                       rank_pattern={"v_proj": 2}, alpha_pattern={"layers.0.self_attn.q_proj": 3})
+    # base weights (SPEC §7.8): the model the adapters were made on, and a fine-tune of it for extract
+    save_model(tiny_llama(0), root / "base")
+    make_finetune(tiny_llama(0), root / "tuned", seed=25, targets=("q_proj", "v_proj"), rank=2, noise=0.01)
     return root
 
 

@@ -43,6 +43,13 @@ not on types):
   nonzero points, and in numeric mode a ramp's `layers=` is left out or at least `INPUT_LAYERS`.
 - The standard library's defs (`STDLIB`, checked against stdlib/*.dipm by a test) and one `def` of
   the script itself (`blend`): defs are not operators, their parameter types are listed here.
+- Base weights (SPEC §7.8): every script binds `w0 = base("base")` (numeric programs run with a base
+  model folder there), the leaf of `Weight` expressions; weight-level values are drawn wherever an
+  operator's kind takes them (`Update(weights=True)`, directions of weights); `bake(x, "baked/N")`
+  statements sit beside the saves; `extract("tuned", rank=…)` is an update leaf (a fine-tune folder
+  beside the base). Numeric programs bake weight-level values rather than save them (a DoRA save
+  fails where a row of the weight is 0·W0 + K, which only the numbers tell) and never draw
+  `by="in"` on a weight (the planner refuses it).
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ from dipm_lang.frontend.ast import (Attr, BinOp, Binding, Call, Def, ExprStmt, K
 from dipm_lang.ir import signature as S
 from dipm_lang.ir.node import Node
 from dipm_lang.ir.operator import Operator, OperatorTable
-from dipm_lang.ir.types import BY_VALUES, DELTA, NUM, SCHEDULE, Type, dir_t, factor_t, list_t, mag_t
+from dipm_lang.ir.types import (BY_VALUES, DELTA, NUM, SCHEDULE, WEIGHT, WEIGHT_SPACE, Type, dir_t, factor_t, list_t,
+                                mag_t)
 from dipm_lang.ops import OPERATORS
 from dipm_lang.ir.blocks import PRESETS
 from dipm_lang.ops.schedules import BlockWeights, NumberOrSchedule, Values
@@ -73,8 +81,10 @@ WRITTEN_NONCALLABLE = {*INFIX, "neg", "factor"}
 non-callable ones (`const`, `list`: literals; `lincomb`, `unit_scale`: made by fusion) are never
 written as operators."""
 
-EXPLICIT = ("load", "save", "factor", "lora", "align")
+EXPLICIT = ("load", "save", "factor", "lora", "align", "base", "bake", "extract")
 """Operators drawn by the explicit strategies below instead of the generic walk."""
+UNPROBED = ("load", "save", "base", "bake", "extract")
+"""Explicit operators whose signatures are not probed (they take paths, which only they draw)."""
 
 IMAGE_MODEL_ONLY = ("lbw",)
 """Operators whose programs run only on LoRAs of image models (block weights need a model family): the
@@ -86,7 +96,10 @@ SPACES = (None, "A", "B")
 """Whose units a Dir or Mag holds: an update's, or a factor's (SPEC §7.3)."""
 DIRS = tuple(dir_t(b, of) for of in SPACES for b in BY_VALUES)
 MAGS = tuple(mag_t(b, of) for of in SPACES for b in BY_VALUES)
-BASE_TYPES: tuple[Type, ...] = (DELTA, *DIRS, *MAGS, NUM, SCHEDULE, factor_t("A"), factor_t("B"))
+WEIGHT_DIRS: tuple[Type, ...] = tuple(dir_t(b, space=WEIGHT_SPACE) for b in BY_VALUES)
+BASE_TYPES: tuple[Type, ...] = (DELTA, *DIRS, *MAGS, NUM, SCHEDULE, factor_t("A"), factor_t("B"), WEIGHT,
+                                *WEIGHT_DIRS)
+BASE_NAME = "w0"  # every script binds w0 = base("base")
 
 FLAT = frozenset({"iso"})
 """Operators whose result has equal singular values (Iso-C's σ̄·U Vᵀ): truncating it keeps an arbitrary
@@ -142,13 +155,14 @@ class Signature:
 
 def _operand_options(kind: S.Kind) -> list[Type]:
     if isinstance(kind, S.Update):
-        return [DELTA]  # a Dir stands wherever a Delta does: the drawing may give one
+        # a Dir stands wherever a Delta does (the drawing may give one); a weight where the kind takes one
+        return [DELTA, WEIGHT] if kind.weights else [DELTA]
     if isinstance(kind, S.Decouplable):
-        return [DELTA, factor_t("A"), factor_t("B")]
+        return [DELTA, factor_t("A"), factor_t("B"), WEIGHT]
     if isinstance(kind, S.Anything):
         return list(BASE_TYPES)
     if isinstance(kind, S.DirOf):
-        return list(DIRS)
+        return [*DIRS, *WEIGHT_DIRS]
     if isinstance(kind, S.MagOf):
         return list(MAGS)
     if isinstance(kind, S.MagOrNumber):
@@ -198,7 +212,7 @@ def stand_in(type_: Type, *, adapter: bool = True, items: int = 1) -> Node:
         return Node.make("list", inner, {}, type_, unique=True)
     if type_ == NUM:
         return Node.make("const", (), {"value": 1.0}, NUM, unique=True)
-    op = "load" if type_ == DELTA and adapter else "stand_in"
+    op = "load" if type_ == DELTA and adapter else "base" if type_ == WEIGHT else "stand_in"
     return Node.make(op, (), {}, type_, unique=True)
 
 
@@ -319,6 +333,15 @@ def _write_call(draw, func: str, params: list[tuple[str, Any, Any]]) -> Call:
     return Call(func, args, kwargs)
 
 
+def _leaves_dora_form(sig: Signature) -> bool:
+    """by="in" on a weight-level value: column units of diag(c)·W0 + K, which the planner refuses
+    (SPEC §7.8); numeric programs, which must run, never draw it."""
+    types = [sig.result, *(t for _, t in sig.operands)]
+    types += [t.item for t in types if t.kind == "List" and t.item is not None]
+    by_in = any(v == "in" for _, v in sig.statics) or any(t.by == "in" for t in types)
+    return by_in and any(t.is_weight for t in types)
+
+
 class Generator:
     """Typed expressions and whole scripts, from an operator table.
 
@@ -334,13 +357,14 @@ class Generator:
         self.stdlib = stdlib
         self.signatures: dict[Type, list[Signature]] = {}
         for op in written_operators(operators):
-            if op.name in ("load", "save") or (numeric and op.name in IMAGE_MODEL_ONLY):
+            if op.name in UNPROBED or (numeric and op.name in IMAGE_MODEL_ONLY):
                 continue
             sigs = probe(op)
             if not sigs:
                 raise GeneratorGap(f"{op.name}: no combination of candidate operand types is well typed")
             for sig in sigs:
-                self.signatures.setdefault(sig.result, []).append(sig)
+                if not (numeric and _leaves_dora_form(sig)):
+                    self.signatures.setdefault(sig.result, []).append(sig)
         self.cost = self._costs()
         self._adapters_needed: dict[tuple, bool] = {}
         self.excluded: frozenset[str] = frozenset()
@@ -361,7 +385,7 @@ class Generator:
     # ---- costs: how deep a type's cheapest expression is -------------------------------------
 
     def _costs(self) -> dict[Type, int]:
-        cost: dict[Type, int] = {DELTA: 0, NUM: 0}  # leaves: inputs and literals
+        cost: dict[Type, int] = {DELTA: 0, NUM: 0, WEIGHT: 0}  # leaves: inputs, literals, the base
         for _ in range(10):
             for result, sigs in self.signatures.items():
                 for sig in sigs:
@@ -387,6 +411,8 @@ class Generator:
         wants = [want]
         if want == DELTA and not exact:
             wants += [dir_t(b) for b in BY_VALUES]
+        if want == WEIGHT and not exact:
+            wants += [t for t in WEIGHT_DIRS if not (self.numeric and t.by == "in")]
         if want.kind == "Factor" and not exact:  # a direction of a factor stands for it (SPEC §7.3)
             wants += [dir_t(b, want.by) for b in BY_VALUES]
         leaves = [(name, t) for t in wants for name in scope.of(t)]
@@ -394,6 +420,10 @@ class Generator:
             leaves += [(name, DELTA) for name in self.inputs.names]
             if not exact:
                 leaves += [(name, None) for name in scope.updates]  # a Delta or a Dir
+            if draw(st.integers(0, 11)) == 0:
+                return self.extract(draw), DELTA
+        if want == WEIGHT:
+            leaves += [(BASE_NAME, WEIGHT)]
         if want == NUM:
             leaves += [(v, NUM) for v in LITERALS]
         sigs = [s for t in wants for s in self.signatures.get(t, []) if s.op.name not in self.excluded]
@@ -485,6 +515,8 @@ class Generator:
     def operand(self, draw, op: Operator, name: str, type_: Type, depth: int, scope: Scope, rank_class) -> Any:
         if type_ == DELTA:
             return self.update(draw, depth, scope)
+        if type_ == WEIGHT:
+            return self.expr(draw, WEIGHT, depth, scope)[0]
         if type_ == NUM:
             return self.number(draw, depth, scope)
         return self.expr(draw, type_, depth, scope, rank_class=rank_class)[0]
@@ -611,6 +643,16 @@ class Generator:
         a = self.expr(draw, factor_t("A"), min(depth, 2), scope, rank_class=rank_class)[0]
         return _write_call(draw, "lora", [("B", b, S.REQUIRED), ("A", a, S.REQUIRED)])
 
+    def extract(self, draw) -> Call:
+        """`extract("tuned", rank=N)` (or energy=…): a LoRA of the fine-tune beside the base folder."""
+        by_rank = draw(st.booleans())
+        rank = Number(float(draw(st.integers(1, 3)))) if by_rank else None
+        energy = None if by_rank else Number(pick(draw, (0.5, 0.9, 0.99)))
+        exact = literal(True) if draw(st.integers(0, 3)) == 0 else None
+        params = [("tuned", String("tuned")), ("base", None), ("rank", rank), ("energy", energy),
+                  ("max_rank", None), ("exact", exact)]
+        return _write_call(draw, "extract", [(name, expr, S.REQUIRED) for name, expr in params])
+
     def align(self, draw, sig: Signature) -> Call:
         """`align(x, xs)`: x an input, xs distinct inputs (any ranks) holding it, in a drawn order."""
         names = self.inputs.names
@@ -658,12 +700,14 @@ class Generator:
         self.blend_type = None if isinstance(body, Name) and body.id in ("x", "y") else body_type
         statements: list = [Def("blend", (Param("x", None), Param("y", None), Param("k", Number(0.5))), body)]
         statements += [Binding(name, Call("load", (String(f"adapters/{name}"),), ())) for name in self.inputs.names]
+        statements.append(Binding(BASE_NAME, Call("base", (String("base"),), ())))
         scope = Scope()
         bindings = saves = 0
         while True:
             last = saves + 1 >= max_saves or draw(st.integers(0, 3)) == 0
             if not last and bindings < max_bindings and draw(st.booleans()):
-                want = pick(draw, [DELTA, DELTA, NUM, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALUES)])
+                want = pick(draw, [DELTA, DELTA, NUM, WEIGHT, *(dir_t(b) for b in BY_VALUES),
+                                   *(mag_t(b) for b in BY_VALUES)])
                 value, type_ = self.value(draw, want, depth, scope)
                 name = f"v{bindings}"
                 if self.numeric and self.is_flat(value, flat):
@@ -672,16 +716,25 @@ class Generator:
                 scope.add(name, type_)
                 bindings += 1
                 continue
-            value, _ = self.value(draw, DELTA, depth, scope)
-            rank = energy = max_rank = None
-            if not (self.numeric and self.is_flat(value, flat)):
-                rank = draw(st.none() | st.integers(1, 16))
-                # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either
-                energy = None if rank is not None else draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
-                max_rank = draw(st.none() | st.integers(1, 12))
-            kwargs = tuple(Keyword(key, Number(float(value))) for key, value in
-                           (("rank", rank), ("energy", energy), ("max_rank", max_rank)) if value is not None)
-            statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
+            value, type_ = self.value(draw, pick(draw, [DELTA, DELTA, DELTA, WEIGHT]), depth, scope)
+            weight = type_ is not None and type_.is_weight
+            # numeric programs bake weight-level values: saving one as a DoRA adapter fails where a row
+            # of W is 0·W0 + K (`0 * w0`, `w0 - w0`), which only the value's numbers tell
+            if draw(st.integers(0, 5)) == 0 or (self.numeric and weight):  # W0 + x as a model folder
+                dtype = () if draw(st.booleans()) else (Keyword("dtype", String(pick(draw, ("base", "float32")))),)
+                statements.append(ExprStmt(Call("bake", (value, String(f"baked/{saves}")), dtype)))
+            else:
+                rank = energy = max_rank = None
+                if not (self.numeric and self.is_flat(value, flat)):
+                    rank = draw(st.none() | st.integers(1, 16))
+                    # rank by energy (SPEC §7.6): energy= instead of rank=, and max_rank= capping either (a
+                    # value in DoRA's form, a weight, truncates by rank= only: SPEC §7.8)
+                    energy = None if rank is not None or weight else \
+                        draw(st.none() | st.sampled_from([0.5, 0.9, 0.99, 1.0]))
+                    max_rank = None if weight else draw(st.none() | st.integers(1, 12))
+                kwargs = tuple(Keyword(key, Number(float(number))) for key, number in
+                               (("rank", rank), ("energy", energy), ("max_rank", max_rank)) if number is not None)
+                statements.append(ExprStmt(Call("save", (value, String(f"out/{saves}")), kwargs)))
             saves += 1
             if last:
                 return Script(tuple(statements))

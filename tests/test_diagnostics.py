@@ -166,7 +166,7 @@ CASES = {
         '                  ^~~~\n'),
     "stdlib_type_error_at_call_site": (
         H + 'save(transfer(h, mag(h)), "o")\n',
-        's.dipm:2:6: error: in transfer(…): dir: \'x\' must be a Delta or a factor (x.A, x.B), got Mag[out]\n'
+        's.dipm:2:6: error: in transfer(…): dir: \'x\' must be a Delta, a weight (base + x) or a factor (x.A, x.B), got Mag[out]\n'
         '   2 | save(transfer(h, mag(h)), "o")\n'
         '            ^~~~~~~~~~~~~~~~~~~\n'
         '  hint: recombine(d, m) turns a direction and a magnitude back into a Delta\n'),

@@ -185,17 +185,27 @@ def test_unknown_peft_type(peft_adapters: dict[str, Path], tmp_path: Path) -> No
         open_adapter(folder)
 
 
-def test_dora_is_refused(peft_adapters: dict[str, Path], tmp_path: Path) -> None:
+def test_dora_opens_only_when_config_and_file_agree(peft_adapters: dict[str, Path], tmp_path: Path) -> None:
+    """A DoRA adapter opens (its meaning needs base weights: the planner asks for them, see
+    test_base_language.py); use_dora without magnitude vectors, or one without use_dora, is refused."""
     folder = _copy(peft_adapters["basic"], tmp_path / "a")
     _edit_config(folder, use_dora=True)
-    with _raises(folder / "adapter_config.json", "DoRA", "base"):
+    with _raises(folder / "adapter_config.json", "lora_magnitude_vector", "use_dora"):
         open_adapter(folder)
-    # A magnitude vector in the file is refused even when the config does not say DoRA.
+    # A magnitude vector in the file is refused when the config does not say DoRA.
     tensors = _q_factors()
     tensors[f"{PREFIX}{Q0}.lora_magnitude_vector"] = torch.ones(32)
     raw = write_raw_adapter(tmp_path / "b", tensors, _lora_config())
     with _raises(raw / "adapter_model.safetensors", "DoRA"):
         open_adapter(raw)
+    good = write_raw_adapter(tmp_path / "c", tensors, _lora_config(use_dora=True))
+    info = open_adapter(good)
+    assert info.dora and info.modules[Q0].m_key == f"{PREFIX}{Q0}.lora_magnitude_vector"
+    assert torch.equal(info.read_magnitudes([Q0])[0], torch.ones(32))
+    tensors[f"{PREFIX}{Q0}.lora_magnitude_vector"] = torch.ones(31)
+    wrong = write_raw_adapter(tmp_path / "d", tensors, _lora_config(use_dora=True))
+    with _raises(wrong / "adapter_model.safetensors", "magnitude", "[32]"):
+        open_adapter(wrong)
 
 
 def test_lora_bias_is_refused(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from dipm_lang.ir.operator import Operator, OperatorTable
 from dipm_lang.ir.signature import DirOf, MagOf, Number, Param, Update
 from dipm_lang.ir.types import BY_VALUES, DELTA, NUM, dir_t, mag_t
 from dipm_lang.ops import OPERATORS
-from programs import STDLIB, Generator, called, expressions, scripts, written_operators
+from programs import BASE_NAME, STDLIB, Generator, called, expressions, scripts, written_operators
 
 settings.register_profile("dipm-ci", deadline=None, derandomize=True, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -168,7 +168,7 @@ def test_every_written_operator_is_generated():
     """Across a fixed sample, every operator a script can write appears (so one added to
     `dipm_lang.ops` is exercised by every property here), and every standard-library def."""
     seen: set[str] = set()
-    for script in sample(SCRIPTS, 200):
+    for script in sample(SCRIPTS, 300):
         called(script, seen)
     assert {op.name for op in written_operators(OPERATORS)} <= seen, \
         {op.name for op in written_operators(OPERATORS)} - seen
@@ -206,8 +206,11 @@ WANTS = [DELTA, NUM, *(dir_t(b) for b in BY_VALUES), *(mag_t(b) for b in BY_VALU
 @given(st.sampled_from(WANTS).flatmap(lambda want: st.tuples(st.just(want), expressions(GENERATOR, want))))
 def test_a_drawn_expression_has_the_type_asked(case):
     want, expr = case
-    lowerer = Lowerer({name: f"/inputs/{name}" for name in GENERATOR.inputs.names})
-    node, _ = lowerer.expression(expr, print_expr(expr), FILE)
+    lowerer = Lowerer()
+    # the inputs and the base weights' leaf are bound as every drawn script binds them
+    loads = "".join(f'{name} = load("/inputs/{name}")\n' for name in GENERATOR.inputs.names)
+    text = f'{loads}{BASE_NAME} = base("base")\nvalue = {print_expr(expr)}\n'
+    node = lowerer.script(parse_script(text, FILE), text).bindings["value"]
     assert node.type == want or (want == DELTA and node.type.is_update), (want, node.type)
 
 

@@ -210,7 +210,7 @@ def test_an_output_vllm_would_refuse_is_not_written(root, tmp_path, monkeypatch,
     import dipm_lang.io.writer as writer
 
     plain = writer.build_config
-    monkeypatch.setattr(writer, "build_config", lambda ranks, template: {**plain(ranks, template), field: value})
+    monkeypatch.setattr(writer, "build_config", lambda ranks, template, **kw: {**plain(ranks, template, **kw), field: value})
     (tmp_path / "s.dipm").write_text(f'H = load("{root}/adapters/H")\nsave(2 * H, "o", target="vllm")\n')
     result = run_main("run", "s.dipm", cwd=tmp_path)
     assert result.code == 1 and f"vLLM would not serve this output: [{rule}]" in result.err, result

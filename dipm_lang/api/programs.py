@@ -82,13 +82,15 @@ class CompiledProgram:
     def run(self, inputs: Mapping[str, InputValue] | None = None, *, device: str = "auto",
             dtype: str | torch.dtype = "float32", out_dtype: str | torch.dtype | None = None,
             force: bool = False, ignore_base_model: bool = False, progress: bool = False,
-            eps: float | None = None, **numbers: float) -> RunSummary:
+            eps: float | None = None, base: str | Path | None = None, **numbers: float) -> RunSummary:
         """Run every `save` of the script with these numbers; all outputs are written, or none.
 
         `inputs` maps input names to adapters (paths resolve against the working directory;
         in-memory values as for `evaluate`), overriding the paths written in the script.
         `device` is `auto` (CUDA when present), `cpu` or `cuda[:N]`; `force` replaces existing
-        outputs. Returns the run's summary (`.text()`, `.outputs`).
+        outputs. `base` is the base model's folder (`--base`, SPEC §7.8: DoRA inputs, `base()`, `bake`,
+        `extract`), overriding the script's own `base("DIR")`. Returns the run's summary (`.text()`,
+        `.outputs`).
         """
         from dipm_lang.run import run_program
 
@@ -97,7 +99,7 @@ class CompiledProgram:
                              hint="program(...).save(\"folder\") writes it")
         program, memory = self.bind(inputs, numbers)
         options = run_options(device, dtype, out_dtype, force=force, ignore_base_model=ignore_base_model,
-                              progress=progress, eps=eps)
+                              progress=progress, eps=eps, base=None if base is None else str(Path(base).resolve()))
         return run_program(program, options, quiet=True, memory=memory)
 
     def bind(self, inputs: Mapping[str, InputValue] | None, numbers: Mapping[str, float]

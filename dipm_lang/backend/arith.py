@@ -1,7 +1,8 @@
 """`+ - * /`, unary minus and the elementwise magnitude operators, on the values of either backend.
 
 Values are numbers (Python floats), magnitudes and factors (tensors), and updates — `LowRank` in
-the factored backend (sums concatenate factors, exactly) or dense m×n tensors in the reference.
+the factored backend (sums concatenate factors, exactly), `DoraForm` for DoRA adapters and weights
+(SPEC §7.8: c and K combine linearly), or dense m×n tensors in the reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from typing import Any
 
 import torch
 
+from dipm_lang.backend import forms as F
 from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.dora import DoraForm
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.numbers import numeric
@@ -40,19 +43,20 @@ def plain(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
 
 
 def factored(op: str, a: Any, b: Any, *, factors: bool = False) -> Any:
-    """`a op b` where updates are `LowRank`: exact, by concatenating factors (ranks add)."""
-    if not (isinstance(a, LowRank) or isinstance(b, LowRank)):
+    """`a op b` where updates are `LowRank` or `DoraForm`: exact, by concatenating factors (ranks add)."""
+    matrices = (LowRank, DoraForm)
+    if not (isinstance(a, matrices) or isinstance(b, matrices)):
         return plain(op, a, b, factors=factors)
     if op == "add":
-        return L.linear_combination([a, b], [1.0, 1.0])
+        return F.combine([a, b], [1.0, 1.0])
     if op == "sub":
-        return L.linear_combination([a, b], [1.0, -1.0])
+        return F.combine([a, b], [1.0, -1.0])
     if op == "mul":
-        k, x = (a, b) if isinstance(b, LowRank) else (b, a)
-        return L.linear_combination([x], [_number(k)])
+        k, x = (a, b) if isinstance(b, matrices) else (b, a)
+        return F.combine([x], [_number(k)])
     if bool((torch.as_tensor(b) == 0).any()):
         raise ExecutionError("division by zero")
-    return L.linear_combination([a], [1.0 / _number(b)])
+    return F.combine([a], [1.0 / _number(b)])
 
 
 def _number(k: Any) -> float | torch.Tensor:
@@ -72,7 +76,7 @@ def _aligned(a: Any, b: Any) -> tuple[Any, Any]:
 
 
 def negate(x: Any) -> Any:
-    return L.reverse(x) if isinstance(x, LowRank) else -x
+    return L.reverse(x) if isinstance(x, LowRank) else -x  # DoraForm and tensors negate themselves
 
 
 def extremum(which: str, a: Any, b: Any) -> Any:

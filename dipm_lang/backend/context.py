@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 import torch
 
+from dipm_lang.backend import forms as F
 from dipm_lang.backend import lowrank as L
+from dipm_lang.backend.dora import DoraForm
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import ExecutionError
 from dipm_lang.ir.node import Node
@@ -27,7 +29,22 @@ class GroupContext:
     # For the merge baselines, which work on stored LoRA factors as PEFT does (backend/baselines.py):
     adapter: Callable[[Node], Any] | None = None  # the source a `load` reads (scales, ranks; no I/O)
     factors: Callable[[Node], Any] | None = None  # a `load`'s LowRank [G, …] (scale in B), also when dense
+    # With base weights (SPEC §7.8): the batch's W0 ([G, m, n] in the LoRA layout; [m, n] float64 in
+    # the dense reference), a DoRA `load`'s magnitude vectors (None for a module it lacks), and
+    # whether a node's value is in DoRA's form (decided by the planner from the program alone).
+    base: Callable[[], Any] | None = None
+    magnitudes: Callable[[Node], Any] | None = None
+    in_form: Callable[[Node], bool] = lambda node: False
     _shared: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = field(default_factory=dict, repr=False)
+    _weights: Any = field(default=None, repr=False)
+
+    def weights(self) -> Any:
+        """W0 of the batch, read once (the first kernel that needs it reads it)."""
+        if self._weights is None:
+            if self.base is None:
+                raise ExecutionError("this value needs the base model's weights; give --base DIR or base(\"DIR\")")
+            self._weights = self.base()
+        return self._weights
 
     def number(self, value: Any) -> float | torch.Tensor:
         """A number as a kernel uses it: a plain number, or a schedule's value for each module of the
@@ -53,7 +70,10 @@ class GroupContext:
         `dir(x)` and `mag(x)` (as in every DiPM recipe) share one QR.
 
         A computed value may cancel to exact zero units, whose rounding noise must not pass for
-        a unit (`L.exact_unit_norms`); a loaded adapter cannot, so its norms need no float64."""
+        a unit (`L.exact_unit_norms`); a loaded adapter cannot, so its norms need no float64.
+        A value in DoRA's form has its norms from W0 (in float64, `forms.unit_norms`)."""
+        if isinstance(x, DoraForm):
+            return self.shared(f"norms {by}", (x,), lambda: F.unit_norms(x, by, self.weights()))
         return self.shared(f"norms {by}", (x,), lambda: L.unit_norms(x, by) if operand.op == "load"
                            else L.exact_unit_norms(x, by))
 

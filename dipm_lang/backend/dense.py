@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dipm_lang.errors import RuntimeDipmError
 from dipm_lang.ir.constants import EPS, SIN_EPS
 
 
@@ -180,3 +181,15 @@ def lowrank(W: Tensor, r: int) -> tuple[Tensor, Tensor]:
     total = torch.linalg.vector_norm(S)
     err = torch.linalg.vector_norm(S[r:]) / total if total > 0 else torch.zeros((), dtype=W.dtype)
     return W_r, err
+
+
+def dora_update(W0: Tensor, delta: Tensor, magnitude: Tensor, names: Sequence[str] | None = None) -> Tensor:
+    """A DoRA adapter's update m ⊙ normalize_rows(W0 + s·B·A) − W0 (SPEC §7.8), `delta` = s·B·A."""
+    V = W0.to(delta.dtype) + delta
+    norms = torch.linalg.vector_norm(V, dim=-1)
+    zero = norms <= 1e-12
+    if bool(zero.any()):
+        name = repr(names[0]) if names else "#0"
+        raise RuntimeDipmError(f"DoRA module {name}: row {int(zero.nonzero()[0, -1])} of W0 + s·B·A is zero, "
+                               "so its direction (and PEFT's DoRA update) is undefined")
+    return (magnitude.to(delta.dtype) / norms)[..., :, None] * V - W0.to(delta.dtype)

@@ -19,6 +19,8 @@ import torch
 
 from dipm_lang.backend import lowrank as L
 from dipm_lang.backend.context import GroupContext
+from dipm_lang.backend.dora import DoraForm
+from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import DipmError, ExecutionError
 from dipm_lang.ir.node import Node, Program, walk
@@ -29,8 +31,8 @@ _GLOBAL_KINDS = ("Num", "Str")
 
 @dataclass
 class SaveResult:
-    """What one `save` produced: per-module factors and, with rank=N, the error dropped (with
-    energy=, also per module)."""
+    """What one `save` (or `bake`: any statement with an effect) produced: per-module factors and,
+    with rank=N, the error dropped (with energy=, also per module)."""
 
     node: Node
     modules: dict[str, Any] = field(default_factory=dict)
@@ -61,8 +63,14 @@ class Executor:
                  eps: float = L.EPS, layers: int = 1,
                  dense: bool = False, on_group: Callable[[int], None] | None = None,
                  adapter: Callable[[Node], Any] | None = None,
-                 factors: Callable[[Node, list[str]], Any] | None = None):
+                 factors: Callable[[Node, list[str]], Any] | None = None,
+                 base: Callable[[list[str]], Any] | None = None,
+                 magnitudes: Callable[[Node, list[str]], Any] | None = None,
+                 in_form: Callable[[Node], bool] | None = None):
         self.program = program
+        self.base = base  # names -> the batch's W0 (SPEC §7.8), when the program has base weights
+        self.magnitudes = magnitudes  # (load node, names) -> a DoRA adapter's magnitudes, or None
+        self.in_form = in_form or (lambda node: False)
         self.loader = loader
         self.adapter = adapter  # load node -> its AdapterInfo (for GroupContext.adapter)
         self.factors = factors  # (load node, names) -> LowRank, in both backends (GroupContext.factors)
@@ -97,9 +105,13 @@ class Executor:
 
     def _run_group(self, names: list[str], saves: list[SaveResult], results: dict[str, dict[str, Any]]) -> None:
         factors = self.factors
+        base, magnitudes = self.base, self.magnitudes
         ctx = GroupContext(names=names, eps=self.eps, load=lambda node: self.loader(node, names), layers=self.layers,
                            adapter=self.adapter,
-                           factors=(lambda node: factors(node, names)) if factors is not None else None)
+                           factors=(lambda node: factors(node, names)) if factors is not None else None,
+                           base=(lambda: base(names)) if base is not None else None,
+                           magnitudes=(lambda node: magnitudes(node, names)) if magnitudes is not None else None,
+                           in_form=self.in_form)
         values: dict[int, Any] = {}
         remaining = dict(self.uses)
         wanted = {id(n) for n in self.program.results.values()}
@@ -107,7 +119,7 @@ class Executor:
             if id(node) in self.globals:
                 values[id(node)] = self.globals[id(node)]
                 continue
-            if node.op == "save":
+            if node.type.kind == "Unit":  # save, bake: (value, squared error dropped, squared total)
                 save = next(s for s in saves if s.node is node)
                 value, dropped_sq, total_sq, *per_module = self._apply(node, [values[id(node.args[0])]], ctx)
                 if per_module:  # energy=: each module's own relative error, in batch order
@@ -151,6 +163,8 @@ class Executor:
             return {names[0]: value}
         if isinstance(value, LowRank):
             return {name: LowRank(value.B[i].contiguous(), value.A[i].contiguous()) for i, name in enumerate(names)}
+        if isinstance(value, (DoraForm, DoraOutput)):
+            return {name: value[i] for i, name in enumerate(names)}
         if isinstance(value, torch.Tensor):
             return {name: value[i] for i, name in enumerate(names)}
         return {name: value for name in names}

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from dipm_lang.cli.options import add_set_option, parse_sets, sandbox_from
+from dipm_lang.cli.options import add_set_option, check_base, parse_sets, sandbox_from
 from dipm_lang.compiler import compile, explain_json, explain_text, source_of
 from dipm_lang.errors import UsageError
 from dipm_lang.io.atomic import check_file_output, staged_file, write_file_atomically
@@ -67,6 +67,7 @@ def register(sub, commands) -> None:
 def run(args: argparse.Namespace) -> int:
     program, report = compile(source_of(args.file), parse_sets(args.sets), level=args.level, verify=True,
                               sandbox=sandbox_from(args))
+    check_base(args, program)
     base = Path(args.file).resolve().parent
     files = [path for path in (args.dot, args.png) if path]
     if len(files) == 2 and Path(args.dot).resolve() == Path(args.png).resolve():

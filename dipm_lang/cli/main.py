@@ -26,14 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dipm_lang.cli import check, evaluate, explain, run, sweep
+    from dipm_lang.cli import bake, check, evaluate, explain, run, sweep
     from dipm_lang.cli import inspect as inspect_cmd, repl
 
     parser = _Parser(prog="dipm", description="Compose LoRA adapters with directional parameter modulations.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"dipm_lang {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (check, explain, run, sweep, evaluate, inspect_cmd, repl):
+    for module in (check, explain, run, sweep, evaluate, bake, inspect_cmd, repl):
         module.register(sub, COMMANDS)
     return parser
 

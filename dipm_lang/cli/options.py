@@ -20,11 +20,48 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="restricted mode for scripts from others: load, save and import only inside DIR "
                              "(symlinks resolved); Hugging Face Hub adapters are refused")
     add_allow_hub_option(parser)
+    add_base_option(parser)
 
 
 def add_allow_hub_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-hub", action="store_true",
                         help="with --sandbox: let the program load adapters from the Hugging Face Hub")
+
+
+def add_base_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", metavar="DIR", type=usable_path,
+                        help="the base model's folder (safetensors shards, as save_pretrained writes it): for DoRA "
+                             "adapters, weights base() + x, bake and extract; overrides the script's base(\"DIR\")")
+
+
+def base_from(args: argparse.Namespace) -> str | None:
+    """--base DIR as an absolute path (relative to the working directory), confined to --sandbox."""
+    given = getattr(args, "base", None)
+    if not given:
+        return None
+    from dipm_lang.safety.files import absolute
+
+    path = str(absolute(given))
+    sandbox = sandbox_from(args)
+    if sandbox is not None:
+        from dipm_lang.frontend.lower import COMMAND_LINE
+
+        sandbox.check(path, "--base", COMMAND_LINE, written=given)
+    return path
+
+
+def check_base(args: argparse.Namespace, program=None) -> None:
+    """The base (`--base DIR`, else the program's own) where nothing is computed (check, explain):
+    its config.json and index only, each file confined to --sandbox."""
+    path = base_from(args) or (program.base if program is not None else None)
+    if path is not None:
+        from dipm_lang.io.base_model import check_base_folder
+        from dipm_lang.run.weights import BASE_FILES
+
+        sandbox = sandbox_from(args)
+        if sandbox is not None:
+            sandbox.check_files(path, BASE_FILES, "base")
+        check_base_folder(path)
 
 
 def positive_int(text: str) -> int:

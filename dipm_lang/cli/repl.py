@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dipm_lang.cli.options import add_allow_hub_option, usable_path
+from dipm_lang.cli.options import add_allow_hub_option, add_base_option, usable_path
 from dipm_lang.run.options import DTYPE_NAMES
 
 if TYPE_CHECKING:  # the session imports torch; `dipm --help` and other commands should not wait for it
@@ -39,6 +39,7 @@ def register(sub, commands) -> None:
                    help="restricted mode: load, :load, :inspect, save, :save and import only inside DIR "
                         "(symlinks resolved); Hugging Face Hub adapters are refused")
     add_allow_hub_option(p)
+    add_base_option(p)
     commands["repl"] = run
 
 
@@ -46,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from dipm_lang.repl.session import Session
     from dipm_lang.run import RunOptions, resolve_device
 
-    from dipm_lang.cli.options import sandbox_from
+    from dipm_lang.cli.options import base_from, sandbox_from
 
-    options = RunOptions(device=args.device, dtype=args.dtype, progress=False, sandbox=sandbox_from(args))
+    options = RunOptions(device=args.device, dtype=args.dtype, progress=False, sandbox=sandbox_from(args),
+                         base=base_from(args))
     resolve_device(options.device)  # a bad --device is a usage error now, not at the first expression
     session = Session(options)
     for item in args.sets:

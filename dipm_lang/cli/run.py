@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dipm_lang.cli.options import (add_set_option, parse_sets, positive_int, positive_number, sandbox_from,
-                                   show_warnings, usable_path)
+from dipm_lang.cli.options import (add_set_option, base_from, parse_sets, positive_int, positive_number,
+                                   sandbox_from, show_warnings, usable_path)
 from dipm_lang.compiler import compile, source_of, with_target
 from dipm_lang.ir.targets import TARGETS
 from dipm_lang.run.options import DTYPE_NAMES
@@ -54,7 +54,7 @@ def options_from(args: argparse.Namespace):
 
     return RunOptions(device=args.device, dtype=args.dtype, out_dtype=args.out_dtype, eps=args.eps,
                       force=args.force, progress=args.progress, ignore_base_model=args.ignore_base_model,
-                      sandbox=sandbox_from(args), threads=args.threads)
+                      sandbox=sandbox_from(args), threads=args.threads, base=base_from(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -123,6 +123,8 @@ class Lowerer:
         self.used_external: set[str] = set()
         self.warnings: list[tuple[str, Span | None]] = []  # allowed but probably not meant (shown by the CLI)
         self.schedules: list[Any] = []  # every schedule written, in order
+        self.base: str | None = None    # the base model's folder: base("DIR") or a config's base: (SPEC §7.8)
+        self._base_span: Span | None = None
         self._roots: list[Node] = []            # the saves lowered so far, in statement order
         self._node_count = 0
         self._numbers: dict[Node, float] = {}  # the value of every Num node made (all are constants)
@@ -191,7 +193,7 @@ class Lowerer:
         return Program(roots=roots, results=dict(results or {}),
                        spans=dict(self.spans), sources=dict(self.sources), inputs=dict(self.inputs),
                        script_text=text, bindings=bindings, warnings=list(self.warnings),
-                       schedules=list(self.schedules), given=given)
+                       schedules=list(self.schedules), given=given, base=self.base)
 
     def make(self, op: str, args, attrs: dict[str, Any] | None, type_: Type, span: Span | None = None) -> Node:
         """A new un-interned node (the node factory of everything lowered; counts the node budget)."""
@@ -235,7 +237,17 @@ class Lowerer:
 
     def _typed(self, op: Operator, typing: Typing, args: list[Node], span: Span | None) -> Node:
         type_ = op.infer(typing)
+        if op.name == "base" and typing.attrs.get("path") is not None:
+            self.set_base(typing.attrs["path"], span)
         return self.make(op.name, args, typing.attrs, type_, span)
+
+    def set_base(self, path: str, span: Span | None) -> None:
+        """The program's base model (SPEC §7.8): one folder, however often `base(…)` names it."""
+        if self.base is not None and Path(self.base) != Path(path):
+            raise DipmTypeError(f"a program has one base model, but base({path!r}) differs from {self.base!r}",
+                                span, hint="use one folder (or base() everywhere, with --base DIR)")
+        if self.base is None:
+            self.base, self._base_span = path, span
 
     def _warn(self, message: str, span: Span | None) -> None:
         """A warning; one inside the standard library points at the user's call, as errors do."""

@@ -8,6 +8,7 @@ update is always `ΔW = B @ A` (SPEC §2) in the file's layout.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -83,6 +84,9 @@ class ModuleInfo:
     # Absolute byte offsets of A's and B's data in a safetensors file (None for other sources).
     a_offset: int | None = None
     b_offset: int | None = None
+    # DoRA (SPEC §7.8): the key of the module's `lora_magnitude_vector` [m] and its data offset.
+    m_key: str | None = None
+    m_offset: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,6 +113,9 @@ class AdapterInfo:
     _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     # (size, mtime, inode) of the weights file when it was validated: reads refuse a changed file.
     stamp: Stamp | None = None
+    # A DoRA adapter (use_dora, a `lora_magnitude_vector` per module): its update needs the base
+    # weights (SPEC §7.8), so a program reading it without a base is refused when it is planned.
+    dora: bool = False
     # Full-weight modules and biases (modules_to_save, bias="all"|"lora_only"; io/full.py), by name.
     full: dict[str, FullTensor] = field(default_factory=dict)
 
@@ -136,6 +143,11 @@ class AdapterInfo:
         """Same-shape modules stacked, scales folded into B (`io.sources.AdapterSource`)."""
         return read_modules(self, names, dtype=dtype, device=device)
 
+    def read_magnitudes(self, names: Sequence[str], *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> torch.Tensor:
+        """A DoRA adapter's magnitude vectors of same-shape modules, stacked `[G, m]`."""
+        return read_magnitudes(self, names, dtype=dtype, device=device)
+
     def read_full(self, name: str) -> torch.Tensor:
         """One full-weight tensor (`self.full[name]`) as stored: its dtype, bit for bit."""
         return read_full(self, name)
@@ -148,9 +160,11 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     """Validate a PEFT LoRA adapter folder without reading its tensor data.
 
     Raises `AdapterError`, naming the offending file, for anything dipm_lang cannot read as
-    a plain LoRA update: a missing or malformed config, a non-LoRA `peft_type`, DoRA,
-    `lora_bias`, base-rewriting initialisations, a corrupt weights file, unknown keys,
-    missing factors, non-matrix or non-floating tensors, and ranks that disagree with the config.
+    a LoRA update: a missing or malformed config, a non-LoRA `peft_type`, `lora_bias`,
+    base-rewriting initialisations, a corrupt weights file, unknown keys, missing factors (or
+    DoRA magnitudes), non-matrix or non-floating tensors, and ranks that disagree with the config.
+    A DoRA adapter opens (`dora=True`); what it means depends on base weights, which the planner
+    requires (SPEC §7.8).
     """
     problem = path_problem(str(path))
     if problem:
@@ -169,7 +183,9 @@ def open_adapter(path: str | Path) -> AdapterInfo:
     settings = parse_settings(config, config_path)
 
     weights_file, source = _open_weights(folder)
-    modules, ignored, full = _scan_keys(source, settings, weights_file, parse_full_settings(config, config_path))
+    dora = bool(config.get("use_dora"))
+    modules, ignored, full = _scan_keys(source, settings, weights_file, parse_full_settings(config, config_path),
+                                        dora=dora, config_path=config_path)
 
     # Dominant dtype by element count; ties go to the wider type.
     counts: Counter[torch.dtype] = Counter()
@@ -193,6 +209,7 @@ def open_adapter(path: str | Path) -> AdapterInfo:
         ignored_keys=tuple(ignored),
         _tensors=source.tensors if isinstance(source, _DictSource) else None,
         stamp=stamp if isinstance(source, _SafetensorsSource) else None,
+        dora=dora,
         full=full,
     )
 
@@ -244,8 +261,8 @@ def check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
         raise AdapterError("the config has no 'peft_type'; expected \"LORA\"", config_path)
     if peft_type != "LORA":
         raise AdapterError(f"peft_type is {peft_type!r:.80}; dipm_lang reads only LoRA adapters (\"LORA\")", config_path)
-    if config.get("use_dora"):
-        raise AdapterError(_DORA_MESSAGE, config_path)
+    if config.get("use_dora") not in (None, True, False):
+        raise AdapterError(f"'use_dora' must be true or false, got {config.get('use_dora')!r:.80}", config_path)
     if config.get("lora_bias"):
         raise AdapterError(_BIAS_MESSAGE, config_path)
     init = config.get("init_lora_weights", True)
@@ -258,10 +275,11 @@ def check_lora_variant(config: Mapping[str, Any], config_path: Path) -> None:
         )
 
 
-_DORA_MESSAGE = (
-    "DoRA adapters (use_dora / lora_magnitude_vector) are not supported: their update depends on "
-    "the base model's weights, which dipm_lang does not load"
+DORA_MESSAGE = (
+    "DoRA adapters (use_dora / lora_magnitude_vector) need the base model's weights: their update "
+    "m ⊙ normalize_rows(W0 + s·B·A) − W0 depends on W0"
 )
+DORA_HINT = "give the base model with --base DIR (or base(\"DIR\") in the script)"
 _BIAS_MESSAGE = "adapters with lora_bias are not supported: a bias cannot be expressed as a low-rank update"
 
 
@@ -363,11 +381,14 @@ def _open_weights(folder: Path) -> tuple[Path, _SafetensorsSource | _DictSource]
 
 
 def _scan_keys(
-    source: _SafetensorsSource | _DictSource, settings: LoraSettings, file: Path, full_settings: FullSettings
+    source: _SafetensorsSource | _DictSource, settings: LoraSettings, file: Path, full_settings: FullSettings, *,
+    dora: bool = False, config_path: Path | None = None,
 ) -> tuple[dict[str, ModuleInfo], list[str], dict[str, FullTensor]]:
     """Group the file's keys into modules and check every shape, rank and dtype; the keys that are
-    not LoRA factors are full-weight modules and biases (io/full.py) or refused."""
+    not LoRA factors are full-weight modules and biases (io/full.py) or refused; `dora`: every module
+    has its magnitude vector (SPEC §7.8)."""
     factors: dict[str, dict[str, str]] = {}
+    magnitudes: dict[str, str] = {}
     kinds: dict[str, ModuleKind] = {}
     unknown: list[str] = []
     maybe_ignored: list[str] = []
@@ -379,8 +400,14 @@ def _scan_keys(
             if kinds.setdefault(name, kind) != kind:
                 raise AdapterError(f"module {name!r} has both linear and embedding LoRA keys", file)
             factors.setdefault(name, {})[part] = key
-        elif "lora_magnitude_vector" in key:
-            raise AdapterError(f"{_DORA_MESSAGE} (key {key!r})", file)
+        elif key.startswith(KEY_PREFIX) and key.endswith(_MAGNITUDE_SUFFIXES):
+            if not dora:
+                raise AdapterError(f"key {key!r} is a DoRA magnitude vector, but the config does not set "
+                                   "use_dora", file)
+            owner = key[len(KEY_PREFIX):].rsplit(".lora_magnitude_vector", 1)[0]
+            if owner in magnitudes:
+                raise AdapterError(f"module {owner!r} has two DoRA magnitude vectors", file)
+            magnitudes[owner] = key
         elif key.endswith(".lora_B.bias"):
             raise AdapterError(f"{_BIAS_MESSAGE} (key {key!r})", file)
         elif key.startswith(KEY_PREFIX) and key.endswith(".base_layer.weight"):
@@ -388,12 +415,14 @@ def _scan_keys(
         else:
             unknown.append(key)
 
-    # PEFT saves an embedding's own weight next to its LoRA factors (save_embedding_layers);
-    # it is base weights, not part of the update, so it is skipped. Anywhere else it is unknown.
+    # PEFT saves the base weight of a targeted embedding layer next to its LoRA factors
+    # (save_embedding_layers; `lm_head` counts as one, so a LoRA on lm_head saves
+    # `lm_head.base_layer.weight` too): base weights, not part of the update, so they are
+    # skipped. Without LoRA factors for the module it is unknown.
     ignored = []
     for key in maybe_ignored:
         owner = key[len(KEY_PREFIX) : -len(".base_layer.weight")]
-        (ignored if kinds.get(owner) == "embedding" else unknown).append(key)
+        (ignored if owner in kinds else unknown).append(key)
     full, unknown = classify_keys(unknown, full_settings, shape=source.shape, dtype=source.dtype,
                                   offset=source.offset, path=file)
     if unknown:
@@ -401,10 +430,34 @@ def _scan_keys(
     if not factors:
         raise AdapterError("the file holds no LoRA weights", file)
 
+    stray = sorted(set(magnitudes) - set(factors))
+    if stray:
+        raise AdapterError(f"module {stray[0]!r} has a DoRA magnitude vector but no LoRA factors", file)
     modules = {}
     for name, parts in factors.items():
         modules[name] = _module_info(name, kinds[name], parts, source, settings, file)
+        if dora:
+            modules[name] = _with_magnitude(modules[name], magnitudes.get(name), source, file, config_path)
     return modules, ignored, full
+
+
+_MAGNITUDE_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+
+
+def _with_magnitude(module: ModuleInfo, key: str | None, source: _SafetensorsSource | _DictSource, file: Path,
+                    config_path: Path | None) -> ModuleInfo:
+    """A DoRA module: its magnitude vector must be there, one entry per output row, floating point."""
+    if key is None:
+        raise AdapterError(f"DoRA adapters have a lora_magnitude_vector per module: module {module.name!r} has "
+                           "none, but the config sets use_dora", config_path or file)
+    shape, dtype = source.shape(key), source.dtype(key)
+    if tuple(shape) != (module.out_features,):
+        raise AdapterError(f"module {module.name!r}: its DoRA magnitude vector is {list(shape)}, expected "
+                           f"[{module.out_features}] (one per output row)", file)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise AdapterError(f"module {module.name!r}: its DoRA magnitude vector must be floating point, got "
+                           f"{_dtype_name(dtype)}", file)
+    return dataclasses.replace(module, m_key=key, m_offset=source.offset(key))
 
 
 def _module_info(
@@ -522,6 +575,35 @@ def read_modules(
     if check_finite and work != dtype:
         _check_finite(a, b, info, modules, f" after casting to {_dtype_name(dtype)}")
     return LowRank(B=b.to(device), A=a.to(device))
+
+
+def read_magnitudes(info: AdapterInfo, names: Sequence[str], *, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """The `lora_magnitude_vector`s of DoRA modules of one shape, stacked `[G, m]` (NaN/Inf refused)."""
+    modules = [info.modules[name] for name in names]
+    if any(module.m_key is None for module in modules):
+        raise ValueError("read_magnitudes reads the modules of a DoRA adapter")
+    out = torch.empty(len(modules), modules[0].out_features, dtype=torch.float64)
+    try:
+        if info._tensors is not None:
+            for i, module in enumerate(modules):
+                out[i].copy_(info._tensors[module.m_key])
+        else:
+            if info.stamp is not None and _stamp(info.weights_file) != info.stamp:
+                raise AdapterError("the file changed since the adapter was opened; run again", info.weights_file)
+            with safe_open(str(info.weights_file), framework="pt", device="cpu") as handle:
+                for i, module in enumerate(modules):
+                    out[i].copy_(handle.get_tensor(module.m_key))
+    except AdapterError:
+        raise
+    except Exception as exc:
+        raise AdapterError(f"cannot read the magnitudes of module {modules[0].name!r}: {exc}",
+                           info.weights_file) from None
+    if not all_finite(out):
+        index = first_non_finite(out) or 0
+        raise AdapterError(f"module {modules[index].name!r}: its DoRA magnitude vector has NaN or Inf values",
+                           info.weights_file)
+    return out.to(dtype=dtype, device=device)
 
 
 def _fill(info: AdapterInfo, modules: Sequence[ModuleInfo], b: torch.Tensor, a: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from glob import escape as glob_escape
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from dipm_lang.backend.balance import balanced
+from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.errors import AdapterError
 from dipm_lang.io import vllm
@@ -51,6 +52,7 @@ from dipm_lang.io.reader import FACTOR_SUFFIXES, KEY_PREFIX, AdapterInfo
 from dipm_lang.ir.modules import natural_key
 
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAGNITUDE_SUFFIX = ".lora_magnitude_vector"  # a DoRA module's magnitudes, as PEFT saves them
 
 
 @dataclass
@@ -77,12 +79,14 @@ class StagedOutput:
 # --------------------------------------------------------------------------- validation
 
 
-def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: bool) -> None:
+def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: bool,
+                   foreign_entries: Callable[[Path], list[str]] | None = None, what: str = "an adapter") -> None:
     """Check that `path` may be written, before any work is done.
 
     Refuses: the destination equal to, inside, or containing an input folder; an existing
     destination without `force`; an existing destination that is a file, or (even with `force`)
     a non-empty folder that is not an adapter folder; a parent that cannot be created or written.
+    `foreign_entries`/`what`: the same rules for another kind of output folder (a baked model).
     """
     raw = Path(path).expanduser()
     if raw.is_symlink() and not raw.exists():
@@ -102,11 +106,12 @@ def prepare_output(path: str | Path, *, inputs: Sequence[str | Path], force: boo
             raise AdapterError("the output already exists (use --force to replace it)", dest)
         if not dest.is_dir():
             raise AdapterError("the output exists and is not a folder; refusing to replace it", dest)
-        foreign = _foreign_entries(dest)
+        foreign = (foreign_entries or _foreign_entries)(dest)
         if foreign:
             # --force replaces adapter folders (or an empty one), never an arbitrary folder such as "." by mistake.
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            what = "is not an adapter folder" if not (dest / CONFIG_NAME).exists() else "holds more than an adapter"
+            marker = CONFIG_NAME if foreign_entries is None else "config.json"
+            what = f"is not {what} folder" if not (dest / marker).exists() else f"holds more than {what}"
             raise AdapterError(f"the output exists and {what} (it holds {shown}); refusing to replace it "
                                "even with --force", dest, hint="remove it yourself, or choose another folder")
     ancestor = dest.parent
@@ -164,8 +169,9 @@ class AdapterStage:
 
     def __init__(self, path: str | Path, *, template: AdapterInfo | None, dtype: torch.dtype,
                  expected: Mapping[str, tuple[int, int]], metadata_bound: Mapping[str, str], force: bool,
-                 inputs: Sequence[str | Path] = (), target: str | None = None, max_lora_rank: int | None = None,
-                 full: Sequence[FullOutput] = (), full_dtype: torch.dtype | None = None):
+                 inputs: Sequence[str | Path] = (), dora: bool = False, target: str | None = None,
+                 max_lora_rank: int | None = None, full: Sequence[FullOutput] = (),
+                 full_dtype: torch.dtype | None = None):
         self.inputs = list(inputs) or ([template.path] if template is not None else [])
         # target="vllm": modules are held until `finish`, then written at one rank (io/vllm.py)
         self.target, self.max_lora_rank = target, max_lora_rank
@@ -182,6 +188,7 @@ class AdapterStage:
         self.ranks: dict[str, tuple[int, str]] = {}
         self.zeros: dict[str, tuple[int, int]] = {}  # module -> (m, n) of updates that are exactly zero
         self.rebalanced: list[str] = []  # modules re-factored so the cast keeps the computed value
+        self.dora = False  # a DoRA magnitude vector was written (SPEC §7.8): the config says use_dora
         self.created = _make_parents(self.destination.parent)
         self.temp_dir: Path | None = None
         self._writer: SafetensorsWriter | None = None
@@ -190,6 +197,8 @@ class AdapterStage:
                                                   dir=self.destination.parent))
             names = [(f"{KEY_PREFIX}{name}{suffix}", dtype, 2) for name in expected
                      for suffix in FACTOR_SUFFIXES[self._kind(name)]]
+            if dora:
+                names += [(f"{KEY_PREFIX}{name}{MAGNITUDE_SUFFIX}", dtype, 1) for name in expected]
             names += [(longest_key(out.tensor), torch.bfloat16, len(out.tensor.shape)) for out in self.full]
             reserve = header_bound(names, _build_metadata(metadata_bound, self.destination))
             self._writer = SafetensorsWriter(self.temp_dir / SAFETENSORS_NAME, reserve)
@@ -202,7 +211,10 @@ class AdapterStage:
             for name in sorted(modules, key=natural_key):
                 self._add(name, modules[name], verbatim)
 
-    def _add(self, name: str, value: LowRank, verbatim: bool = False) -> None:
+    def _add(self, name: str, value: Any, verbatim: bool = False) -> None:
+        if isinstance(value, DoraOutput):
+            self._add_dora(name, value)
+            return
         b, a = value.B, value.A
         if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
             raise AdapterError(f"module {name!r}: B {list(b.shape)} and A {list(a.shape)} are not factors",
@@ -229,6 +241,29 @@ class AdapterStage:
             return
         self._write_factors(name, kind, b, a)
         self.ranks[name] = (rank, kind)
+
+    def _add_dora(self, name: str, value: DoraOutput) -> None:
+        """A DoRA module: factors with B·A = L (scale 1) and its magnitude vector (SPEC §7.8). An
+        update that is exactly zero is left out, as a zero LoRA module is."""
+        m, n = value.lora.m, value.lora.n
+        if name in self.ranks or name in self.zeros:
+            raise AdapterError(f"module {name!r} written twice", self.destination)
+        if bool(value.unchanged):
+            self.zeros[name] = (m, n)
+            return
+        lora = self._faithful(name, value.lora)
+        if lora.rank == 0:  # L = 0 (the update is c·W0): PEFT needs a rank, so one zero direction
+            lora = LowRank(torch.zeros(m, 1, dtype=lora.dtype), torch.zeros(1, n, dtype=lora.dtype))
+        kind = self._kind(name)
+        self._write_factors(name, kind, lora.B, lora.A)
+        magnitude = value.magnitude.detach().to(device="cpu", dtype=self.dtype).contiguous()
+        if not all_finite(magnitude):
+            raise AdapterError(f"module {name!r}: the DoRA magnitude vector has NaN or Inf values in "
+                               f"{str(self.dtype).removeprefix('torch.')}", self.destination)
+        assert self._writer is not None
+        self._writer.add(f"{KEY_PREFIX}{name}{MAGNITUDE_SUFFIX}", magnitude)
+        self.ranks[name] = (lora.rank, kind)
+        self.dora = True
 
     def _write_held(self) -> None:
         """A vLLM output: every held module at the one rank vLLM serves it at, zero-padded."""
@@ -281,7 +316,7 @@ class AdapterStage:
                 warnings.append("the result is zero everywhere: written as rank-1 zero factors (an adapter that "
                                 "changes nothing)")
             ranks = {name: self.ranks[name] for name in sorted(self.ranks, key=natural_key)}
-            config = build_config(ranks, self.template)
+            config = build_config(ranks, self.template, dora=self.dora)
             if self.full:
                 config["modules_to_save"], config["bias"] = self._write_full(ranks)
             if self.target == "vllm":  # what vLLM's loader checks, on what is about to be written
@@ -417,8 +452,9 @@ def stage_adapter(
     return stage.finish(metadata=metadata, recipe=recipe, errors=errors)
 
 
-def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | None) -> dict[str, Any]:
-    """An `adapter_config.json` giving every module scale 1 at its own rank."""
+def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | None, *,
+                 dora: bool = False) -> dict[str, Any]:
+    """An `adapter_config.json` giving every module scale 1 at its own rank (`dora`: a DoRA adapter)."""
     counts = Counter(rank for rank, _ in ranks.values())
     # The most common rank is `r`; ties go to the smaller rank, so the choice is deterministic.
     r = min(counts, key=lambda k: (-counts[k], k))
@@ -442,7 +478,7 @@ def build_config(ranks: Mapping[str, tuple[int, str]], template: AdapterInfo | N
         "lora_dropout": 0.0,
         "bias": "none",
         "lora_bias": False,
-        "use_dora": False,
+        "use_dora": dora,
         "modules_to_save": None,
         "inference_mode": True,
     }

@@ -135,6 +135,7 @@ class Program:
     warnings: list[tuple[str, Span | None]] = field(default_factory=list)  # allowed, but probably not meant
     schedules: list = field(default_factory=list)  # the schedules as written (SPEC §7.2), for summaries
     given: dict[str, dict[str, float]] = field(default_factory=dict)  # save path -> numbers given from outside
+    base: str | None = None  # the base model's folder the program names (base("DIR"), a config's base:), SPEC §7.8
 
     def all_roots(self) -> list[Node]:
         seen: set[int] = set()
@@ -181,4 +182,5 @@ class Program:
             warnings=list(self.warnings),
             schedules=list(self.schedules),
             given=dict(self.given),
+            base=self.base,
         )

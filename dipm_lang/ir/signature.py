@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 from dipm_lang.errors import did_you_mean
 from dipm_lang.ir.numbers import NotConstant, const_eval, format_number, format_string
 from dipm_lang.ir.schedules import bounds, is_schedule, varies
-from dipm_lang.ir.types import BY_VALUES, DELTA, Type, dir_t, factor_t, mag_t
+from dipm_lang.ir.types import BY_VALUES, DELTA, WEIGHT, WEIGHT_SPACE, Type, dir_t, factor_t, mag_t
 
 if TYPE_CHECKING:
     from dipm_lang.ir.node import Node
@@ -103,6 +103,7 @@ class Typing:
         self.label = op.label if label is None else label
         self._vars: dict[str, tuple[str, str, Type | None]] = {}  # var -> (by, param that bound it, its type)
         self._spaces: dict[str, tuple[str | None, str, Type]] = {}  # var -> (factor or None, param, its type)
+        self._weights: dict[str, tuple[bool, str, Type]] = {}  # var -> (of a weight?, param, its type)
 
     # ---- reading --------------------------------------------------------------------
 
@@ -166,6 +167,22 @@ class Typing:
         bound = self._spaces.get(var)
         return None if bound is None else bound[0]
 
+    def bind_weight(self, var: str, type_: Type, param: str) -> None:
+        """Directions named by one type variable are all of updates or all of weights (SPEC §7.8)."""
+        bound = self._weights.get(var)
+        if bound is None:
+            self._weights[var] = (type_.is_weight, param, type_)
+            return
+        if bound[0] != type_.is_weight:
+            self.fail(param, f"'{bound[1]}' is {bound[2]} but '{param}' is {type_}: directions of a weight and of "
+                             "an update do not combine",
+                      hint="decouple both weights (dir(base + x)) or both updates (dir(x))")
+
+    def weight_space(self, var: str) -> str | None:
+        """WEIGHT_SPACE when `var` holds directions of weights (None: of updates, or none bound)."""
+        bound = self._weights.get(var)
+        return WEIGHT_SPACE if bound is not None and bound[0] else None
+
 
 # ---- kinds --------------------------------------------------------------------------------
 
@@ -186,13 +203,19 @@ class Kind:
 
 
 class Update(Kind):
-    """A Delta — or a Dir, which is an update too (SPEC §2)."""
+    """A Delta — or a Dir, which is an update too (SPEC §2). `weights`: also a weight-level value
+    (`Weight`, `Dir[by, weight]`, SPEC §7.8), for the operators that take full weights."""
 
-    label = "Delta"
+    def __init__(self, weights: bool = False):
+        self.weights = weights
+        self.label = "Delta | Weight" if weights else "Delta"
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if not ty.is_update:
+        if ty.is_weight and not self.weights:
+            t.fail(param, f"'{param}' must be an update, got {ty} (a full weight W0 + x)",
+                   "this operator works on updates: use the update x itself, or dir/mag, shift … on the weight")
+        if not (ty.is_update or (self.weights and ty.is_weight)):
             hint = ("recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag"
                     else "lora(B, A) builds a Delta from factors" if ty.is_factor else None)
             t.fail(param, f"'{param}' must be a Delta (an adapter update), got {ty}", hint)
@@ -202,30 +225,34 @@ class Decouplable(Kind):
     """What `dir`, `normalize` and `mag` split: an update (Delta or Dir) or a factor (SPEC §7.3:
     x.A, x.B, or a direction of one); binds whose units the result holds to the variable `var`."""
 
-    label = "Delta | Factor"
+    label = "Delta | Weight | Factor"
 
     def __init__(self, var: str):
         self.var = var
 
     def check(self, t: Typing, param: str) -> None:
         ty = t.type(param)
-        if not (ty.is_update or ty.is_factor):
+        if not (ty.is_update or ty.is_factor or ty.is_weight):
             hint = "recombine(d, m) turns a direction and a magnitude back into a Delta" if ty.kind == "Mag" else None
-            t.fail(param, f"'{param}' must be a Delta or a factor (x.A, x.B), got {ty}", hint)
+            t.fail(param, f"'{param}' must be a Delta, a weight (base + x) or a factor (x.A, x.B), got {ty}", hint)
         t.bind_space(self.var, ty.factor, param, ty)
+        t.bind_weight(self.var, ty, param)  # dir(W0 + x) is a weight's direction (SPEC §7.8)
 
 
 class UpdateOf(Kind):
-    """The result of `recombine`: a Delta, or the factor whose direction and magnitude it joins."""
+    """The result of `recombine`: a Delta, the factor whose direction and magnitude it joins, or a
+    weight for a weight's direction (SPEC §7.8)."""
 
-    label = "Delta | Factor"
+    label = "Delta | Weight | Factor"
 
     def __init__(self, var: str):
         self.var = var
 
     def result(self, t: Typing) -> Type:
         space = t.space(self.var)
-        return DELTA if space is None else factor_t(space)
+        if space is not None:
+            return factor_t(space)
+        return WEIGHT if t.weight_space(self.var) else DELTA
 
 
 class DirOf(Kind):
@@ -243,9 +270,10 @@ class DirOf(Kind):
             t.fail(param, f"'{param}' must be a direction Dir[by], got {ty}", hint)
         t.bind(self.var, ty.by, param, ty)  # type: ignore[arg-type]
         t.bind_space(self.var, ty.of, param, ty)
+        t.bind_weight(self.var, ty, param)
 
     def result(self, t: Typing) -> Type:
-        return dir_t(t.by(self.var), t.space(self.var))
+        return dir_t(t.by(self.var), t.space(self.var), space=t.weight_space(self.var))
 
 
 class MagOf(Kind):
@@ -371,8 +399,13 @@ class ListOf(Kind):
             if item.type.by != first.by or item.type.of != first.of:
                 what = "`by`" if item.type.by != first.by else "kinds of value (updates, x.A, x.B)"
                 t.fail(param, f"{self.noun} of different {what} in one {t.op.name}: {first} and {item.type}")
+            if item.type.space != first.space:
+                t.fail(param, f"{self.noun} of a weight and of an update in one {t.op.name}: {first} and {item.type}",
+                       hint="decouple all weights (dir(base + x)) or all updates (dir(x))")
         t.bind(self.item.var, first.by, param, first)  # type: ignore[arg-type]
         t.bind_space(self.item.var, first.of, param, first)
+        if isinstance(self.item, DirOf):
+            t.bind_weight(self.item.var, first, param)
 
 
 class Weights(Kind):
@@ -396,12 +429,14 @@ class Weights(Kind):
 
 
 class UpdateList(Kind):
-    """A list `[x, y, …]` of updates (the merge baselines' `xs`); `adapters` requires `load`s."""
+    """A list `[x, y, …]` of updates (the merge baselines' `xs`); `adapters` requires `load`s;
+    `weights` also takes weight-level items (`cat`, SPEC §7.8)."""
 
     label = "List[Delta]"
 
-    def __init__(self, adapters: str | None = None):
+    def __init__(self, adapters: str | None = None, weights: bool = False):
         self.adapters = adapters  # why the items must be adapters read from folders, or None
+        self.weights = weights
 
     def check(self, t: Typing, param: str) -> None:
         node = t.node(param)
@@ -411,7 +446,7 @@ class UpdateList(Kind):
         if not node.args:
             t.fail(param, f"'{param}' must not be empty")
         for i, item in enumerate(node.args, 1):
-            if not item.type.is_update:
+            if not (item.type.is_update or (self.weights and item.type.is_weight)):
                 t.fail(param, f"item {i} of '{param}' must be a Delta, got {item.type}")
         if self.adapters:
             require_adapters(t, param, self.adapters)
@@ -491,7 +526,7 @@ class Real(Static):
                  why: str = "", schedules: bool = False, optional: bool = False):
         self.low, self.high, self.open_low, self.why = low, high, open_low, why
         self.schedules = schedules
-        self.optional = optional
+        self.optional = optional  # none admitted (a parameter left out)
 
     def convert(self, t: Typing, param: str, value: Any) -> Any:
         if value is None and self.optional:

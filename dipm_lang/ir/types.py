@@ -1,8 +1,13 @@
-"""The value types of SPEC §2.
+"""The value types of SPEC §2 and §7.8.
 
 `Delta` (an update), `Dir[by]` (a normalised update), `Mag[by]` (norms per unit),
 `Factor[A|B]` (one LoRA factor, `x.A` / `x.B`), `Num`, `Str`, `List[T]`, and `Unit`
 (the result of `save`). A `Dir` may stand wherever a `Delta` is expected.
+
+With base weights (SPEC §7.8), `Weight` is a full weight matrix per module (`base("DIR") + x`), and
+the direction of a weight is `Dir[by, weight]`: the same kind of value as a `Dir[by]` (unit rows),
+but of the weight, so that recombining it gives a weight again. Saving a weight-level value writes
+`W − W0`. Weights and updates do not mix in one direction operator (which would the result be?).
 
 Factors decouple like updates (SPEC §7.3): `dir(x.B)` is a `Dir[out] of Factor[B]` — its units are
 the rows of the factor, not of ΔW — and `mag(x.B, by="in")` a `Mag[in] of Factor[B]` (one norm per
@@ -20,14 +25,17 @@ BY_VALUES = ("out", "in", "matrix")
 
 @dataclass(frozen=True)
 class Type:
-    kind: str  # Delta | Dir | Mag | Factor | Num | Str | List | Unit
+    kind: str  # Delta | Dir | Mag | Factor | Num | Str | List | Unit | Weight
     by: str | None = None  # Dir, Mag: the granularity; Factor: "A" or "B"; Num: "module" for a schedule
     item: "Type | None" = None  # List: element type (None for the empty list)
     of: str | None = None  # Dir, Mag: "A" or "B" for the units of a factor (SPEC §7.3); None: of an update
+    space: str | None = None  # Dir: "weight" for the direction of a full weight (SPEC §7.8)
 
     def __str__(self) -> str:
         if self.of is not None:
             return f"{self.kind}[{self.by}] of Factor[{self.of}]"
+        if self.kind == "Dir" and self.space:
+            return f"Dir[{self.by}, {self.space}]"
         if self.kind in ("Dir", "Mag", "Factor") or (self.kind == "Num" and self.by):
             return f"{self.kind}[{self.by}]"
         if self.kind == "List":
@@ -41,8 +49,9 @@ class Type:
 
     @property
     def is_update(self) -> bool:
-        """Delta or Dir: something with a per-module m×n update (not a direction of a factor)."""
-        return self.kind == "Delta" or (self.kind == "Dir" and self.of is None)
+        """Delta or Dir (of an update): something with a per-module m×n update (not a direction of a
+        factor, nor of a weight)."""
+        return self.kind == "Delta" or (self.kind == "Dir" and self.of is None and self.space is None)
 
     @property
     def factor(self) -> str | None:
@@ -65,16 +74,30 @@ class Type:
             return -1 if (side, self.by) in (("B", "in"), ("A", "out")) else None
         return -1 if side == "B" else -2
 
+    @property
+    def is_weight(self) -> bool:
+        """Weight or Dir[by, weight]: a full weight matrix per module (saved as W − W0)."""
+        return self.kind == "Weight" or (self.kind == "Dir" and self.space == WEIGHT_SPACE)
+
+    @property
+    def is_matrix(self) -> bool:
+        """An m×n matrix per module: an update or a weight-level value."""
+        return self.is_update or self.is_weight
+
+
+WEIGHT_SPACE = "weight"
 
 DELTA = Type("Delta")
+WEIGHT = Type("Weight")  # W0 + x per module (SPEC §7.8)
 NUM = Type("Num")
 SCHEDULE = Type("Num", "module")  # a number that varies by layer and module (SPEC §7.2)
 STR = Type("Str")
 UNIT = Type("Unit")
 
 
-def dir_t(by: str, of: str | None = None) -> Type:
-    return Type("Dir", by, of=of)
+def dir_t(by: str, of: str | None = None, space: str | None = None) -> Type:
+    """`Dir[by]`; `of`: of a factor ("A"/"B", SPEC §7.3); `space="weight"`: of a full weight (SPEC §7.8)."""
+    return Type("Dir", by, of=of, space=space)
 
 
 def mag_t(by: str, of: str | None = None) -> Type:

@@ -1,5 +1,5 @@
-"""The IR verifier: every node well-typed by its operator's typing rule, roots are saves, no save
-shared by two roots. It runs after every pass in tests (`compile(..., verify=True)`), so a pass
+"""The IR verifier: every node well-typed by its operator's typing rule, roots are saves (or bakes,
+SPEC §7.8: statements with an effect), no save shared by two roots. It runs after every pass in tests (`compile(..., verify=True)`), so a pass
 that breaks the program's meaning at the type level is caught, and named, where it happens.
 """
 
@@ -29,10 +29,10 @@ def verify(program: Program, operators: OperatorTable, *, after: str = "") -> No
             raise VerifyError(f"node {node.op}{where} has type {node.type}, but its operands give {expected}")
         if normalised != attrs:
             raise VerifyError(f"node {node.op}{where} has attributes {attrs}, but its typing rule makes {normalised}")
-        if node.op == "save" and node not in program.roots:
-            raise VerifyError(f"a save node{where} is not a root")
+        if node.type == UNIT and node not in program.roots:
+            raise VerifyError(f"a {node.op} node{where} is not a root")
     for root in program.roots:
-        if root.type != UNIT or root.op != "save":
+        if root.type != UNIT or root.op not in ("save", "bake"):
             raise VerifyError(f"root {root.op}{where} is not a save")
     paths = [r.attr("path") for r in program.roots]
     if len(paths) != len(set(paths)):

@@ -35,6 +35,7 @@ def _lazy(name: str) -> Any:
 
 
 L = _lazy("dipm_lang.backend.lowrank")          # factored kernels on LowRank values
+F = _lazy("dipm_lang.backend.forms")            # … and on DoRA-form values diag(c)·W0 + K (SPEC §7.8)
 D = _lazy("dipm_lang.backend.dense")            # the dense float64 reference
 R = _lazy("dipm_lang.backend.ranks")            # rank by energy (SPEC §7.6)
 arith = _lazy("dipm_lang.backend.arith")        # + - * / on values of either backend

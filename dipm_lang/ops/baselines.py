@@ -58,7 +58,7 @@ METHODS: dict[str, MergeMethod] = {m.name: m for m in [
                 doc=f"Σ wᵢ·(top density fraction of ΔWᵢ by |value|), {_SVD}."),
 ]}
 
-XS = Param("xs", UpdateList())
+XS = Param("xs", UpdateList(weights=True))  # cat: Σ wᵢ·xᵢ, of updates or weights (SPEC §7.8)
 WEIGHTS = Param("weights", Numbers(of="xs"), None)
 
 

@@ -6,7 +6,12 @@ Typing of arithmetic (`binary_result`):
 - magnitudes combine elementwise with magnitudes of the same `by` (and of the same kind of value:
   an update's, x.A's or x.B's) and with numbers → Mag;
 - factors of the same kind add (a direction of a factor counts as that factor, as a Dir counts as
-  a Delta); scaled by a number → Factor.
+  a Delta); scaled by a number → Factor;
+- with base weights (SPEC §7.8) a weight-level value (`Weight`, `Dir[by, weight]`) is a full weight
+  matrix per module: any sum, difference or scaling that involves one is a `Weight` (the matrix it
+  computes; saving it writes that matrix − W0). So `W + x`, `0.5*W1 + 0.5*W2` and
+  `W1 + t*(W2 − W1)` mean what they say; `W1 − W2` alone is the matrix difference, which
+  saving would shift by −W0 (a warning says so).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ir.signature import Anything, Attribute, Param, Rest, Typing
 from dipm_lang.ir.schedules import is_schedule, varies
-from dipm_lang.ir.types import DELTA, NUM, SCHEDULE, STR, Type, factor_t, list_t
+from dipm_lang.ir.types import DELTA, NUM, SCHEDULE, STR, WEIGHT, Type, factor_t, list_t
 from dipm_lang.ops.backend import arith
 
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -41,6 +46,8 @@ def binary_result(t: Typing) -> Type:
     kinds = (left.kind, right.kind)
     if kinds == ("Num", "Num"):
         return NUM if left == right == NUM else SCHEDULE  # arithmetic with a schedule varies by module
+    if left.is_weight or right.is_weight:
+        return _weight_result(t, op, left, right, fail)
     if left.is_update and right.is_update:
         if op in "+-":
             return DELTA
@@ -83,8 +90,30 @@ def binary_result(t: Typing) -> Type:
     raise AssertionError  # unreachable: fail raises
 
 
+def _weight_result(t: Typing, op: str, left: Type, right: Type, fail) -> Type:
+    """`a op b` where one side is a weight (SPEC §7.8): a Weight, for sums and scalings."""
+    if left.is_matrix and right.is_matrix:
+        if op in "+-":
+            if op == "-" and left.is_weight and right.is_weight:
+                t.warn(None, f"{left} - {right} is a weight (the matrix difference), and saving a weight writes it "
+                             "minus W0; to save the update W − W0, save the weight W itself")
+            return WEIGHT
+        fail(f"cannot {_VERBS[op]} two matrices ({left} {op} {right})",
+             "scale a weight by a number, or use recombine(d, m) for per-row scaling")
+    weight, other = (left, right) if left.is_weight else (right, left)
+    if other.is_number and (op == "*" or (op == "/" and left.is_weight)):
+        return WEIGHT
+    if other.kind == "Mag":
+        fail(f"cannot combine a weight with a magnitude ({left} {op} {right})",
+             "recombine(d, m) scales each unit of a direction by a magnitude")
+    fail(f"cannot {_VERBS[op]} {left} and {right}")
+    raise AssertionError  # unreachable: fail raises
+
+
 def negate_result(t: Typing) -> Type:
     operand = t.type("x")
+    if operand.is_weight:
+        return WEIGHT  # −W: a weight-level value, like any scaling of one
     if operand.kind == "Dir":  # arithmetic on directions yields a Delta (SPEC §2); reverse(d) keeps a Dir
         return DELTA if operand.of is None else factor_t(operand.of)
     if operand.kind in ("Num", "Delta", "Mag", "Factor"):

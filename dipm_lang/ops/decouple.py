@@ -1,12 +1,17 @@
 """The decoupler and the recombiner (SPEC §3): `dir`, `normalize`, `mag`, `recombine` — of updates,
-and of factors (SPEC §7.3: units of `x.B` / `x.A`, kernels adapted by `factorwise`)."""
+and of factors (SPEC §7.3: units of `x.B` / `x.A`, kernels adapted by `factorwise`).
+
+They take full weights too (SPEC §7.8): `dir(W0 + x)` is DoRA's direction (per output row by
+default), its `recombine` a weight again. Values in DoRA's form diag(c)·W0 + K (DoRA adapters,
+weights) go through `backend/forms.py`, which never builds m×n beyond W0 itself.
+"""
 
 from __future__ import annotations
 
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.patterns import P, Rule, Var
 from dipm_lang.ir.signature import By, Decouplable, DirOf, MagOf, Param, Typing, UpdateOf
-from dipm_lang.ops.backend import D, L
+from dipm_lang.ops.backend import D, F
 from dipm_lang.ops.factorwise import factorwise
 
 X, BY = Var("x"), Var("by")
@@ -21,7 +26,7 @@ def _swapped(t: Typing) -> None:
 
 def _dir(ctx, node, x):
     by = node.attr("by")
-    return L.dir(x, by, ctx.eps, ctx.unit_norms(x, by, node.args[0]))
+    return F.dir(x, by, ctx.eps, ctx.unit_norms(x, by, node.args[0]))
 
 
 DIR = Operator(
@@ -44,9 +49,9 @@ OPERATORS = [
              factored=factorwise(lambda ctx, node, x: ctx.unit_norms(x, node.attr("by"), node.args[0])),
              dense=factorwise(lambda ctx, node, x: D.mag(x, node.attr("by")), wrap=False), maps_over_lists=True),
     Operator("recombine", (Param("d", DirOf("by")), Param("m", MagOf("by"))), UpdateOf("by"),
-             "Scale each unit of the direction d by the magnitude m: a Delta, or a factor for a factor's "
-             "direction and magnitude.",
-             factored=factorwise(lambda ctx, node, d, m: L.recombine(d, m, node.args[0].type.by)),
+             "Scale each unit of the direction d by the magnitude m: a Delta, a factor for a factor's "
+             "direction and magnitude, a weight for a weight's direction.",
+             factored=factorwise(lambda ctx, node, d, m: F.recombine(d, m, node.args[0].type.by)),
              dense=factorwise(lambda ctx, node, d, m: D.recombine(d, m, node.args[0].type.by), wrap=False),
              simplify=(
                  # recombine(dir(x, by), mag(x, by)) -> x

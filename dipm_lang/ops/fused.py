@@ -20,8 +20,8 @@ from dipm_lang.ir.patterns import P, Rule
 from dipm_lang.ir.numbers import format_value
 from dipm_lang.ir.schedules import is_schedule
 from dipm_lang.ir.signature import Anything, Attribute, By, Param, Rest, Typing, Update
-from dipm_lang.ir.types import DELTA, Type, dir_t, mag_t
-from dipm_lang.ops.backend import D, L
+from dipm_lang.ir.types import DELTA, WEIGHT, WEIGHT_SPACE, Type, dir_t, mag_t
+from dipm_lang.ops.backend import D, F, L
 
 _LINEAR = ("add", "sub", "neg", "mul", "div", "lincomb")
 
@@ -104,32 +104,33 @@ def _from_recombine(node: Node, ctx: Any) -> Node:
     by = d.type.by
     base, coeff, normalize, chain = _direction_chain(d, ctx)
     if chain:
-        new = Node.make("unit_scale", (base, m), {"by": by, "coeff": coeff, "normalize": normalize}, DELTA)
+        new = Node.make("unit_scale", (base, m), {"by": by, "coeff": coeff, "normalize": normalize}, node.type)
         return ctx.note(new, f"recombine ∘ {' ∘ '.join(chain)} → unit_scale")
-    return Node.make("unit_scale", (d, m), {"by": by, "coeff": 1.0, "normalize": False}, DELTA)
+    return Node.make("unit_scale", (d, m), {"by": by, "coeff": 1.0, "normalize": False}, node.type)
 
 
 def _from_reverse_dir(node: Node, inner: Node, ctx: Any) -> Node | None:
     if not ctx.single_use(inner):
         return None
     by = inner.attr("by")
-    new = Node.make("unit_scale", (inner.args[0],), {"by": by, "coeff": -1.0, "normalize": True}, dir_t(by))
+    new = Node.make("unit_scale", (inner.args[0],), {"by": by, "coeff": -1.0, "normalize": True}, inner.type)
     return ctx.note(new, "reverse ∘ dir → unit_scale")
 
 
 def _unit_scale_type(t: Typing) -> Type:
     # unit_scale(x[, m]) = coeff * m ⊙ (normalize ? dir(x) : x), per unit of `by`
     operands, by = t.operands["operands"], t.value("by")
-    if len(operands) not in (1, 2) or not operands[0].type.is_update:
+    if len(operands) not in (1, 2) or not operands[0].type.is_matrix:
         t.fail(None, "unit_scale takes an update x and an optional magnitude")
+    weight = operands[0].type.is_weight  # of a weight, the result is a weight-level value (SPEC §7.8)
     if len(operands) == 2:
         if operands[1].type != mag_t(by):
             t.fail(None, f"unit_scale's magnitude must be Mag[{by}], got {operands[1].type}")
-        return DELTA
+        return WEIGHT if weight else DELTA
     # without a magnitude it is a (possibly reversed) direction
     if not (t.value("normalize") is True and abs(t.value("coeff")) == 1.0):
         t.fail(None, "unit_scale without m must be ±dir(x)")
-    return dir_t(by)
+    return dir_t(by, space=WEIGHT_SPACE if weight else None)
 
 
 def _unit_scale(ctx, node, x, *m):
@@ -138,8 +139,8 @@ def _unit_scale(ctx, node, x, *m):
     if m:
         scale = m[0] if scale is None else scale * m[0]
     if scale is None:
-        return L.linear_combination([x], [coeff])
-    return L.scale_units(x, scale * L.per_module(coeff, scale, x.batch_shape), by)
+        return F.combine([x], [coeff])
+    return F.scale_units(x, scale * L.per_module(coeff, scale, x.batch_shape), by)
 
 
 def _unit_scale_dense(ctx, node, x, *m):
@@ -158,7 +159,7 @@ OPERATORS = [
                          Param("coeffs", Attribute(lambda v: isinstance(v, tuple) and all(
                              isinstance(c, float) or is_schedule(c) for c in v), "a tuple of floats and schedules"))),
              _lincomb_type, "Σ cᵢ·xᵢ: one concatenation of factors (made by fusion).",
-             factored=lambda ctx, node, *xs: L.linear_combination(list(xs), [ctx.number(c) for c in node.attr("coeffs")]),
+             factored=lambda ctx, node, *xs: F.combine(list(xs), [ctx.number(c) for c in node.attr("coeffs")]),
              dense=lambda ctx, node, *xs: sum(ctx.number(c) * x for c, x in zip(node.attr("coeffs"), xs)),
              fuse=(
                  # a linear tree of + - *k /k and negation over updates -> lincomb (single-use subtrees absorbed)

@@ -12,7 +12,7 @@ from dipm_lang.ir.modules import module_matches
 from dipm_lang.ir.operator import Operator
 from dipm_lang.ir.signature import Choice, Param, Static, Typing, Update, _listed, _string
 from dipm_lang.ir.types import DELTA
-from dipm_lang.ops.backend import L
+from dipm_lang.ops.backend import F, L
 from dipm_lang.safety.regex import compile_pattern
 
 
@@ -62,8 +62,8 @@ def _in_component(node, name: str) -> bool:
 
 
 def _zero(x: Any) -> Any:
-    if isinstance(x, L.LowRank):
-        return L.LowRank.zeros(x.m, x.n, x.batch_shape, x.dtype, x.device)
+    if isinstance(x, L.LowRank) or F.has_form(x):
+        return F.zeros_like(x)
     return x * 0.0
 
 

@@ -28,3 +28,4 @@ class RunOptions:
     ignore_base_model: bool = False
     sandbox: Sandbox | None = None  # --sandbox: every file opened or written stays inside it
     threads: int | None = None      # CPU worker threads (None: torch's count); never changes results
+    base: str | None = None         # --base DIR: the base model's folder (SPEC §7.8), overriding the program's

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.io.lora_output import LoraFileStage
 from dipm_lang.io.sources import AdapterSource, file_inputs
@@ -25,6 +26,7 @@ from dipm_lang.run import image_models
 from dipm_lang.run.options import RunOptions
 from dipm_lang.run.full_weights import describe
 from dipm_lang.run.planning import Plan, load_nodes
+from dipm_lang.run.weights import source_key
 from dipm_lang.safety.privacy import private_text
 from dipm_lang.version import __version__
 
@@ -52,7 +54,14 @@ class OutputSummary:
                    {name: error for name, error in (errors or {}).items() if name in kept}, stage.target,
                    list(staged.full))
 
+    @classmethod
+    def of_bake(cls, staged: StagedOutput, the_plan: Plan) -> "OutputSummary":
+        """A baked model folder (SPEC §7.8): its changed modules; no ranks."""
+        return cls(staged.destination, len(staged.modules), [], "model folder", None)
+
     def line(self) -> str:
+        if self.dtype == "model folder":
+            return f"{self.path}  (a model folder; {_count(self.modules, 'module')} changed)"
         kept = list(self.kept.values()) or self.ranks
         lo, hi = (min(kept), max(kept)) if kept else (0, 0)
         rank = f"rank {hi}" if lo == hi else f"ranks {lo}–{hi}"
@@ -84,9 +93,13 @@ class RunSummary:
     modules: int = 0
     groups: int = 0
     schedules: list = field(default_factory=list)  # (schedule, module -> the number it gave)
+    notes: list[str] = field(default_factory=list)  # e.g. the errors of extracted LoRAs
 
     def text(self) -> str:
-        lines = [f"wrote {_count(len(self.outputs), 'adapter')} in "
+        models = sum(output.dtype == "model folder" for output in self.outputs)
+        written = " and ".join(filter(None, [_count(len(self.outputs) - models, "adapter") if models < len(self.outputs)
+                                             or not models else "", _count(models, "model folder") if models else ""]))
+        lines = [f"wrote {written} in "
                  f"{self.seconds:.2f} s on {self.device} ({_count(self.modules, 'module')} in "
                  f"{_count(self.groups, 'batch', 'batches')}, "
                  f"peak memory {self.peak_memory_mb:.0f} MB)"]
@@ -94,6 +107,7 @@ class RunSummary:
             lines.append(f"  {output.line()}")
             lines += [f"    {line}" for line in output.module_lines()]
             lines += [f"  warning: {output.path}: {warning}" for warning in output.warnings]
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -131,12 +145,13 @@ def output_stage(program: Program, save: Node, the_plan: Plan, template: Adapter
                  options: RunOptions) -> AdapterStage | LoraFileStage:
     """The stage that writes `save`: a PEFT adapter folder, or a LoRA file of an image model in the format
     `run/image_models.py` chooses (SPEC §7.10). Created before any work, so a bad output fails first."""
-    inputs = file_inputs(the_plan.inputs.values())
+    inputs = file_inputs(the_plan.inputs.values()) + base_inputs(the_plan)
     target = image_models.output_target(program, save, the_plan.inputs, the_plan.family)
     if target is None:
         return AdapterStage(save.attr("path"), template=template, dtype=the_plan.out_dtype, expected=the_plan.modules,
                             metadata_bound=provenance(program, the_plan, digest=lambda info: "0" * 64, save=save),
-                            force=options.force, inputs=inputs, **serving(save),
+                            force=options.force, inputs=inputs,
+                            dora=id(save.args[0]) in the_plan.forms, **serving(save),
                             full=the_plan.full.get(id(save), ()),  # full-weight modules and biases (SPEC §7.4)
                             full_dtype=the_plan.out_dtype if options.out_dtype else None)
     return LoraFileStage(target.destination, format=target.format, family=target.family, template=target.template,
@@ -144,7 +159,10 @@ def output_stage(program: Program, save: Node, the_plan: Plan, template: Adapter
                          file=target.file, span=program.spans.get(save))
 
 
-def to_output(value: Any) -> LowRank:
+def to_output(value: Any) -> Any:
+    if isinstance(value, DoraOutput):  # a DoRA adapter's module (SPEC §7.8)
+        return DoraOutput(LowRank(value.lora.B.detach().cpu().contiguous(), value.lora.A.detach().cpu().contiguous()),
+                          value.magnitude.detach().cpu(), value.unchanged.cpu())
     if isinstance(value, LowRank):
         if not bool(value.B.any()) or not bool(value.A.any()):  # exactly zero: leave the module out
             return LowRank.zeros(value.m, value.n, dtype=value.dtype)
@@ -170,7 +188,7 @@ def provenance(program: Program, the_plan: Plan,
     working folder (and from the Hub or, offline, from its cache)."""
     inputs = {}
     for node in load_nodes(program):
-        info = the_plan.inputs[node.attr("path")]
+        info = the_plan.inputs[source_key(node)]
         entry = {"source": info.label, "sha256": digest(info)}
         commit = getattr(info, "commit", None)  # Hub inputs (io/hub_source.py)
         if commit is not None:
@@ -181,10 +199,53 @@ def provenance(program: Program, the_plan: Plan,
         "dipm_script_sha256": hashlib.sha256(recipe_text(program).encode("utf-8")).hexdigest(),
         "dipm_inputs": json.dumps(inputs, sort_keys=True),
     }
+    if the_plan.base is not None:  # by name and a hash of its config and tensor layout (not of gigabytes of data)
+        from dipm_lang.io.extract_source import layout_fingerprint
+
+        metadata["dipm_base"] = json.dumps({"source": the_plan.base.path.name,
+                                            "layout_sha256": layout_fingerprint(the_plan.base)}, sort_keys=True)
     numbers = program.given.get(save.attr("path")) if save is not None else None
     if numbers:
         metadata["dipm_numbers"] = json.dumps(numbers, sort_keys=True)
     return metadata
+
+
+def base_inputs(the_plan: Plan) -> list[Path]:
+    """The base model's folder, as an input no output may overwrite (SPEC §7.8)."""
+    return [the_plan.base.path] if the_plan.base is not None else []
+
+
+def extraction_notes(the_plan: Plan) -> list[str]:
+    """One line per `extract(...)` input: how many modules and the relative errors it dropped."""
+    notes = []
+    for info in the_plan.inputs.values():
+        errors = getattr(info, "errors", None)
+        if errors:
+            worst = max(errors, key=errors.__getitem__)
+            notes.append(f"{info.label}: {_count(len(errors), 'module')} extracted, relative error "
+                         f"{min(errors.values()):.2e}–{errors[worst]:.2e} (largest in {worst})")
+    return notes
+
+
+def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any) -> StagedOutput:
+    """Stage `bake(x, "OUT")`: W0 + ΔW of the modules whose update is not exactly zero, as a model
+    folder with the base's layout (`io/bake_output.py`)."""
+    from dipm_lang.backend.dora import DoraForm
+    from dipm_lang.io.bake_output import bake_dtype, stage_bake
+
+    def changed(value: Any) -> bool:
+        if isinstance(value, LowRank):
+            return bool(value.B.any()) and bool(value.A.any())
+        if isinstance(value, DoraForm):
+            return bool(value.c.any()) or (bool(value.K.B.any()) and bool(value.K.A.any()))
+        return bool(value.any())
+
+    kinds = {name: the_plan.kind(name) for name, value in modules.items() if changed(value)}
+    staged, _ = stage_bake(node.attr("path"), the_plan.base, lambda names: [modules.pop(n) for n in names],
+                           modules=kinds, dtype=bake_dtype(node.attr("dtype")), force=options.force,
+                           inputs=[Path(p) for p in (info.path for info in the_plan.inputs.values()
+                                                     if info.on_disk)])
+    return staged
 
 
 def peak_memory_mb(device: torch.device) -> float:

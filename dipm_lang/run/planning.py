@@ -2,7 +2,9 @@
 
 Every input's config and safetensors header is opened, shapes and base models are checked across
 inputs, factor merges are checked for equal ranks, and every output path is checked — so a bad
-second input fails the run before the first output, and nothing is half-done.
+second input fails the run before the first output, and nothing is half-done. With base weights
+(SPEC §7.8) the base is opened and checked too, and which values are in DoRA's form is decided
+(`run/weights.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dipm_lang.run import image_models
 from dipm_lang.run.factor_ranks import check_factor_ranks
 from dipm_lang.run.full_weights import full_modules, plan_full_weights
 from dipm_lang.run.options import DTYPE_NAMES, RunOptions
+from dipm_lang.run import weights
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -37,7 +40,7 @@ class Plan:
     """Everything checked before work: inputs opened, module union, outputs writable."""
 
     program: Program
-    inputs: dict[str, AdapterSource]          # load path -> its source
+    inputs: dict[str, AdapterSource]          # load path (weights.source_key) -> its source
     modules: dict[str, tuple[int, int]]       # module -> (m, n), natural order
     device: torch.device
     dtype: torch.dtype
@@ -45,6 +48,17 @@ class Plan:
     # Per save (id of its node): the full-weight modules and biases it writes (SPEC §7.4, run/full_weights.py)
     full: dict[int, list] = field(default_factory=dict)
     full_modules: tuple[str, ...] = ()  # the modules the inputs' full-weight tensors belong to
+    base: Any = None                          # the base model (io.base_model.BaseModel), SPEC §7.8
+    forms: frozenset[int] = frozenset()       # ids of the nodes whose value is in DoRA's form
+
+    @property
+    def uses_weights(self) -> bool:
+        """Whether the run reads W0 (values in DoRA's form; bake adds W0 itself when it writes)."""
+        return bool(self.forms)
+
+    def kind(self, name: str) -> str:
+        """A module's LoRA kind ("linear" or "embedding"), from the first input that has it."""
+        return next((info.modules[name].kind for info in self.inputs.values() if name in info.modules), "linear")
     family: str | None = None                 # the inputs' image-model family (SPEC §7.10), None for PEFT ones
 
     @property
@@ -148,7 +162,8 @@ def near_names(missing: Path) -> str | None:
 
 
 def load_nodes(program: Program) -> list[Node]:
-    return [n for n in walk(program.all_roots()) if n.op == "load"]
+    """The nodes that read an input: `load`s, and `extract`s (SPEC §7.8)."""
+    return weights.source_nodes(program)
 
 
 def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
@@ -163,7 +178,13 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     infos: dict[str, AdapterSource] = {}
     open_ = opener or (lambda path, family=None: open_source(path, memory, family=family, progress=options.progress))
     families: dict[str, str | None] = {}
+    base_folder = weights.base_path(program, options)
+    base_node = next(iter(weights.needs_base(program)), None)
+    base = _open_base(base_folder, options, program.spans.get(base_node)) if base_folder else None
     for node in load_nodes(program):
+        if node.op == "extract":
+            infos.setdefault(weights.source_key(node), _open_extract(node, base, options, program))
+            continue
         path = node.attr("path")
         if path is None:
             name = node.attr("name") or "input"
@@ -186,20 +207,39 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
     check_factor_merge_ranks(program, infos)  # factor merges (linear, ties, …) need equal ranks: fail before work
     check_factor_ranks(program, infos)  # so do factors that meet (lora(H.B, T.A), shift(dir(H.B), dir(T.B), t))
     check_schedules(program, modules)
+    dora = [(node, infos[node.attr("path")]) for node in load_nodes(program)
+            if node.op == "load" and getattr(infos[node.attr("path")], "dora", False)]
+    forms = weights.form_nodes(program, {id(node) for node, _ in dora})
+    weights.check_forms(program, forms)
+    if base is None:
+        missing = weights.require_base(program, dora)
+        if missing is not None:
+            raise at_load(missing[0], program.spans.get(missing[1]))
+    else:
+        modules = weights.touched_modules(program, infos, modules)
+        try:
+            weights.check_modules(base, modules, infos)
+        except AdapterError as error:
+            raise at_load(error, program.spans.get(base_node)) from None
     extra = full_modules(infos)
     full = plan_full_weights(program, infos, layer_count([*modules, *extra]), list(modules))
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
-                options.sandbox.check(save.attr("path"), "save", program.spans.get(save))
+                options.sandbox.check(save.attr("path"), save.op, program.spans.get(save))
             if recover:
                 recover_stale(save.attr("path"))
+            inputs = file_inputs(infos.values()) + ([base.path] if base is not None else [])
+            if save.op == "bake":
+                from dipm_lang.io.bake_output import prepare_model_output
+
+                prepare_model_output(save.attr("path"), inputs=inputs, force=options.force)
+                continue
             target = image_models.output_target(program, save, infos, family)
             if target is None:
-                prepare_output(save.attr("path"), inputs=file_inputs(infos.values()), force=options.force)
+                prepare_output(save.attr("path"), inputs=inputs, force=options.force)
             else:
-                check_output(target.destination, file=target.file, inputs=file_inputs(infos.values()),
-                             force=options.force)
+                check_output(target.destination, file=target.file, inputs=inputs, force=options.force)
     compute = torch_dtype(options.dtype, "--dtype")
     if options.dense:
         compute = torch.float64
@@ -209,7 +249,35 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
         stored = {info.dtype for info in infos.values()}
         # the inputs' dtype, where an adapter can be written in it (float8 inputs are written in float32)
         out = stored.pop() if len(stored) == 1 and stored <= set(OUTPUT_DTYPES) else torch.float32
-    return Plan(program, infos, modules, resolve_device(options.device), compute, out, full, tuple(extra), family)
+    return Plan(program, infos, modules, resolve_device(options.device), compute, out, full, tuple(extra),
+                base=base, forms=forms, family=family)
+
+
+
+def _open_base(path: str, options: RunOptions, span: Span | None) -> Any:
+    """A model folder (SPEC §7.8), its errors pointed at the call that named it."""
+    try:
+        return weights.open_base(path, options, span)
+    except AdapterError as error:
+        raise at_load(error, span) from None
+
+
+def _open_extract(node: Node, base: Any, options: RunOptions, program: Program) -> AdapterSource:
+    """The source an `extract(...)` reads: its fine-tune against its own base folder or the program's."""
+    from dipm_lang.io.extract_source import ExtractSettings, open_extract
+
+    span = program.spans.get(node)
+    tuned = _open_base(node.attr("tuned"), options, span)
+    against = _open_base(node.attr("base"), options, span) if node.attr("base") else base
+    if against is None:
+        weights.require_base(program, [])
+    settings = ExtractSettings(rank=node.attr("rank"), energy=node.attr("energy"), max_rank=node.attr("max_rank"),
+                               exact=bool(node.attr("exact")), seed=node.attr("seed"),
+                               target_modules=node.attr("target_modules"))
+    try:
+        return open_extract(tuned, against, settings)
+    except AdapterError as error:
+        raise at_load(error, span) from None
 
 
 def check_factor_merge_ranks(program: Program, infos: Mapping[str, AdapterSource]) -> None:

@@ -21,6 +21,10 @@ batches ran 0.07 s faster and peaked 130 MiB lower than with 16 MiB, and 0.15 s 
 better than whole groups; 1 MiB batches cost more in per-call overhead than they save
 (benchmarks/)."""
 
+MAX_BASE_BATCH_BYTES = 64 * 2**20
+"""Largest stack of base weights W0 ([G, m, n]) a batch reads when the program needs them (SPEC §7.8):
+a 4096×4096 float32 module is 64 MiB, so such batches hold one module, and smaller ones several."""
+
 
 def schedule(the_plan: Plan, *, dense: bool = False) -> list[list[str]]:
     """The batches of one run, in module order (the dense reference runs one module at a time)."""
@@ -50,5 +54,7 @@ def split_batches(groups: list[list[str]], the_plan: Plan, max_bytes: int = MAX_
         rank = max([info.modules[names[0]].rank for info in the_plan.inputs.values() if names[0] in info.modules],
                    default=1)
         size = max(1, max_bytes // max(1, saves * rank * (m + n) * the_plan.dtype.itemsize))
+        if the_plan.uses_weights:
+            size = min(size, max(1, MAX_BASE_BATCH_BYTES // (m * n * the_plan.dtype.itemsize)))
         out += [names[i:i + size] for i in range(0, len(names), size)]
     return out
