@@ -221,9 +221,9 @@ def test_numeric_programs_cover_every_operator():
     seen: set[str] = set()
     texts = []
 
-    # 400 scripts: with ~90 written operators drawn evenly by `focused`, 200 left one out by chance
-    # whenever the table grew (each operator is drawn ~4 times per 200)
-    @settings(CI, max_examples=400)
+    # 600 scripts: with ~100 written operators drawn evenly by `focused`, 200 and then 400 left one out
+    # by chance whenever the table grew (the rarest are drawn ~4 times per 400)
+    @settings(CI, max_examples=600)
     @given(script=st.composite(lambda draw: NUMERIC.script(draw, depth=3, max_saves=2))())
     def collect(script):
         called(script, seen)
