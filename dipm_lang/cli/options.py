@@ -75,12 +75,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_number(text: str) -> float:
-    """argparse type: a finite number > 0 (`nan`, `inf`, 0 and negatives are usage errors)."""
+def _number(text: str) -> float:
+    """The number `text` spells (checked by the argparse types below), or argparse's usage error."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (`nan`, `inf`, 0 and negatives are usage errors)."""
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r:.80}")
     return value
@@ -88,10 +93,7 @@ def positive_number(text: str) -> float:
 
 def energy_fraction(text: str) -> float:
     """argparse type: a fraction 0 < e ≤ 1 (`--energy`, SPEC §7.6)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+    value = _number(text)
     if not 0 < value <= 1:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a fraction with 0 < energy ≤ 1, got {text!r:.80}")
     return value
@@ -99,10 +101,7 @@ def energy_fraction(text: str) -> float:
 
 def non_negative_number(text: str) -> float:
     """argparse type: a finite number ≥ 0 (`--eval-gpus 0`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.80}") from None
+    value = _number(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text!r:.80}")
     return value
