@@ -12,8 +12,12 @@ Sections (each measured side by side in one run; adapters from `benchmarks/adapt
   the `svd` merge against computing the dense product B·A once (what any dense method pays first);
   and `transfer` as a whole process over 2 layers against the floor.
 - `adapters`: `--adapters` (default 50) adapters at 7B shapes, 2 layers: `multitask` (a rank-800
-  intermediate) as a whole process against the floor, its peak against the largest single input,
-  time per input MiB; and the `svd` merge of all of them per module in process.
+  intermediate), `knots` (TIES, density 0.2), `tsv`, `iso` and `ties_svd` (`--methods` for fewer),
+  each as a whole process against the floor (an output of the method's size), its peak against the
+  largest single input, time per input MiB; and the `svd` merge of all of them per module in process.
+
+`--merge` keeps the other sections of an existing `<out>/scale.json` (e.g. `--sections adapters
+--merge` re-measures one section and re-renders `scale.md` with all).
 
 Writes `scale.json` and `scale.md` under `--out`; adapters and outputs go to `--work` (default
 `<out>/tmp-scale`), deleted at the end unless `--keep`.
@@ -47,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers-70b", type=int, default=None, help="layers of the 70B whole-process run (default 80)")
     p.add_argument("--rank", type=int, default=None, help="the high rank (default 256)")
     p.add_argument("--adapters", type=int, default=None, help="inputs of the many-adapter merge (default 50)")
+    p.add_argument("--methods", nargs="*", default=None, choices=MANY_METHODS,
+                   help="the many-adapter merges to run (default all)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the sections of <out>/scale.json this run does not measure (re-rendering scale.md)")
     p.add_argument("--repeats", type=int, default=None, help="in-process runs per point, fastest reported")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of every process")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -107,20 +115,51 @@ def high_rank(args: argparse.Namespace, log) -> dict:
     return row
 
 
+MANY_METHODS = ("multitask", "knots", "tsv", "iso", "ties_svd")
+"""The many-adapter merges measured as whole processes (the first is the DiPM recipe)."""
+
+
+def many_expr(method: str, names: list[str], s: Suite) -> str:
+    """The 50-adapter merge `method` over `names` (weights 1, or 1/N for ties_svd as PEFT's mean)."""
+    xs = f"[{', '.join(names)}]"
+    if method == "multitask":
+        return recipe_expr("multitask", names)
+    if method == "knots":
+        return f'knots({xs}, method="ties", density=0.2)'
+    if method in ("tsv", "iso"):
+        return f"{method}({xs})"
+    return method_expr(method, names, s.s)
+
+
 def many(args: argparse.Namespace, log) -> dict:
     count = args.adapters or (4 if args.quick else 50)
     shapes = AD.SMALL if args.quick else AD.LLAMA_7B
     s = suite(args, "adapters", shapes, 16)
     inputs = {f"X{i}": s.adapter(i, 2) for i in range(count)}
-    row = s._recipe_vs_floor("multitask", inputs, 1)
     largest = max(AD.folder_bytes(p) for p in inputs.values()) / 2**20
-    row.update(adapters=count, shapes=shapes.name, largest_input_mib=largest,
-               peak_above_largest_input_mib=row["dipm_peak_mib"] - largest,
-               s_per_input_mib=row["dipm_process_s"] / row["inputs_mib"])
+    methods = {}
+    for method in args.methods or MANY_METHODS:
+        row = s._recipe_vs_floor(method, inputs, 1, expr=many_expr(method, list(inputs), s))
+        row.update(peak_above_largest_input_mib=row["dipm_peak_mib"] - largest,
+                   s_per_input_mib=row["dipm_process_s"] / row["inputs_mib"])
+        methods[method] = row
+        log(f"  {count} adapters, {method}: {row}")
     xs = {f"X{i}": s._random_inputs(i, 1, 16) for i in range(count)}
-    row["svd_ms_per_module"] = 1e3 * s._inproc(method_expr("svd", list(xs), s.s), xs) / len(xs["X0"])
-    log(f"  {count} adapters: {row}")
-    return row
+    result = {"adapters": count, "shapes": shapes.name, "layers": 2, "largest_input_mib": largest,
+              "inputs_mib": next(iter(methods.values()))["inputs_mib"], "methods": methods,
+              "svd_ms_per_module": 1e3 * s._inproc(method_expr("svd", list(xs), s.s), xs) / len(xs["X0"])}
+    log(f"  {count} adapters: svd per module {result['svd_ms_per_module']:.3g} ms")
+    return result
+
+
+def _earlier(results: dict, section: str) -> list[str]:
+    """A line for a section kept from an earlier run (`--merge`): when and how it was measured."""
+    e = results.get("earlier", {}).get(section)
+    if not e:
+        return []
+    m = e["machine"]
+    return [f"Measured in an earlier run: {m['date']}, load average {m['loadavg_start']:.1f}–{m['loadavg_end']:.1f}, "
+            f"`{e['command']}`.", ""]
 
 
 def render(results: dict) -> str:
@@ -132,7 +171,7 @@ def render(results: dict) -> str:
     if "70b" in results:
         r = results["70b"]
         out += [f"## 70B shapes ({r['shapes']}, r=16, {r['layers']} layers)", "",
-                "| module | shape | transfer per module |", "|---|---|---|"]
+                *_earlier(results, "70b"), "| module | shape | transfer per module |", "|---|---|---|"]
         out += [f"| {k} | {v['m']}×{v['n']} | {v['transfer_ms']:.3g} ms |" for k, v in r["per_module"].items()]
         out += ["", "| inputs MiB | output MiB | dipm process | I/O floor | ratio | dipm peak MiB | dry-run peak MiB |"
                 " excess over inputs + output MiB |", "|---|---|---|---|---|---|---|---|",
@@ -142,7 +181,7 @@ def render(results: dict) -> str:
     if "rank" in results:
         r = results["rank"]
         w = r["whole_process"]
-        out += [f"## Rank {r['rank']} ({r['shapes']}, per module, in process)", "",
+        out += [f"## Rank {r['rank']} ({r['shapes']}, per module, in process)", "", *_earlier(results, "rank"),
                 "| dense product B·A once | transfer | detox | multitask (3) | svd merge |", "|---|---|---|---|---|",
                 f"| {r['dense_product_ms']:.3g} ms | {r['transfer_ms']:.3g} ms | {r['detox_ms']:.3g} ms | "
                 f"{r['multitask_ms']:.3g} ms | {r['svd_ms']:.3g} ms |", "",
@@ -150,12 +189,16 @@ def render(results: dict) -> str:
                 f"{w['floor_process_s']:.3g} s ({w['ratio_to_floor']:.2f}×), peak {w['dipm_peak_mib']:.0f} MiB.", ""]
     if "adapters" in results:
         r = results["adapters"]
-        out += [f"## {r['adapters']} adapters ({r['shapes']}, 2 layers, `multitask`)", "",
-                "| inputs MiB | dipm process | I/O floor | ratio | s per input MiB | dipm peak MiB | "
-                "peak above the largest input MiB | svd merge per module |", "|---|---|---|---|---|---|---|---|",
-                f"| {r['inputs_mib']:.0f} | {r['dipm_process_s']:.3g} s | {r['floor_process_s']:.3g} s | "
-                f"{r['ratio_to_floor']:.2f}× | {r['s_per_input_mib']:.3g} | {r['dipm_peak_mib']:.0f} | "
-                f"{r['peak_above_largest_input_mib']:.0f} | {r['svd_ms_per_module']:.3g} ms |", ""]
+        out += [f"## {r['adapters']} adapters ({r['shapes']}, {r.get('layers', 2)} layers, whole process)", "",
+                *_earlier(results, "adapters"),
+                f"Inputs {r['inputs_mib']:.0f} MiB, the largest {r['largest_input_mib']:.1f} MiB; target: peak ≤ 2 GiB "
+                "above the largest input.", "",
+                "| method | output MiB | dipm process | I/O floor | ratio | s per input MiB | dipm peak MiB | "
+                "peak above the largest input MiB |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| `{name}` | {m['output_mib']:.0f} | {m['dipm_process_s']:.3g} s | {m['floor_process_s']:.3g} s | "
+                f"{m['ratio_to_floor']:.2f}× | {m['s_per_input_mib']:.3g} | {m['dipm_peak_mib']:.0f} | "
+                f"{m['peak_above_largest_input_mib']:.0f} |" for name, m in r["methods"].items()]
+        out += ["", f"The `svd` merge of all {r['adapters']}, per module in process: {r['svd_ms_per_module']:.3g} ms.", ""]
     return "\n".join(out) + "\n"
 
 
@@ -184,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "scale.json").exists():
+        previous = json.loads((args.out / "scale.json").read_text())
+        results.setdefault("earlier", {}).update(previous.get("earlier", {}))
+        for section in SECTIONS:
+            if section in previous and section not in results:
+                results[section] = previous[section]
+                results["earlier"].setdefault(section, {"machine": previous["machine"], "command": previous["command"]})
+        for section in args.sections:  # measured now
+            results["earlier"].pop(section, None)
     (args.out / "scale.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)
     (args.out / "scale.md").write_text(text)

@@ -199,11 +199,14 @@ class Suite:
         return {"import_torch_s": torch_run.seconds, "import_torch_peak_mib": torch_run.peak_mb,
                 "dipm_help_s": dipm_run.seconds, "dipm_help_peak_mib": dipm_run.peak_mb}
 
-    def _recipe_vs_floor(self, recipe: str, inputs: dict[str, Path], repeats: int) -> dict[str, Any]:
+    def _recipe_vs_floor(self, recipe: str, inputs: dict[str, Path], repeats: int,
+                         expr: str | None = None) -> dict[str, Any]:
+        """`recipe` (or any dipm expression `expr`, named `recipe`) as a whole process against the I/O floor."""
         s = self.s
         s.log(f"[recipes] {recipe} on {len(inputs)} adapters")
         out = self.work / "out" / f"recipe_{recipe}"
-        script = write_script(self.work / f"recipe_{recipe}.dipm", inputs, recipe_expr(recipe, list(inputs)), out)
+        expr = expr or recipe_expr(recipe, list(inputs))
+        script = write_script(self.work / f"recipe_{recipe}.dipm", inputs, expr, out)
         best, times = repeat_process(self._dipm_run(script), repeats, before=lambda: shutil.rmtree(out, True))
         dry = run_process(self._dipm_run(script, "--dry-run"))
         floor_out = self.work / "out" / f"floor_{recipe}"

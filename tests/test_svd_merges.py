@@ -184,7 +184,17 @@ def test_knots_ties_density_per_module() -> None:
         assert relative(batched[g].dense(), ref_knots(dense(pair[g]), [1.0, 1.0], "ties", float(density[g]))) < TIGHT
 
 
-def test_knots_ties_chunking_gives_identical_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as dipm's executor runs kernels (backend/parallel.py): these tests make
+    thousands of tiny GEMMs, which on a busy 2-core machine cost 10× more with two threads."""
+    from dipm_lang.backend.parallel import single_threaded_kernels
+
+    with single_threaded_kernels():
+        yield
+
+
+def test_knots_ties_chunking_gives_identical_bits(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
     monkeypatch.setattr(sm, "TILE_ENTRIES", 4096)  # tiles of 512 columns, to keep the matrices small
     tile = sm.tile_columns(9)  # k = 9: the concatenation's rank
     assert tile == 512
@@ -196,6 +206,39 @@ def test_knots_ties_chunking_gives_identical_bits(monkeypatch: pytest.MonkeyPatc
         part = sm.knots(xs, w, "ties", 0.3, chunk_columns=chunk)
         assert torch.equal(part.A, whole.A) and torch.equal(part.B, whole.B), chunk
     assert relative(whole.dense(), ref_knots(dense(xs), w, "ties", 0.3)) < TIGHT
+
+
+def test_knots_ties_row_chunks_give_identical_bits(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """Many inputs: the pieces' stack is cut into whole row blocks of Z to stay within chunk_bytes
+    (here blocks of 8 rows, so k = 18 has a ragged last block); every cut gives the bits of all rows
+    and columns at once, and the result is KnOTS-TIES' (dense float64 reference)."""
+    monkeypatch.setattr(sm, "TILE_ENTRIES", 4096)
+    monkeypatch.setattr(sm, "Z_ROWS", 8)
+    spectra = [[3.0, 1.0, 0.2], [2.0, 0.9, 0.5], [1.0, 0.5, 0.4], [2.5, 0.3, 0.1], [1.2, 1.1, 0.7], [0.8, 0.6, 0.3]]
+    n = 700  # k = 18: tiles of 512 columns, the last ragged
+    xs = [update(30, n, spectrum, seed=10 + i) for i, spectrum in enumerate(spectra)]
+    w = [1.0, -0.3, 0.8, 0.5, 1.5, -1.0]
+    whole = sm.knots(xs, w, "ties", 0.3, chunk_columns=None, chunk_bytes=None)
+    assert whole.rank == 18 and sm.z_block_rows(18) == 8
+    for chunk_columns, chunk_bytes in ((None, 1), (1, 1), (512, 6 * 16 * 512 * 8)):
+        part = sm.knots(xs, w, "ties", 0.3, chunk_columns=chunk_columns, chunk_bytes=chunk_bytes)
+        assert torch.equal(part.A, whole.A) and torch.equal(part.B, whole.B), (chunk_columns, chunk_bytes)
+    assert relative(whole.dense(), ref_knots(dense(xs), w, "ties", 0.3)) < TIGHT
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        sm.knots(xs, w, "ties", 0.3, chunk_bytes=0)
+
+
+def test_knots_ties_row_blocks_keep_the_bits_of_one_gemm(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """Z computed in aligned blocks of Z_ROWS rows has the bits of one k-row GEMM per tile (what
+    KnOTS-TIES computed before row blocks), so bounding a 50-input merge's memory changed no result.
+    k = 150 here: two full 64-row blocks and a ragged one."""
+    xs = [update(200, 700, [3.0, 1.0 + 0.1 * i, 0.5, 0.2, 0.1], seed=40 + i, dtype=torch.float32) for i in range(30)]
+    w = [0.5 + 0.05 * i for i in range(30)]
+    blocked = sm.knots(xs, w, "ties", 0.4)
+    assert blocked.rank == 150 and sm.z_block_rows(150) == 64
+    monkeypatch.setattr(sm, "Z_ROWS", 1 << 30)
+    one_gemm = sm.knots(xs, w, "ties", 0.4, chunk_bytes=None)
+    assert torch.equal(blocked.A, one_gemm.A) and torch.equal(blocked.B, one_gemm.B)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 10])

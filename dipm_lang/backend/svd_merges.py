@@ -29,7 +29,8 @@ from torch import Tensor
 from dipm_lang.backend.factored_svd import F64, RTOL, compact_svd, polar, svd_from_core
 from dipm_lang.backend.lowrank import LowRank
 
-__all__ = ["iso", "knots", "tsv", "align", "KNOTS_METHODS", "TILE_ENTRIES", "tile_columns"]
+__all__ = ["iso", "knots", "tsv", "align", "KNOTS_METHODS", "TILE_ENTRIES", "Z_ROWS", "CHUNK_BYTES", "tile_columns",
+           "z_block_rows"]
 
 KNOTS_METHODS = ("ties", "linear")
 
@@ -38,6 +39,19 @@ TILE_ENTRIES = 1 << 20
 width depending only on the module's own rank k), always the same tiles, so every entry has the
 same bits whether the merge runs chunked or not: a pruning cut compares entries with one of them,
 and an entry one ulp off could fall to the other side."""
+
+
+Z_ROWS = 64
+"""KnOTS-TIES computes Zᵢ in GEMMs of at most this many rows (blocks from row 0, so each block starts
+64-row, 64-byte aligned), always the same blocks for a given k, so a merge may hold a few row blocks of
+every input instead of all k rows. (With MKL, float64 GEMMs over such aligned row blocks gave the bits
+of one k-row GEMM in every case tried — 450 random shapes, ranks 1–300; unaligned or 1–7-row slices
+did not.)"""
+
+CHUNK_BYTES = 64 * 2**20
+"""Bytes of the stack of all inputs' Z pieces KnOTS-TIES works on at once (whole row blocks, at least
+one): 50 inputs of k = 800 in tiles of 1536 columns give pieces of 64 rows (39 MB), where whole
+tiles (all 800 rows) held 490 MB, and the pruning and election about twice that."""
 
 
 def tile_columns(k: int) -> int:
@@ -121,7 +135,8 @@ def iso(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None) -> LowRa
 
 
 def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method: str = "ties",
-          density: Weight | None = None, chunk_columns: int | None = 1024) -> LowRank:
+          density: Weight | None = None, chunk_columns: int | None = 1024,
+          chunk_bytes: int | None = CHUNK_BYTES) -> LowRank:
     """KnOTS: merge the inputs in the shared basis U of the compact SVD [X1 … Xn] = U Σ Vᵀ (SPEC §7.9).
 
     Zᵢ = (Σ Vᵀ)'s i-th column block = Uᵀ Xᵢ (k×n). `linear`: merged = Σ wᵢ Zᵢ. `ties` (`density`
@@ -134,9 +149,11 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
 
     Returns B = U [..., m, k] and A = merged [..., k, n] (k ≤ Σ ranks). TIES runs module by module
     and processes Zᵢ in column chunks of `chunk_columns` (rounded up to whole tiles, see
-    `tile_columns`; None: all columns at once). Peak memory: about 2·k·n·8 bytes (one block at a
-    time, for its pruning threshold) plus about 3·len(xs)·k·chunk·8 bytes; for 50 adapters, k = 800
-    and chunks of 1536 columns, about 1.5 GB. The result has the same bits for every chunk size.
+    `tile_columns`; None: all columns at once) and row chunks that keep the stack of all inputs'
+    pieces within `chunk_bytes` (whole blocks of `Z_ROWS` rows; None: all rows at once). Peak
+    memory: about 2·k·n·8 bytes (one block at a time, for its pruning threshold) plus about
+    2·chunk_bytes; for 50 adapters, k = 800 at 11008×4096, about 0.3 GB (whole column tiles held
+    about 1.5 GB). The result has the same bits for every chunk size.
     """
     if method not in KNOTS_METHODS:
         raise ValueError(f"knots: method must be one of {KNOTS_METHODS}, got {method!r}")
@@ -151,6 +168,8 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
             raise ValueError(f"knots: density must be between 0 and 1, got {density}")
     if chunk_columns is not None and chunk_columns < 1:
         raise ValueError(f"knots: chunk_columns must be ≥ 1 or None, got {chunk_columns}")
+    if chunk_bytes is not None and chunk_bytes < 1:
+        raise ValueError(f"knots: chunk_bytes must be ≥ 1 or None, got {chunk_bytes}")
 
     U, S, keep, coefficients = _knots_basis(xs)  # U [..., m, k]; coefficients[i] = Uᵀ Bᵢ [..., k, rᵢ]
     dtype = _out_dtype(xs)
@@ -175,7 +194,7 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
             result = torch.cat([c * wi for c, wi in zip(module_c, flat_w[g])], dim=-1) @ torch.cat(module_a, dim=-2)
         else:
             result = _ties_module(module_c, module_a, flat_w[g], float(density_t.reshape(count)[g]), floors[g, 0],
-                                  chunk_columns)
+                                  chunk_columns, chunk_bytes)
         merged[g, :kg] = result.to(dtype)
     return LowRank(U.to(dtype), merged.reshape(*batch, k, n))
 
@@ -201,40 +220,57 @@ def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, Tensor, list[Te
 
 
 def _ties_module(coefficients: list[Tensor], As: list[Tensor], w: Tensor, density: float, floor: Tensor,
-                 chunk_columns: int | None) -> Tensor:
+                 chunk_columns: int | None, chunk_bytes: int | None = None) -> Tensor:
     """KnOTS-TIES for one module: Zᵢ = coefficients[i] @ As[i] (k×n), pruned, elected, merged.
 
     Entries |z| ≤ floor (= 1e-10·σ₁, SPEC §7's zero rule applied to Z) are exact zeros: Zᵢ is
     exactly zero where Xᵢ has no component (a zero input; inputs on disjoint subspaces), but
     computed it carries ~1e-16·σ₁ of rounding, and TIES counts every nonzero agreeing entry in
     its denominator — noise would halve real entries.
+
+    TIES is entry-wise once each block's cut is known, so the merge runs over pieces of whole Z
+    blocks (`z_block_rows` × `tile_columns`): columns in chunks of `chunk_columns` (whole tiles) and
+    rows in as many whole blocks as keep the pieces' stack of all inputs within `chunk_bytes`.
     """
     k, n = coefficients[0].shape[0], As[0].shape[-1]
-    tile = tile_columns(k)
+    tile, block = tile_columns(k), z_block_rows(k)
     thresholds = torch.stack([_prune_threshold(c, a, density, floor, tile) for c, a in zip(coefficients, As)])
     columns = n if chunk_columns is None else chunk_columns
     chunk = max(1, -(-columns // tile)) * tile  # whole tiles
+    rows = k
+    if chunk_bytes is not None:  # whole row blocks, at least one
+        rows = block * max(1, chunk_bytes // max(1, len(As) * block * min(chunk, n) * 8))
     out = torch.empty(k, n, dtype=F64, device=As[0].device)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        pruned = torch.stack([_z_columns(c, a, start, stop, floor, tile) for c, a in zip(coefficients, As)])
-        pruned.masked_fill_(pruned.abs() < thresholds[:, None, None], 0.0)  # [N, k, c]
-        elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(F64)  # a zero sum elects +
-        agree = pruned.sign() == elected
-        count = agree.sum(0).clamp(min=1).to(F64)
-        weighted = pruned.mul_(w[:, None, None]).mul_(agree).sum(0)
-        out[:, start:stop] = weighted / count
-        del pruned, agree
+        for top in range(0, k, rows):
+            bottom = min(k, top + rows)
+            pruned = torch.stack([_z_piece(c, a, top, bottom, start, stop, floor, tile, block)
+                                  for c, a in zip(coefficients, As)])
+            pruned.masked_fill_(pruned.abs() < thresholds[:, None, None], 0.0)  # [N, rows, c]
+            elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(F64)  # a zero sum elects +
+            agree = pruned.sign() == elected
+            count = agree.sum(0).clamp(min=1).to(F64)
+            weighted = pruned.mul_(w[:, None, None]).mul_(agree).sum(0)
+            out[top:bottom, start:stop] = weighted / count
+            del pruned, agree
     return out
 
 
-def _z_columns(coefficient: Tensor, A: Tensor, start: int, stop: int, floor: Tensor, tile: int) -> Tensor:
-    """Columns start:stop (tile-aligned) of Z = coefficient @ A, always computed tile by tile (see
-    TILE_ENTRIES), entries |z| ≤ floor set to zero."""
-    if stop - start <= tile:
-        z = coefficient @ A[:, start:stop]
-    else:
-        z = torch.cat([coefficient @ A[:, s:min(stop, s + tile)] for s in range(start, stop, tile)], dim=-1)
+def z_block_rows(k: int) -> int:
+    """Rows of the GEMM blocks Z is computed in: Z_ROWS from row 0 (all k rows when k ≤ Z_ROWS)."""
+    return min(max(k, 1), Z_ROWS)
+
+
+def _z_piece(coefficient: Tensor, A: Tensor, top: int, bottom: int, start: int, stop: int, floor: Tensor,
+             tile: int, block: int) -> Tensor:
+    """Rows top:bottom (block-aligned) and columns start:stop (tile-aligned) of Z = coefficient @ A,
+    always computed block by block and tile by tile (see TILE_ENTRIES, Z_ROWS), entries |z| ≤ floor
+    set to zero."""
+    pieces = [[coefficient[r:min(bottom, r + block)] @ A[:, s:min(stop, s + tile)] for s in range(start, stop, tile)]
+              for r in range(top, bottom, block)]
+    rows = [p[0] if len(p) == 1 else torch.cat(p, dim=-1) for p in pieces]
+    z = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return z.masked_fill_(z.abs() <= floor, 0.0)
 
 
@@ -251,8 +287,9 @@ def _prune_threshold(coefficient: Tensor, A: Tensor, density: float, floor: Tens
         return torch.zeros((), dtype=F64, device=A.device)
     if count == 0:
         return torch.full((), torch.inf, dtype=F64, device=A.device)
-    # The same tiles as the merge pass (multiples of `tile` from column 0).
-    magnitudes = torch.cat([_z_columns(coefficient, A, s, min(n, s + tile), floor, tile).abs().reshape(-1)
+    # The same blocks as the merge pass (multiples of `tile` from column 0, of z_block_rows from row 0).
+    block = z_block_rows(k)
+    magnitudes = torch.cat([_z_piece(coefficient, A, 0, k, s, min(n, s + tile), floor, tile, block).abs_().reshape(-1)
                             for s in range(0, n, tile)])
     return magnitudes.kthvalue(size - count + 1).values
 
