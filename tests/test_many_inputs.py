@@ -94,3 +94,4 @@ def test_default_bound_puts_fifty_adapters_of_a_7b_module_in_batches_of_one() ->
     per_module = 16 * (4096 + 4096) * 4
     assert 50 * per_module > scheduling.MAX_INPUTS_BATCH_BYTES
     assert scheduling.MAX_INPUTS_BATCH_BYTES // (2 * per_module) >= scheduling.MAX_BATCH_BYTES // per_module
+
