@@ -197,15 +197,36 @@ def test_scale_quick(tmp_path: Path) -> None:
     seventy = results["70b"]
     assert {k: (v["m"], v["n"]) for k, v in seventy["per_module"].items()}["k_proj"] == (32, 128)  # GQA rows
     assert len(seventy["per_module"]) == 7 and all(v["transfer_ms"] > 0 for v in seventy["per_module"].values())
-    for row in (seventy, results["rank"]["whole_process"], results["adapters"]):
+    many = results["adapters"]
+    for row in (seventy, results["rank"]["whole_process"], *many["methods"].values()):
         assert row["ratio_to_floor"] == pytest.approx(row["dipm_process_s"] / row["floor_process_s"])
         assert row["dipm_peak_mib"] > 0 and row["inputs_mib"] > 0 and row["output_mib"] > 0
     rank = results["rank"]
     assert all(rank[k] > 0 for k in ("dense_product_ms", "transfer_ms", "detox_ms", "multitask_ms", "svd_ms"))
-    many = results["adapters"]
-    assert many["adapters"] == 4 and many["inputs"] == 4
-    assert many["peak_above_largest_input_mib"] == pytest.approx(many["dipm_peak_mib"] - many["largest_input_mib"])
+    assert many["adapters"] == 4 and list(many["methods"]) == ["multitask", "knots", "tsv", "iso", "ties_svd"]
+    for method, row in many["methods"].items():
+        assert row["inputs"] == 4 and row["inputs_mib"] == pytest.approx(many["inputs_mib"]), method
+        assert row["peak_above_largest_input_mib"] == pytest.approx(row["dipm_peak_mib"] - many["largest_input_mib"])
+        assert row["s_per_input_mib"] == pytest.approx(row["dipm_process_s"] / row["inputs_mib"])
+    # the outputs' ranks: knots and iso keep the concatenation's rank (4 × 16), tsv 4 × max(1, 16 // 4),
+    # ties_svd its rank=16 — so the outputs' sizes are in that ratio
+    sizes = {method: row["output_mib"] for method, row in many["methods"].items()}
+    assert sizes["knots"] == pytest.approx(sizes["iso"]) and sizes["knots"] == pytest.approx(4 * sizes["ties_svd"], rel=0.05)
+    assert sizes["tsv"] == pytest.approx(sizes["ties_svd"], rel=0.05)
     assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]  # tmp-scale removed
+    text = (out / "scale.md").read_text()
+    assert all(f"| `{method}` |" in text for method in many["methods"])
+
+    # --merge: re-measure one section, keep the others (and say when they were measured)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--quick", "--sections", "adapters",
+                           "--methods", "tsv", "--merge", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    merged = json.loads((out / "scale.json").read_text())
+    assert merged["70b"] == seventy and merged["rank"] == rank and list(merged["adapters"]["methods"]) == ["tsv"]
+    assert set(merged["earlier"]) == {"70b", "rank"} and "adapters" not in merged["earlier"]
+    text = (out / "scale.md").read_text()
+    assert text.count("Measured in an earlier run") == 2 and "## 70B shapes" in text and "| `tsv` |" in text
 
 
 @pytest.mark.slow
