@@ -108,6 +108,17 @@ PARAM_SYMBOL = {"t": "t", "lam": "λ", "alpha": "α"}
 # ---- table.md -----------------------------------------------------------------------------
 
 
+def environment_line(settings: dict[str, Any]) -> str:
+    """The versions and thread count the numbers were computed with (bit-for-bit reproducible only
+    with all of them the same; RESULTS.md says what changes otherwise)."""
+    env = settings.get("environment", {})
+    names = ("python", "torch", "transformers", "peft", "numpy", "dipm_lang")
+    versions = ", ".join(f"{name} {env[name]}" for name in names if name in env)
+    return (f"Computed with {versions}; {settings['threads']} torch thread{'s' if settings['threads'] != 1 else ''}"
+            f" on {env.get('arch', 'an unknown architecture')}.")
+
+
+
 def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     summary = summarize(rows)
     seeds = summary["seeds"]
@@ -119,6 +130,8 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         f"`{settings['encoding']}`; H, T, C {'share' if settings['shared_init'] else 'do not share'} the initial "
         f"`A`; {settings['eval_prompts_per_set']} evaluation prompts per set. Mean ± sd over {n} seed"
         f"{'s' if n != 1 else ''}.",
+        "",
+        environment_line(settings),
         "",
         "## Reference models",
         "",
@@ -197,7 +210,9 @@ def plot(rows: list[dict[str, Any]], settings: dict[str, Any], path: Path) -> No
     panels = (("detox", "helpful_skill", "Detox: helpful skill kept"),
               ("detox", "general_skill", "Detox: general skill kept"),
               ("transfer", "helpful_skill", "Transfer: helpful skill kept"))
-    colors = dict(zip([m.name for m in METHODS], ["C3", "C0", "C2", "C7", "C3", "C0", "C1", "C1"]))
+    colors = {"dipm_detox": "C3", "task_arithmetic": "C0", "ta_keep_mag": "C2", "shrink": "C7", "dipm_transfer": "C3",
+              "ta_transfer": "C0", "dipm_detox_b": "C1", "dipm_transfer_b": "C1", "dora_ta_keep_mag": "C4",
+              "dora_dipm_detox": "C5"}
     for ax, (family, metric, title) in zip(axes, panels):
         for method in METHODS:
             if method.family != family:
