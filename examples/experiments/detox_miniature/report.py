@@ -124,8 +124,6 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     seeds = summary["seeds"]
     n = len(seeds)
     lines = [
-        "# Detox miniature — results",
-        "",
         f"Preset `{settings['preset']}`, seeds {', '.join(map(str, seeds))}; unwanted behaviour encoded as "
         f"`{settings['encoding']}`; H, T, C {'share' if settings['shared_init'] else 'do not share'} the initial "
         f"`A`; {settings['eval_prompts_per_set']} evaluation prompts per set. Mean ± sd over {n} seed"
@@ -133,7 +131,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "",
         environment_line(settings),
         "",
-        "## Reference models",
+        "### Reference models",
         "",
         "| model | unwanted rate ↓ | leak rate | helpful skill ↑ | general skill ↑ | general NLL ↓ | triggered exact ↑ |",
         "|---|---|---|---|---|---|---|",
@@ -151,7 +149,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         ("detox", "Detox: remove the behaviour from H", f"unwanted rate ≤ {DETOX_TARGET:.0%}", "removed"),
         ("transfer", "Transfer: add the behaviour to C", f"unwanted rate ≥ {TRANSFER_TARGET:.0%}", "acquired"),
     ):
-        lines += ["", f"## {title}", "",
+        lines += ["", f"### {title}", "",
                   f"Pareto area = area under the front of (behaviour {xlabel}, helpful skill); at the crossing = "
                   f"the first sweep point with {target}.", "",
                   "| method | expression | Pareto area ↑ | seeds reaching | helpful skill there | general skill there "
@@ -165,7 +163,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                          f"{fmt(s['general_at_crossing'])} | {PARAM_SYMBOL[method.param]} = "
                          f"{fmt(s['value_at_crossing'], 2)} |")
 
-    lines += ["", "## Per seed", "",
+    lines += ["", "### Per seed", "",
               "| method | " + " | ".join(f"seed {s}: area · helpful skill at crossing (parameter)" for s in seeds) + " |",
               "|---|" + "---|" * n]
     for method in METHODS:
@@ -178,7 +176,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             cells.append(f"{s['area']:.3f} · {there}")
         lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Sweeps (mean over seeds)", "",
+    lines += ["", "<details><summary>Every sweep point (mean over seeds)</summary>", "",
               "| method | parameter | unwanted rate | leak rate | helpful skill | general skill | general NLL "
               "| triggered exact |", "|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
@@ -189,6 +187,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         for value in sorted(grouped):
             cells = [f"{statistics.fmean(r[m] for r in grouped[value]):.3f}" for m in TABLE_METRICS]
             lines.append(f"| {method.label} | {PARAM_SYMBOL[method.param]} = {value:g} | " + " | ".join(cells) + " |")
+    lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
