@@ -108,6 +108,7 @@ def _unit_rows(w: torch.Tensor) -> torch.Tensor:
     return w / w.norm(dim=1, keepdim=True)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft on transformers 5
 @pytest.mark.parametrize("method, value", [("dora_ta_keep_mag", 1.5), ("dora_dipm_detox", 0.4)])
 def test_weight_level_dora_adapter(detox_smoke, tmp_path, method, value):
     """The weight-level readings as the experiment computes them (dipm script, base folder, DoRA
