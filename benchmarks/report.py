@@ -96,6 +96,11 @@ def markdown(results: dict[str, Any]) -> str:
                  f"{m['date']}; load average {m['loadavg_start']:.2f} at the start, "
                  f"{m['loadavg_end']:.2f} at the end.")
     lines += ["", f"Command: `{m['command']}`", ""]
+    for name, run in (results.get("section_runs") or {}).items():
+        if run["date"] != m["date"]:
+            lines += [f"Section `{name}` re-measured {run['date']} (load average {run['loadavg_start']:.2f} → "
+                      f"{run['loadavg_end']:.2f}; peft {run['peft']}, transformers {run['transformers']}): "
+                      f"`{run['command']}`.", ""]
     lines.append(f"Adapters: {s['shapes']} (hidden {s['hidden']}, FFN {s['ffn']}), all seven projections, "
                  f"r={s['rank']}, lora_alpha={2 * s['rank']}, no rsLoRA, {s['dtype']} files, built by "
                  "`benchmarks/adapters.py` (decaying spectra, correlated pairs). Whole-process times are wall "
