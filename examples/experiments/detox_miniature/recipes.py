@@ -140,10 +140,11 @@ class Evaluator:
             magnitudes = getattr(module, "lora_magnitude_vector", None)
             if magnitudes is None or adapter_name not in magnitudes:
                 continue
-            W0 = module.get_base_layer().weight.double()
-            kept = W0 + module.scaling[keeps] * (module.lora_B[keeps].weight.double() @ module.lora_A[keeps].weight.double())
+            W0 = module.get_base_layer().weight.detach().double()
+            B, A = module.lora_B[keeps].weight.detach().double(), module.lora_A[keeps].weight.detach().double()
+            kept = W0 + module.scaling[keeps] * (B @ A)
             norms = kept.norm(dim=1)
-            m = magnitudes[adapter_name].weight.double().reshape(-1)
+            m = magnitudes[adapter_name].weight.detach().double().reshape(-1)
             worst = max(worst, float((m - norms).abs().max() / norms.max()))
             seen += 1
         if not seen:
