@@ -4,7 +4,8 @@ Each method's expression is compiled once (`dipm_lang.compile`, its parameter a 
 the in-memory adapters H, T, C, and every configuration is a call of it (`program(t=0.3)`) —
 no source text is formatted per value; the value is added to the PEFT model with
 `dipm_lang.add_to_peft_model`. The weight-level methods (`base()`, SPEC §7.8) are scripts run with
-the base model's folder: their value is a weight, written as a DoRA adapter and loaded by PEFT. `timings.json` records the measured cost of compiling and calls.
+the base model's folder: their value is a weight, written as a DoRA adapter and loaded by PEFT.
+`timings.json` records the measured cost of compiling and calls.
 """
 
 from __future__ import annotations

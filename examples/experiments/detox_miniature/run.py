@@ -142,6 +142,7 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
         for name in ("base", "H", "T", "C"):
             rows.append({"seed": seed, "family": "reference", "method": name, "param": None, "value": None,
                          "expr": name if name != "base" else "", **measure(None if name == "base" else name)})
+
         def drop_recipe() -> None:
             model.set_adapter("H")  # deleting the active adapter would warn
             model.delete_adapter("recipe")
