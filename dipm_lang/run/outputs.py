@@ -229,8 +229,9 @@ def extraction_notes(the_plan: Plan) -> list[str]:
 
 
 def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any) -> StagedOutput:
-    """Stage `bake(x, "OUT")`: W0 + ΔW of the modules whose update is not exactly zero, as a model
-    folder with the base's layout (`io/bake_output.py`)."""
+    """Stage `bake(x, "OUT")`: W0 + ΔW of the modules whose update is not exactly zero, and the whole
+    tensors (SPEC §7.4) the value carries in place of the base's, as a model folder with the base's
+    layout (`io/bake_output.py`)."""
     from dipm_lang.backend.dora import DoraForm
     from dipm_lang.io.bake_output import bake_dtype, stage_bake
 
@@ -244,6 +245,7 @@ def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any
     kinds = {name: the_plan.kind(name) for name, value in modules.items() if changed(value)}
     staged, _ = stage_bake(node.attr("path"), the_plan.base, lambda names: [modules.pop(n) for n in names],
                            modules=kinds, dtype=bake_dtype(node.attr("dtype")), force=options.force,
+                           replacements=the_plan.full.get(id(node), ()),
                            inputs=[Path(p) for p in (info.path for info in the_plan.inputs.values()
                                                      if info.on_disk)])
     return staged
