@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `examples` is a package at the repository root, not installed
@@ -26,7 +27,9 @@ from examples.experiments.detox_miniature.report import front_area, pareto_front
 from background import DetoxSmoke  # noqa: E402
 
 OUTPUTS = ("rows.json", "table.md", "pareto.png", "timings.json")
-DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink", "dipm_detox_b")
+DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink", "dipm_detox_b", "dora_ta_keep_mag",
+                "dora_dipm_detox")
+WEIGHT_LEVEL = ("dora_ta_keep_mag", "dora_dipm_detox")
 TRANSFER_SWEEPS = ("dipm_transfer", "ta_transfer", "dipm_transfer_b")
 
 
@@ -79,7 +82,7 @@ def test_zero_parameter_rows_equal_the_input(detox_smoke):
 def test_dipm_keeps_row_norms(detox_smoke):
     out, _, data = detox_smoke
     checked = [r for r in data["rows"] if "row_norm_rel_err" in r]
-    assert {r["method"] for r in checked} >= {"dipm_detox", "dipm_transfer"}
+    assert {r["method"] for r in checked} >= {"dipm_detox", "dipm_transfer", *WEIGHT_LEVEL}
     assert max(r["row_norm_rel_err"] for r in checked) < 1e-5
     # and independently, from the saved PEFT adapter folders
     import dipm_lang
@@ -91,6 +94,71 @@ def test_dipm_keeps_row_norms(detox_smoke):
         norms = dipm_lang.evaluate("mag(H)", H=H)
         for name, value in norms.items():
             assert float((kept[name] - value).abs().max()) <= 1e-5 * float(value.max()), name
+
+
+def _slerp_rows(d: torch.Tensor, e: torch.Tensor, t: float) -> torch.Tensor:
+    """SPEC §3's shift, row by row, in float64 (no row here is zero or (anti)parallel)."""
+    cos = (d * e).sum(1, keepdim=True).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    assert float(torch.sin(theta).min()) > 1e-6
+    return (torch.sin((1 - t) * theta) * d + torch.sin(t * theta) * e) / torch.sin(theta)
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / w.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft on transformers 5
+@pytest.mark.parametrize("method, value", [("dora_ta_keep_mag", 1.5), ("dora_dipm_detox", 0.4)])
+def test_weight_level_dora_adapter(detox_smoke, tmp_path, method, value):
+    """The weight-level readings as the experiment computes them (dipm script, base folder, DoRA
+    adapter) equal an independent float64 computation from the saved PEFT adapters' tensors and the
+    base model's, once PEFT has loaded and merged the adapter; its rows keep ‖W0 + H‖."""
+    import json as json_
+    import transformers
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    import dipm_lang
+    from examples.experiments.detox_miniature.recipes import METHODS
+
+    out, cache, _ = detox_smoke
+    base_dir = next(p for p in cache.glob("base-seed0-*") if p.is_dir())
+    folders = out / "adapters" / "seed0"
+    recipe = next(m for m in METHODS if m.name == method)
+    script = f'save({recipe.expression}, "out")'
+    program = dipm_lang.compile(script, file=str(tmp_path / "recipe.dipm"),
+                                inputs={name: str(folders / name) for name in recipe.inputs})
+    program.run(base=base_dir, **{recipe.param: value})
+    config = json_.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+
+    base = transformers.LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(tmp_path / "out")).merge_and_unload().state_dict()
+
+    W0 = {k: v.double() for k, v in load_file(str(base_dir / "model.safetensors")).items()}
+
+    def delta(name: str) -> dict[str, torch.Tensor]:
+        tensors = load_file(str(folders / name / "adapter_model.safetensors"))
+        cfg = json_.loads((folders / name / "adapter_config.json").read_text())
+        scale = cfg["lora_alpha"] / cfg["r"]
+        return {key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight"):
+                scale * tensors[key.replace("lora_A", "lora_B")].double() @ tensors[key].double()
+                for key in tensors if key.endswith("lora_A.weight")}
+
+    H, T = delta("H"), delta("T")
+    assert len(H) == 14
+    for key in H:
+        kept = (W0[key] + H[key]).norm(dim=1, keepdim=True)
+        if method == "dora_ta_keep_mag":
+            direction = _unit_rows(W0[key] + H[key] - value * T[key])
+        else:
+            direction = _slerp_rows(_unit_rows(W0[key] + H[key]), _unit_rows(W0[key] - T[key]), value)
+        expected = kept * direction
+        got = merged[key].double()
+        assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max()), key
+        assert float((got.norm(dim=1, keepdim=True) - kept).abs().max()) <= 1e-5 * float(kept.max()), key
+        assert float((got - (W0[key] + H[key])).abs().max()) > 1e-3 * float(expected.abs().max()), key  # it moved
 
 
 def test_H_has_the_behaviour_and_the_skill(detox_smoke):

@@ -69,6 +69,20 @@ def machine() -> dict[str, Any]:
             "transformers": transformers.__version__, "peft": peft.__version__, "platform": platform.platform()}
 
 
+def environment() -> dict[str, str]:
+    """The versions that determine the numbers bit for bit (recorded in rows.json and table.md)."""
+    import numpy
+    import peft
+    import torch
+    import transformers
+
+    import dipm_lang
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "numpy": numpy.__version__,
+            "dipm_lang": dipm_lang.__version__, "arch": platform.machine()}
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (the --jobs workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import plot, summarize, table
 
     report_start = time.perf_counter()
-    settings = {**options.settings(), "seeds": list(seeds)}
+    settings = {**options.settings(), "seeds": list(seeds), "environment": environment()}
     (out / "rows.json").write_text(json.dumps(_round({"settings": settings, "rows": rows}), indent=1,
                                               ensure_ascii=False) + "\n")
     text = table(rows, settings)

@@ -6,7 +6,9 @@ the toy language of `toy.py`. Training is deterministic for a given seed and thr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -129,6 +131,27 @@ def base_model(model: ModelSettings, training: TrainSettings, lengths: tuple[int
     for p in net.parameters():
         p.requires_grad_(False)
     return net, cached
+
+
+def base_folder(net: torch.nn.Module, model: ModelSettings, training: TrainSettings, lengths: tuple[int, int],
+                seed: int, cache: Path) -> Path:
+    """The base model `net` as a model folder (`save_pretrained`), written once per key beside the
+    cache entry: dipm's weight-level recipes read W0 from it (`base()`, SPEC §7.8). Call it before
+    adapters are attached (PEFT renames the weights in place)."""
+    import shutil
+
+    path = cache / f"base-seed{seed}-{base_key(model, training, lengths, seed)}"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache, suffix=".tmp"))
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # its progress bar, not an error
+                net.save_pretrained(str(staging))
+            os.replace(staging, path)  # atomic, as the cache file
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return path
 
 
 # ---- the adapters -------------------------------------------------------------------------

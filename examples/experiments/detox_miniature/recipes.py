@@ -3,7 +3,9 @@
 Each method's expression is compiled once (`dipm_lang.compile`, its parameter a free number) on
 the in-memory adapters H, T, C, and every configuration is a call of it (`program(t=0.3)`) —
 no source text is formatted per value; the value is added to the PEFT model with
-`dipm_lang.add_to_peft_model`. `timings.json` records the measured cost of compiling and calls.
+`dipm_lang.add_to_peft_model`. The weight-level methods (`base()`, SPEC §7.8) are scripts run with
+the base model's folder: their value is a weight, written as a DoRA adapter and loaded by PEFT.
+`timings.json` records the measured cost of compiling and calls.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dipm_lang
@@ -37,6 +40,12 @@ class Method:
     def inputs(self) -> tuple[str, ...]:
         return tuple(name for name in ("H", "T", "C") if re.search(rf"\b{name}\b", self.expression))
 
+    @property
+    def weight_level(self) -> bool:
+        """Whether the expression reads the base weights (`base()`, SPEC §7.8): its value is a weight,
+        saved as a DoRA adapter."""
+        return "base()" in self.expression
+
 
 METHODS = (
     Method("dipm_detox", "DiPM detox", "detox", "recombine(shift(dir(H), reverse(dir(T)), t), mag(H))", "t", "H"),
@@ -50,6 +59,13 @@ METHODS = (
     # meaningful here because H, T, C share their initial A (`--no-shared-init` breaks that)
     Method("dipm_detox_b", "DiPM detox on B", "detox", "detox_b(H, T, t)", "t"),
     Method("dipm_transfer_b", "DiPM transfer on B", "transfer", "transfer_b(C, T, t)", "t"),
+    # the weight-level readings (SPEC §7.8): dir/mag of the full weights W0 + x per output row, as DoRA
+    # decouples them; the value is a weight, saved as a DoRA adapter and loaded by PEFT. `keeps` names
+    # the weight whose row norms the result keeps: W0 + H.
+    Method("dora_ta_keep_mag", "DoRA: dir(W0 + H − λ·T), mag(W0 + H)", "detox",
+           "recombine(dir(base() + H - lam * T), mag(base() + H))", "lam", "H"),
+    Method("dora_dipm_detox", "DiPM detox on weights", "detox",
+           "recombine(shift(dir(base() + H), dir(base() - T), t), mag(base() + H))", "t", "H"),
 )
 REFERENCES = ("base", "H", "T", "C")
 
@@ -63,8 +79,10 @@ class Evaluator:
     """Computes recipes with dipm_lang on a PEFT model's adapters (each method compiled once) and
     times every call."""
 
-    def __init__(self, peft_model: Any):
+    def __init__(self, peft_model: Any, base_dir: Path | None = None, work_dir: Path | None = None):
         self.model = peft_model
+        self.base_dir = base_dir  # the base model's folder, for the weight-level methods
+        self.work_dir = work_dir  # where their DoRA adapters are written before PEFT loads them
         self.seconds = 0.0
         self.calls = 0
         self._mags: dict[str, Any] = {}
@@ -94,4 +112,42 @@ class Evaluator:
         for name, norms in self._mags[keeps].items():
             scale = float(norms.abs().max()) or 1.0
             worst = max(worst, float((mine[name] - norms).abs().max()) / scale)
+        return worst
+
+    def add_weight_level(self, method: Method, value: float, adapter_name: str) -> None:
+        """A weight-level configuration as users get one into PEFT: the script `save(EXPR, folder)` run
+        with the base model's folder (`program.run(base=…)`, compiled once per method) writes a DoRA
+        adapter, which `PeftModel.load_adapter` loads as `adapter_name`."""
+        if self.base_dir is None or self.work_dir is None:
+            raise ValueError(f"{method.name} reads the base weights: give the Evaluator base_dir and work_dir")
+        folder = self.work_dir / method.name
+        start = time.perf_counter()
+        program = self._programs.get(method.name)
+        if program is None:
+            script = f'save({method.expression}, "{folder.resolve().as_posix()}")'
+            program = dipm_lang.compile(script, inputs={name: (self.model, name) for name in method.inputs})
+            self._programs[method.name] = program
+        program.run(base=self.base_dir, force=True, **{method.param: value})
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.model.load_adapter(str(folder), adapter_name=adapter_name)
+
+    def weight_row_norm_error(self, adapter_name: str, keeps: str) -> float:
+        """max |m_i − ‖row_i(W0 + keeps)‖| / max ‖row_i(W0 + keeps)‖ over all modules: `m` is the loaded
+        DoRA adapter's magnitude vector (its effective weight's row norms), the reference is computed
+        here in float64 from the PEFT model's own base weights and `keeps`' factors."""
+        worst, seen = 0.0, 0
+        for module in self.model.modules():
+            magnitudes = getattr(module, "lora_magnitude_vector", None)
+            if magnitudes is None or adapter_name not in magnitudes:
+                continue
+            W0 = module.get_base_layer().weight.detach().double()
+            B, A = module.lora_B[keeps].weight.detach().double(), module.lora_A[keeps].weight.detach().double()
+            kept = W0 + module.scaling[keeps] * (B @ A)
+            norms = kept.norm(dim=1)
+            m = magnitudes[adapter_name].weight.detach().double().reshape(-1)
+            worst = max(worst, float((m - norms).abs().max() / norms.max()))
+            seen += 1
+        if not seen:
+            raise ValueError(f"adapter {adapter_name!r} is not a DoRA adapter of this model")
         return worst

@@ -108,19 +108,30 @@ PARAM_SYMBOL = {"t": "t", "lam": "λ", "alpha": "α"}
 # ---- table.md -----------------------------------------------------------------------------
 
 
+def environment_line(settings: dict[str, Any]) -> str:
+    """The versions and thread count the numbers were computed with (bit-for-bit reproducible only
+    with all of them the same; RESULTS.md says what changes otherwise)."""
+    env = settings.get("environment", {})
+    names = ("python", "torch", "transformers", "peft", "numpy", "dipm_lang")
+    versions = ", ".join(f"{name} {env[name]}" for name in names if name in env)
+    return (f"Computed with {versions}; {settings['threads']} torch thread{'s' if settings['threads'] != 1 else ''}"
+            f" on {env.get('arch', 'an unknown architecture')}.")
+
+
+
 def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     summary = summarize(rows)
     seeds = summary["seeds"]
     n = len(seeds)
     lines = [
-        "# Detox miniature — results",
-        "",
         f"Preset `{settings['preset']}`, seeds {', '.join(map(str, seeds))}; unwanted behaviour encoded as "
         f"`{settings['encoding']}`; H, T, C {'share' if settings['shared_init'] else 'do not share'} the initial "
         f"`A`; {settings['eval_prompts_per_set']} evaluation prompts per set. Mean ± sd over {n} seed"
         f"{'s' if n != 1 else ''}.",
         "",
-        "## Reference models",
+        environment_line(settings),
+        "",
+        "### Reference models",
         "",
         "| model | unwanted rate ↓ | leak rate | helpful skill ↑ | general skill ↑ | general NLL ↓ | triggered exact ↑ |",
         "|---|---|---|---|---|---|---|",
@@ -138,7 +149,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         ("detox", "Detox: remove the behaviour from H", f"unwanted rate ≤ {DETOX_TARGET:.0%}", "removed"),
         ("transfer", "Transfer: add the behaviour to C", f"unwanted rate ≥ {TRANSFER_TARGET:.0%}", "acquired"),
     ):
-        lines += ["", f"## {title}", "",
+        lines += ["", f"### {title}", "",
                   f"Pareto area = area under the front of (behaviour {xlabel}, helpful skill); at the crossing = "
                   f"the first sweep point with {target}.", "",
                   "| method | expression | Pareto area ↑ | seeds reaching | helpful skill there | general skill there "
@@ -152,7 +163,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                          f"{fmt(s['general_at_crossing'])} | {PARAM_SYMBOL[method.param]} = "
                          f"{fmt(s['value_at_crossing'], 2)} |")
 
-    lines += ["", "## Per seed", "",
+    lines += ["", "### Per seed", "",
               "| method | " + " | ".join(f"seed {s}: area · helpful skill at crossing (parameter)" for s in seeds) + " |",
               "|---|" + "---|" * n]
     for method in METHODS:
@@ -165,7 +176,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             cells.append(f"{s['area']:.3f} · {there}")
         lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Sweeps (mean over seeds)", "",
+    lines += ["", "<details><summary>Every sweep point (mean over seeds)</summary>", "",
               "| method | parameter | unwanted rate | leak rate | helpful skill | general skill | general NLL "
               "| triggered exact |", "|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
@@ -176,6 +187,7 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         for value in sorted(grouped):
             cells = [f"{statistics.fmean(r[m] for r in grouped[value]):.3f}" for m in TABLE_METRICS]
             lines.append(f"| {method.label} | {PARAM_SYMBOL[method.param]} = {value:g} | " + " | ".join(cells) + " |")
+    lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +209,9 @@ def plot(rows: list[dict[str, Any]], settings: dict[str, Any], path: Path) -> No
     panels = (("detox", "helpful_skill", "Detox: helpful skill kept"),
               ("detox", "general_skill", "Detox: general skill kept"),
               ("transfer", "helpful_skill", "Transfer: helpful skill kept"))
-    colors = dict(zip([m.name for m in METHODS], ["C3", "C0", "C2", "C7", "C3", "C0", "C1", "C1"]))
+    colors = {"dipm_detox": "C3", "task_arithmetic": "C0", "ta_keep_mag": "C2", "shrink": "C7", "dipm_transfer": "C3",
+              "ta_transfer": "C0", "dipm_detox_b": "C1", "dipm_transfer_b": "C1", "dora_ta_keep_mag": "C4",
+              "dora_dipm_detox": "C5"}
     for ax, (family, metric, title) in zip(axes, panels):
         for method in METHODS:
             if method.family != family:

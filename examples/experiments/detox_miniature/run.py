@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from . import metrics, toy
-from .model import ModelSettings, TrainSettings, attach_adapters, base_model, train_adapters
+from .model import ModelSettings, TrainSettings, attach_adapters, base_folder, base_model, train_adapters
 from .recipes import METHODS, Evaluator
 
 
@@ -106,6 +107,7 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         start = time.perf_counter()
         base, cached = base_model(options.model, p.base, p.lengths, seed, options.cache)
+        base_dir = base_folder(base, options.model, p.base, p.lengths, seed, options.cache)
         timings["base_model_s"] = round(time.perf_counter() - start, 3)
         timings["base_model_cached"] = cached
         log(options, f"[seed {seed}] base model {'loaded from cache' if cached else 'trained'} "
@@ -120,7 +122,8 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
             model.save_pretrained(str(options.adapters_dir / f"seed{seed}"))
 
         sets = toy.eval_sets(seed, p.eval_n, *p.lengths, options.encoding)
-        evaluator = Evaluator(model)
+        work = tempfile.TemporaryDirectory(prefix="detox-miniature-")
+        evaluator = Evaluator(model, base_dir, Path(work.name))
         rows: list[dict[str, Any]] = []
         measuring = 0.0
 
@@ -139,12 +142,23 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
         for name in ("base", "H", "T", "C"):
             rows.append({"seed": seed, "family": "reference", "method": name, "param": None, "value": None,
                          "expr": name if name != "base" else "", **measure(None if name == "base" else name)})
+
+        def drop_recipe() -> None:
+            model.set_adapter("H")  # deleting the active adapter would warn
+            model.delete_adapter("recipe")
+
         for method in METHODS:
             for value in p.sweep(method.param):
-                expr = method.expr(value)
-                result = evaluator.value(method, value)
                 row = {"seed": seed, "family": method.family, "method": method.name, "param": method.param,
-                       "value": value, "expr": expr}
+                       "value": value, "expr": method.expr(value)}
+                if method.weight_level:  # a weight, saved as a DoRA adapter that PEFT loads
+                    evaluator.add_weight_level(method, value, "recipe")
+                    row["row_norm_rel_err"] = evaluator.weight_row_norm_error("recipe", method.keeps)
+                    row.update(measure("recipe"))
+                    drop_recipe()
+                    rows.append(row)
+                    continue
+                result = evaluator.value(method, value)
                 if method.keeps:
                     row["row_norm_rel_err"] = evaluator.row_norm_error(result, method.keeps)
                 if is_zero(result):  # e.g. (1 - 1.0) * H: no update at all, i.e. the base model
@@ -152,10 +166,10 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
                 else:
                     dipm_lang.add_to_peft_model(model, result, "recipe")
                     row.update(measure("recipe"))
-                    model.set_adapter("H")  # deleting the active adapter would warn
-                    model.delete_adapter("recipe")
+                    drop_recipe()
                 rows.append(row)
             log(options, f"[seed {seed}] {method.name}: {len(p.sweep(method.param))} configurations")
+        work.cleanup()
         timings["dipm_s"] = round(evaluator.seconds, 3)
         timings["dipm_calls"] = evaluator.calls
         timings["dipm_ms_per_call"] = round(1000 * evaluator.seconds / max(evaluator.calls, 1), 2)
