@@ -13,13 +13,11 @@ import json
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from examples.experiments.detox_miniature.__main__ import _round, cpu_seconds, machine
+from examples.experiments.detox_miniature.__main__ import _round, finish, run_seeds
 
 from .run import PRESETS, Options, run_seed
 
@@ -67,16 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(preset=replace(preset, seeds=seeds), shared_init=args.shared_init, threads=args.threads,
                       cache=(args.cache or out / "cache"), adapters_dir=out / "adapters", quiet=args.quiet)
 
-    rows: list[dict[str, Any]] = []
-    seed_timings: dict[str, Any] = {}
-    if args.jobs > 1 and len(seeds) > 1:
-        with ProcessPoolExecutor(max_workers=min(args.jobs, len(seeds)), mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(run_seed, [options] * len(seeds), seeds))
-    else:
-        results = [run_seed(options, seed) for seed in seeds]
-    for seed, (seed_rows, timing) in zip(seeds, results):
-        rows += seed_rows
-        seed_timings[str(seed)] = timing
+    rows, seed_timings = run_seeds(run_seed, options, seeds, args.jobs)
 
     report_start = time.perf_counter()
     settings = {**options.settings(), "seeds": list(seeds), "versions": versions(args.threads)}
@@ -89,19 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(text)
     plot(data["rows"], data["settings"], out / PLOT)
     (out / "summary.json").write_text(json.dumps(_round(summarize(data["rows"])), indent=1) + "\n")
-    timings = {
-        "command": "python -m examples.experiments.multitask_miniature "
-                   + " ".join(sys.argv[1:] if argv is None else argv),
-        "total_s": round(time.perf_counter() - start, 3),
-        "cpu_s": round(cpu_seconds(), 3),
-        "report_s": round(time.perf_counter() - report_start, 3),
-        "jobs": args.jobs, "threads": args.threads, "seeds": seed_timings, "machine": machine(),
-    }
-    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
-    if not args.quiet:
-        print(text)
-        print(f"wrote {out}/rows.json, table.md, {PLOT}, summary.json, timings.json in {timings['total_s']:.1f} s",
-              file=sys.stderr)
+    finish(out, "multitask_miniature", argv, args, start, report_start, seed_timings, text, PLOT)
     return 0
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from examples.experiments.detox_miniature.model import (ModelSettings, TrainSettings, adapter_params,
-                                                        attach_adapters, base_model, train)
+from examples.experiments.detox_miniature.model import ModelSettings, TrainSettings, adapter_params, train
 from examples.experiments.detox_miniature.recipes import Evaluator
-from examples.experiments.detox_miniature.run import deterministic, is_zero, log
+from examples.experiments.detox_miniature.run import Scorer, adapters_on_base, finish_timings, log, quiet_deterministic
 
 from . import metrics, skills
 from .recipes import DENSITY, METHODS
@@ -80,67 +78,25 @@ def train_adapters(model: Any, seed: int, preset: Preset) -> None:
 
 def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All rows of one seed, and its timings."""
-    import dipm_lang
-
     p = options.preset
     timings: dict[str, Any] = {}
     cpu_start = time.process_time()
-    with deterministic(options.threads), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        start = time.perf_counter()
-        base, cached = base_model(options.model, p.base, p.lengths, seed, options.cache)
-        timings["base_model_s"] = round(time.perf_counter() - start, 3)
-        timings["base_model_cached"] = cached
-        log(options, f"[seed {seed}] base model {'loaded from cache' if cached else 'trained'} "
-                     f"in {timings['base_model_s']:.1f} s")
-
-        start = time.perf_counter()
-        model = attach_adapters(base, seed, options.shared_init, names=skills.ADAPTERS)
-        train_adapters(model, seed, p)
-        timings["adapters_s"] = round(time.perf_counter() - start, 3)
-        log(options, f"[seed {seed}] adapters {', '.join(skills.ADAPTERS)} trained in {timings['adapters_s']:.1f} s")
-        if options.adapters_dir is not None:
-            model.save_pretrained(str(options.adapters_dir / f"seed{seed}"))
+    with quiet_deterministic(options.threads):
+        model = adapters_on_base(options, seed, timings, skills.ADAPTERS, lambda m: train_adapters(m, seed, p))
 
         sets = {split: skills.eval_sets(seed, split, p.eval_n, *p.skill_lengths) for split in skills.SPLITS}
         evaluator = Evaluator(model)
+        measure = Scorer(model, lambda m: metrics.measure(m, sets, p.skill_lengths[1]), idle=skills.ADAPTERS[0])
         rows: list[dict[str, Any]] = []
-        measuring = 0.0
-
-        def measure(adapter: str | None) -> dict[str, dict[str, float]]:
-            nonlocal measuring
-            t0 = time.perf_counter()
-            if adapter is None:
-                with model.disable_adapter():
-                    result = metrics.measure(model, sets, p.skill_lengths[1])
-            else:
-                model.set_adapter(adapter)
-                result = metrics.measure(model, sets, p.skill_lengths[1])
-            measuring += time.perf_counter() - t0
-            return result
-
         for name in ("base", *skills.ADAPTERS):
             rows.append({"seed": seed, "family": "reference", "method": name, "param": None, "value": None,
                          "expr": "" if name == "base" else name, "metrics": measure(None if name == "base" else name)})
         for method in METHODS:
             for value in p.lam_values:
-                result = evaluator.value(method, value)
-                row = {"seed": seed, "family": method.family, "method": method.name, "param": method.param,
-                       "value": value, "expr": method.expr(value)}
-                if is_zero(result):  # λ = 0: no update at all, i.e. the base model
-                    row["metrics"] = measure(None)
-                else:
-                    dipm_lang.add_to_peft_model(model, result, "merged")
-                    row["metrics"] = measure("merged")
-                    model.set_adapter(skills.ADAPTERS[0])  # deleting the active adapter would warn
-                    model.delete_adapter("merged")
-                rows.append(row)
+                rows.append({"seed": seed, "family": method.family, "method": method.name, "param": method.param,
+                             "value": value, "expr": method.expr(value),
+                             "metrics": measure.value(evaluator.value(method, value))})
             log(options, f"[seed {seed}] {method.name}: {len(p.lam_values)} configurations")
         metrics.add_normalized(rows)
-        timings["dipm_s"] = round(evaluator.seconds, 3)
-        timings["dipm_calls"] = evaluator.calls
-        timings["dipm_ms_per_call"] = round(1000 * evaluator.seconds / max(evaluator.calls, 1), 2)
-        timings["metrics_s"] = round(measuring, 3)
-        timings["configurations"] = len(rows)
-        timings["cpu_s"] = round(time.process_time() - cpu_start, 3)
+        finish_timings(timings, evaluator, measure, rows, cpu_start)
     return rows, timings
