@@ -96,6 +96,11 @@ def markdown(results: dict[str, Any]) -> str:
                  f"{m['date']}; load average {m['loadavg_start']:.2f} at the start, "
                  f"{m['loadavg_end']:.2f} at the end.")
     lines += ["", f"Command: `{m['command']}`", ""]
+    for name, run in (results.get("section_runs") or {}).items():
+        if run["date"] != m["date"]:
+            lines += [f"Section `{name}` re-measured {run['date']} (load average {run['loadavg_start']:.2f} → "
+                      f"{run['loadavg_end']:.2f}; peft {run['peft']}, transformers {run['transformers']}): "
+                      f"`{run['command']}`.", ""]
     lines.append(f"Adapters: {s['shapes']} (hidden {s['hidden']}, FFN {s['ffn']}), all seven projections, "
                  f"r={s['rank']}, lora_alpha={2 * s['rank']}, no rsLoRA, {s['dtype']} files, built by "
                  "`benchmarks/adapters.py` (decaying spectra, correlated pairs). Whole-process times are wall "
@@ -159,9 +164,11 @@ def markdown(results: dict[str, Any]) -> str:
                               _mib(r["dipm_peak_mib"])] for r in scaling["layers"]])
             lines.append("")
         if scaling.get("rank"):
-            lines += _table(["rank", "transfer per module", "svd merge per module"],
+            lines += _table(["rank", "transfer per module", "svd merge per module", "dense B·A once"],
                             [[str(r["rank"]), _seconds(r["transfer_ms_per_module"] / 1e3),
-                              _seconds(r["svd_ms_per_module"] / 1e3)] for r in scaling["rank"]])
+                              _seconds(r["svd_ms_per_module"] / 1e3),
+                              _seconds(r["dense_product_ms_per_module"] / 1e3)
+                              if "dense_product_ms_per_module" in r else "—"] for r in scaling["rank"]])
             lines.append("")
         if scaling.get("adapters"):
             lines += _table(["adapters", "multitask per module", "svd merge per module"],
@@ -199,6 +206,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         x = [r["rank"] for r in rows]
         ax.plot(x, [r["transfer_ms_per_module"] for r in rows], "o-", label="transfer")
         ax.plot(x, [r["svd_ms_per_module"] for r in rows], "s-", label="svd merge")
+        dense = [(r["rank"], r["dense_product_ms_per_module"]) for r in rows if "dense_product_ms_per_module" in r]
+        if dense:
+            ax.plot(*zip(*dense), "k:", label="dense B·A once")
         _ticks(ax, x)
         ax.set_yscale("log")
     ax.set(xlabel="LoRA rank", ylabel="ms per module (compute)", title="Rank")

@@ -3,6 +3,7 @@
     python -m benchmarks.run --out benchmarks/results              # the full run (~20-30 min on 2 cores)
     python -m benchmarks.run --quick --out /tmp/bench                # tiny shapes, about a minute
     python -m benchmarks.run --render-only --out benchmarks/results  # redraw from results.json
+    python -m benchmarks.run --skip recipes scaling --update --out benchmarks/results  # re-measure one section
 
 Writes `results.md`, `results.json` and `scaling.png` under `--out`. Adapters and outputs go
 to `--work` (default `<out>/tmp`, removed afterwards unless `--keep`).
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the results go")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default <out>/tmp)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("--update", action="store_true",
+                   help="keep the sections of <out>/results.json that this run skips (each section says when "
+                        "and how it was measured)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: rewrite results.md and scaling.png from <out>/results.json")
     return p.parse_args(argv)
@@ -100,6 +104,21 @@ def machine(command: str, device: str, threads: int | None) -> dict:
     return info
 
 
+SECTIONS = ("peft", "recipes", "scaling")
+SECTION_KEYS = {"peft": ("peft",), "recipes": ("recipes", "io_floor_baseline"), "scaling": ("scaling",)}
+
+
+def merged(previous: dict, run: dict, measured_results: dict, measured: list[str]) -> dict:
+    """`previous` with the sections this run measured replaced; each section keeps the machine line
+    of the run that measured it (`section_runs`), so a table never claims another run's date or load."""
+    runs = previous.get("section_runs") or {name: previous["machine"] for name in SECTIONS}
+    out = {**previous, "section_runs": {**runs, **{name: run["machine"] for name in measured}}}
+    for name in measured:
+        for key in SECTION_KEYS[name]:
+            out[key] = measured_results[key]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
@@ -135,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(settings.work, ignore_errors=True)
-    results.update(suite.results)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["seconds"] = time.perf_counter() - start
+    measured = [name for name in SECTIONS if name not in args.skip]
+    results = merged(json.loads((args.out / "results.json").read_text()), results, suite.results, measured) \
+        if args.update else {**results, **suite.results}
     report.write(results, args.out)
     print(f"wrote {args.out / 'results.md'}, results.json, scaling.png in {results['seconds']:.0f} s", file=sys.stderr)
     print((args.out / "results.md").read_text())

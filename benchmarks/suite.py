@@ -37,8 +37,8 @@ class Settings:
     repeats: int = 3               # whole-process runs of dipm and the floor (fastest); PEFT runs once
     inproc_repeats: int = 5        # in-process timings (best of)
     scaling_layers: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    scaling_ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
-    scaling_adapters: tuple[int, ...] = (2, 4, 8, 16)
+    scaling_ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
+    scaling_adapters: tuple[int, ...] = (2, 4, 8, 16, 32, 50)
     dtype: torch.dtype = torch.float32
     work: Path = Path("benchmarks/results/tmp")
     log: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr, flush=True))
@@ -244,6 +244,9 @@ class Suite:
             xs = [self._random_inputs(i, base_layers, rank) for i in range(2)]
             modules = len(xs[0])
             row = {"rank": rank, "modules": modules,
+                   # what every dense method pays first: the product B·A of one input
+                   "dense_product_ms_per_module": 1e3 * best_of(lambda: [x.B @ x.A for x in xs[0].values()],
+                                                                s.inproc_repeats) / modules,
                    "transfer_ms_per_module": 1e3 * self._inproc(recipe_expr("transfer", ["X0", "X1"]),
                                                                 {"X0": xs[0], "X1": xs[1]}) / modules,
                    "svd_ms_per_module": 1e3 * self._inproc(method_expr("svd", ["X0", "X1"], s, rank=rank),

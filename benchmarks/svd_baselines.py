@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--also", nargs="*", default=[], metavar="METHOD:MODULE",
                    help="extra points beyond --methods × --modules, e.g. ties_svd:up_proj")
     p.add_argument("--no-exact", action="store_true", help="skip dipm's exact=true run (a full SVD per point)")
+    p.add_argument("--update", action="store_true",
+                   help="re-measure these points in <out>/svd_baselines.json and keep its other rows (each row "
+                        "records when it was measured and the load then)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return p.parse_args(argv)
 
@@ -190,6 +193,8 @@ def render(results: dict) -> str:
                  else "— | —")
         lines.append(f"| `{r['method']}` | {r['module']} {r['m']}×{r['n']} | {r['dipm_s']:.3g} s | "
                      f"{r['peft_s']:.3g} s | {r['speedup_vs_peft']:.1f}× | {exact} | {r['error_ratio']:.5f} | {r['optimal_error']:.3e} | {diff} |")
+    for command in results.get("updates", []):
+        lines += ["", f"Points re-measured by `{command}` (each row's date and load are in svd_baselines.json)."]
     lines += ["", "## Targets", "", "| target | measured | goal | result |", "|---|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {t['goal']} | **{t['result']}** |")
@@ -217,9 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     dims = {"q_proj": (shapes.hidden, shapes.hidden), "up_proj": (shapes.ffn, shapes.hidden)}
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    command = "python -m benchmarks.svd_baselines " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"machine": machine(args.threads), "shapes": shapes.name, "rank": args.rank, "repeats": repeats,
-               "command": "python -m benchmarks.svd_baselines " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "rows": []}
+               "command": command, "rows": []}
+    if args.update:  # the earlier run's header and rows; measured points replace theirs
+        results = json.loads((args.out / "svd_baselines.json").read_text())
+        results.setdefault("updates", []).append(command)
     _warm_up(args.rank)
     points = [(method, proj) for method in args.methods for proj in args.modules]
     points += [tuple(p.split(":")) for p in args.also if tuple(p.split(":")) not in points]
@@ -227,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     for method, proj in points:
         m, n = dims[proj]
         log(f"[svd_baselines] {method} {proj} {m}×{n}")
-        results["rows"].append(measure(method, proj, m, n, args.rank, repeats, not args.no_exact, log))
+        row = measure(method, proj, m, n, args.rank, repeats, not args.no_exact, log)
+        row["measured"] = {"date": machine(args.threads)["date"], "loadavg": os.getloadavg()[0]}
+        rows = results["rows"]
+        at = next((i for i, r in enumerate(rows) if (r["method"], r["module"]) == (method, proj)), len(rows))
+        rows[at:at + 1] = [row]
         text = write(results, args)  # after every point: a long run stopped early keeps what it measured
     print(text)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,36 @@ def test_dora_save_with_rank_truncates_l_and_reports(world):
         assert 1e-7 < error < 1.0, (name, error)
 
 
+@pytest.mark.parametrize("energy", [0.8, 0.97])
+def test_dora_save_with_energy_truncates_l_by_its_own_spectrum(world, energy):
+    """energy=E on a DoRA-form result (SPEC §7.6 and §7.8): per module, L = K/(1+c) keeps the smallest
+    rank k whose σ² hold E of L's Σσ², the saved update is c·W0 + (1+c)·L_k — the rank read from the
+    saved file and PEFT's merged weights both equal this float64 reference — and the report lists
+    each module's rank."""
+    name = f"te{round(energy * 100)}"
+    (world / f"{name}.dipm").write_text(f'save(load("a") + load("b"), "out/{name}", energy={energy})\n')
+    result = run(world, "run", f"{name}.dipm", "--base", "base")
+    assert result.code == 0, result.err
+    assert json.loads((world / "out" / name / "adapter_config.json").read_text())["use_dora"] is True
+    W0, saved = base_weights(), read_adapter(world / "out" / name)
+    a, b = read_adapter(world / "a"), read_adapter(world / "b")
+    expected, truncated = {}, 0
+    for module, ma in a.items():
+        w0 = lora_layout(ma["kind"], W0[f"{module}.weight"])
+        c, K = torch.zeros(w0.shape[0], 1, dtype=torch.float64), torch.zeros_like(w0)
+        for m in (ma, b[module]):  # m ⊙ normalize_rows(W0 + BA) − W0 = (g − 1)·W0 + g·BA, g = m/‖W0 + BA‖
+            g = m["magnitude"][:, None] / rows(w0 + m["B"] @ m["A"])
+            c, K = c + (g - 1), K + g * (m["B"] @ m["A"])
+        U, S, Vh = torch.linalg.svd(K / (1 + c), full_matrices=False)
+        k = int((torch.cumsum(S ** 2, 0) < energy * float((S ** 2).sum())).sum()) + 1
+        truncated += k < int((S > S[0] * 1e-10).sum())
+        assert saved[module]["A"].shape[0] == k, (module, saved[module]["A"].shape, k)
+        expected[module] = lora_layout(ma["kind"], c * w0 + (1 + c) * (U[:, :k] * S[:k]) @ Vh[:k])
+        assert re.search(rf"{re.escape(module)}\s+rank\s+{k}\b", result.out), (module, k, result.out)
+    assert truncated, "the energy must truncate some module, or the test shows nothing"
+    assert_merged(world, world / "out" / name, expected)
+
+
 # ---- bake --------------------------------------------------------------------------------------
 
 def test_bake_command_equals_peft(world):
@@ -260,9 +291,9 @@ def test_refusals_write_nothing(world):
                                         '"out/never")\n')
     result = run(world, "run", "columns.dipm", "--base", "base")
     assert result.code != 0 and 'by="in"' in result.err and "columns.dipm:1" in result.err, result.err
-    (world / "energy.dipm").write_text('save(load("a"), "out/never", energy=0.9)\n')
-    result = run(world, "run", "energy.dipm", "--base", "base")
-    assert result.code == 1 and "rank=N only" in result.err and "energy.dipm:1" in result.err, result.err
+    (world / "vllm.dipm").write_text('save(load("a"), "out/never", target="vllm")\n')
+    result = run(world, "run", "vllm.dipm", "--base", "base")
+    assert result.code == 1 and "target=" in result.err and "vllm.dipm:1" in result.err, result.err
     assert not (world / "out" / "never").exists() and not (world / "baked" / "never").exists()
 
 

@@ -411,6 +411,8 @@ def test_the_sandbox_refuses_hub_ids_unless_allowed(offline, hub, work):
     allowed = run_main("run", "s.dipm", "--sandbox", ".", "--allow-hub", cwd=work)
     assert allowed.code == 0, allowed.err
     assert run_main("run", "r.yaml", "--sandbox", ".", "--allow-hub", "--force", cwd=work).code == 0
+    alone = run_main("run", "s.dipm", "--allow-hub", "--force", cwd=work)  # without a sandbox it would do nothing
+    assert alone.code == 2 and "--allow-hub goes with --sandbox" in alone.err, alone.err
     assert hub.requests == []
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from adapters import PREFIX, write_raw_adapter
 from dipm_lang.errors import AdapterError
 from dipm_lang.io import digest
-from dipm_lang.io.finite import all_finite, first_non_finite
+from dipm_lang.io.finite import all_finite, any_nonzero, first_non_finite
 from dipm_lang.io.reader import open_adapter, read_module, read_modules
 from dipm_lang.io.safetensors_file import SafetensorsWriter, header_bound
 from safetensors.torch import load_file
@@ -122,6 +122,18 @@ def test_all_finite_agrees_with_isfinite(size: int, where: float, value: float, 
 
 def test_all_finite_of_empty() -> None:
     assert all_finite(torch.empty(0, 5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(0, 3000), nonzero_at=st.none() | st.floats(0, 1, exclude_max=True),
+       value=st.sampled_from([float("nan"), float("inf"), -1e-45, 5e-324, 2.0, -0.0]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.bool]))
+def test_any_nonzero_agrees_with_any(size: int, nonzero_at: float | None, value: float, dtype) -> None:
+    x = torch.zeros(size, dtype=torch.float64)
+    if nonzero_at is not None and size:
+        x[int(nonzero_at * size)] = value
+    x = x.to(dtype) if dtype.is_floating_point else x.nan_to_num(0.0, 7.0, -7.0).to(dtype)
+    assert any_nonzero(x) == bool(x.any())
 
 
 # --------------------------------------------------------------------------- digests

@@ -548,8 +548,13 @@ def test_the_python_api_writes_image_model_values_in_their_format(files, tmp_pat
 def test_inspect_reads_a_lora_file_under_canonical_names(files, tmp_path):
     result = run_main("inspect", str(files["sdxl"].path), cwd=tmp_path)
     assert result.code == 0, result.err
+    assert "kohya LoRA of SDXL" in result.out.splitlines()[1], result.out  # the header says what was detected
     for name in files["sdxl"].deltas:
         assert name in result.out
+    result = run_main("inspect", str(files["loha"].path), "--json", cwd=tmp_path)
+    assert result.code == 0, result.err
+    adapter = json.loads(result.out)["adapters"][0]
+    assert (adapter["format"], adapter["family"]) == ("loha", "sd1"), adapter
 
 
 def test_the_repl_loads_and_saves_lora_files(files, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from dipm_lang.errors import DipmTypeError, UsageError
+from dipm_lang.io.finite import any_nonzero
 from dipm_lang.io.hub_ref import hub_input
 
 if TYPE_CHECKING:  # heavy imports stay inside functions: `import dipm_lang` must be cheap
@@ -240,7 +241,7 @@ def add_to_peft_model(peft_model: Any, value: AdapterValue | Mapping[str, LowRan
         modules = value.modules
     else:
         modules = dict(value)
-    factors = {name: v for name, v in modules.items() if v.rank > 0 and bool(v.B.any()) and bool(v.A.any())}
+    factors = {name: v for name, v in modules.items() if v.rank > 0 and any_nonzero(v.B) and any_nonzero(v.A)}
     if not factors:
         from dipm_lang.backend.lowrank import LowRank
 

@@ -128,6 +128,8 @@ def sandbox_from(args: argparse.Namespace):
     from dipm_lang.safety.sandbox import Sandbox
 
     directory = getattr(args, "sandbox", None)
+    if getattr(args, "allow_hub", False) and not directory:  # it would otherwise do nothing, silently
+        raise UsageError("--allow-hub goes with --sandbox DIR (without a sandbox, Hub adapters are allowed)")
     return Sandbox.at(directory, allow_hub=getattr(args, "allow_hub", False)) if directory else None
 
 

@@ -21,8 +21,13 @@ decreasing element size, then name (safetensors' own order, which keeps every te
 the header lists tensors by name, and JSON files are written with sorted keys: the same inputs
 give the same bytes.
 
+Whole tensors (SPEC §7.4: an adapter's `modules_to_save` and trained biases) replace the base's
+tensor of the same name, in its stored layout (they are copies of the model's own modules), cast
+to the output dtype; one the base lacks, or of another shape (a task head of another size, a
+resized vocabulary), is an error naming it — before anything is written.
+
 Tied embeddings: when `tie_word_embeddings` is set and the adapter changes `lm_head` or the input
-embedding, the output unties them (`tie_word_embeddings: false`) and stores `lm_head.weight`
+embedding (by an update or a whole tensor), the output unties them (`tie_word_embeddings: false`) and stores `lm_head.weight`
 itself (the embedding plus lm_head's ΔW, if any) in the embedding's shard. That is the model the
 adapter means: PEFT's forward applies the two LoRA modules separately, so an embedding LoRA does
 not move a tied lm_head (PEFT's `merge_and_unload`, writing into the shared tensor, would).
@@ -91,6 +96,21 @@ class BakeReport:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """A whole tensor that replaces the base's (SPEC §7.4): `<module>.<param>` in PEFT's module
+    naming, its shape in the model's own layout, and its value in a given dtype."""
+
+    module: str
+    param: str
+    shape: tuple[int, ...]
+    value: Callable[[torch.dtype], Tensor]
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.param}"
+
+
+@dataclass(frozen=True)
 class _Out:
     """One tensor of an output shard: where its bytes come from."""
 
@@ -99,6 +119,7 @@ class _Out:
     shape: tuple[int, ...]
     source: TensorEntry
     module: ModuleWeight | None  # changed: W0 + ΔW of this module
+    replacement: Replacement | None = None  # replaced by a whole tensor
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +128,7 @@ class _Out:
 
 def bake(base: BaseModel, deltas: DeltaSource, out_dir: str | Path, *,
          modules: Mapping[str, ModuleKind] | Iterable[str], dtype: torch.dtype | None = None,
-         group_bytes: int = DEFAULT_GROUP_BYTES) -> BakeReport:
+         group_bytes: int = DEFAULT_GROUP_BYTES, replacements: Sequence[Replacement] = ()) -> BakeReport:
     """Write base + updates into the empty folder `out_dir` as a model folder (see the module doc).
 
     `modules` names the changed modules (name → "linear"/"embedding", or names: linear);
@@ -115,6 +136,7 @@ def bake(base: BaseModel, deltas: DeltaSource, out_dir: str | Path, *,
     `DoraForm`s (evaluated here against W0). `dtype` casts every floating tensor (and the
     config's dtype); by default each tensor keeps its stored dtype. AdapterError for a module the
     base lacks or whose update has the wrong shape or is not finite, naming the module.
+    `replacements`: whole tensors written instead of the base's (see the module doc).
     """
     out = _empty_folder(out_dir, base)
     kinds = dict(modules) if isinstance(modules, Mapping) else {name: "linear" for name in modules}
@@ -127,8 +149,9 @@ def bake(base: BaseModel, deltas: DeltaSource, out_dir: str | Path, *,
             raise AdapterError(f"modules {by_key[weight.key].name!r} and {weight.name!r} both map to base tensor "
                                f"{weight.key!r}", base.path)
         by_key[weight.key] = weight
-    untie, lm_head = _untie(base, weights, by_key)
-    plans = _plan(base, by_key, lm_head, lm_head is not None and lm_head.name in kinds, dtype)
+    replaced, tied_head = _replacement_keys(base, replacements, by_key)
+    untie, lm_head = _untie(base, weights, by_key, replaced, tied_head)
+    plans = _plan(base, by_key, lm_head, lm_head is not None and lm_head.name in kinds, dtype, replaced, tied_head)
 
     written = []
     for shard in base.layout.shards:
@@ -140,7 +163,37 @@ def bake(base: BaseModel, deltas: DeltaSource, out_dir: str | Path, *,
     _write_json(out / CONFIG_NAME, _config(base, untie, dtype))
     written.append(CONFIG_NAME)
     written += _copy_files(base, out)
-    return BakeReport(tuple(sorted(written)), tuple(w.name for w in weights), untie, dtype)
+    changed = [w.name for w in weights] + [r.module for r in replacements if r.module not in kinds]
+    return BakeReport(tuple(sorted(written)), tuple(dict.fromkeys(changed)), untie, dtype)
+
+
+def _replacement_keys(base: BaseModel, replacements: Sequence[Replacement], by_key: Mapping[str, ModuleWeight]
+                      ) -> tuple[dict[str, Replacement], Replacement | None]:
+    """Each whole tensor's base key (the module's weight key with its param in place of `weight`),
+    checked to exist with the same shape; and a replaced lm_head that the base ties to the
+    embedding (it becomes a tensor of its own: see _untie)."""
+    keys: dict[str, Replacement] = {}
+    tied_head = None
+    for r in replacements:
+        owner, _, leaf = r.name.rpartition(".")  # the submodule holding the tensor: its weight locates it
+        weight_key, tied = base.resolve(owner)
+        if tied and leaf == "weight":
+            tied_head = r
+            entry = base.tensors[weight_key]
+        else:
+            key = None if weight_key is None or tied else f"{weight_key.removesuffix('.weight')}.{leaf}"
+            entry = base.tensors.get(key) if key is not None else None
+            if entry is None:
+                raise AdapterError(f"the adapter's whole tensor {r.name!r} (modules_to_save or a trained bias) has "
+                                   "no counterpart in the base model, so baking cannot place it (is it the base "
+                                   "the adapter was trained on, with the same task head?)", base.path)
+            if key in by_key:  # PEFT trains a module either by LoRA or whole, never both (checked when planning)
+                raise AdapterError(f"base tensor {key!r} has both an update and a whole tensor", base.path)
+            keys[key] = r
+        if tuple(entry.shape) != tuple(r.shape):
+            raise AdapterError(f"the adapter's whole tensor {r.name!r} is {list(r.shape)} but the base's "
+                               f"{entry.key!r} is {list(entry.shape)} (another head size or vocabulary)", base.path)
+    return keys, tied_head
 
 
 def _empty_folder(out_dir: str | Path, base: BaseModel) -> Path:
@@ -154,15 +207,19 @@ def _empty_folder(out_dir: str | Path, base: BaseModel) -> Path:
     return out
 
 
-def _untie(base: BaseModel, weights: Sequence[ModuleWeight], by_key: Mapping[str, ModuleWeight]
+def _untie(base: BaseModel, weights: Sequence[ModuleWeight], by_key: Mapping[str, ModuleWeight],
+           replaced: Mapping[str, Replacement] = {}, tied_head: Replacement | None = None
            ) -> tuple[bool, ModuleWeight | None]:
     """(untie?, the lm_head module to store on its own: a tied one, or a stand-in copying the embedding)."""
     if not base.tie_word_embeddings:
         return False, None
     tied = next((w for w in weights if w.tied), None)
+    if tied is None and tied_head is not None:
+        tied = base.weight(tied_head.name.removesuffix(".weight"))
     embedding = base.input_embedding_key()
     lm_stored = base.resolve("lm_head")
-    changes_tied_pair = tied is not None or (embedding in by_key) or (lm_stored[0] in by_key and not lm_stored[1])
+    changed = set(by_key) | set(replaced)
+    changes_tied_pair = tied is not None or (embedding in changed) or (lm_stored[0] in changed and not lm_stored[1])
     if not changes_tied_pair:
         return False, None
     if tied is None and lm_stored[1]:  # the embedding changes, the tied lm_head keeps the old embedding
@@ -171,9 +228,11 @@ def _untie(base: BaseModel, weights: Sequence[ModuleWeight], by_key: Mapping[str
 
 
 def _plan(base: BaseModel, by_key: Mapping[str, ModuleWeight], lm_head: ModuleWeight | None, lm_changed: bool,
-          dtype: torch.dtype | None) -> dict[str, list[_Out]]:
+          dtype: torch.dtype | None, replaced: Mapping[str, Replacement] = {},
+          tied_head: Replacement | None = None) -> dict[str, list[_Out]]:
     """The tensors of every output shard, with their output dtype codes; an untied `lm_head` (a
-    copy of the embedding, merged with its own update when `lm_changed`) joins the embedding's shard."""
+    copy of the embedding, merged with its own update when `lm_changed`, or the adapter's whole
+    lm_head) joins the embedding's shard."""
     def code(entry: TensorEntry) -> str:
         floating = entry.dtype is not None and entry.dtype.is_floating_point
         return CODE_OF[dtype] if dtype is not None and floating else entry.code
@@ -182,13 +241,14 @@ def _plan(base: BaseModel, by_key: Mapping[str, ModuleWeight], lm_head: ModuleWe
     for shard in base.layout.shards:
         for key in shard.keys:
             entry = base.tensors[key]
-            plans[shard.name].append(_Out(key, code(entry), entry.shape, entry, by_key.get(key)))
+            plans[shard.name].append(_Out(key, code(entry), entry.shape, entry, by_key.get(key), replaced.get(key)))
     if lm_head is not None:
         key = f"{lm_head.name}.weight"
         if key in base.tensors:
             raise AdapterError(f"cannot untie {lm_head.name!r}: the base already has a tensor {key!r}", base.path)
         entry = lm_head.entry
-        plans[entry.shard].append(_Out(key, code(entry), entry.shape, entry, lm_head if lm_changed else None))
+        plans[entry.shard].append(_Out(key, code(entry), entry.shape, entry, lm_head if lm_changed else None,
+                                       tied_head))
     return plans
 
 
@@ -222,6 +282,8 @@ def _write_shard(base: BaseModel, shard: Shard, plan: list[_Out], file: Path, de
                 if tensor.key not in waiting:
                     waiting.update(_call(deltas, group_of[tensor.key]))
                 _write_all(handle, _bytes(_merge(base, tensor, waiting.pop(tensor.key))))
+            elif tensor.replacement is not None:
+                _write_all(handle, _bytes(_whole(tensor, base)))
             elif tensor.code == tensor.source.code:
                 _copy_bytes(base, tensor.source, handle)
             else:
@@ -279,6 +341,15 @@ def _merge(base: BaseModel, tensor: _Out, delta: Delta) -> Tensor:
         base.read_weights([module.name], kinds=module.kind, dtype=work)  # names W0's NaN/Inf, if it is W0's
         raise AdapterError(f"module {module.name!r}: W0 + ΔW has NaN or Inf values in {target}", base.path)
     return weight
+
+
+def _whole(tensor: _Out, base: BaseModel) -> Tensor:
+    """A replacing whole tensor in the output dtype (contiguous, checked finite)."""
+    value = tensor.replacement.value(DTYPE_CODES[tensor.code][1]).contiguous()
+    if not all_finite(value):
+        raise AdapterError(f"the adapter's whole tensor {tensor.replacement.name!r} has NaN or Inf values in "
+                           f"{DTYPE_CODES[tensor.code][1]}", base.path)
+    return value
 
 
 def _batched(value: Delta) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dipm_lang.io.bake import COPIED_FILES, LICENSE_PREFIXES, BakeReport, DeltaSource, bake
+from dipm_lang.io.bake import COPIED_FILES, LICENSE_PREFIXES, BakeReport, DeltaSource, Replacement, bake
 from dipm_lang.io.base_layout import CONFIG_NAME, SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME
 from dipm_lang.io.base_model import BaseModel, ModuleKind
 from dipm_lang.io.writer import (StagedOutput, _make_parents, _remove_created, _resolve, _staging_prefix,
@@ -45,8 +45,8 @@ def prepare_model_output(path: str | Path, *, inputs: Sequence[str | Path], forc
 
 
 def stage_bake(path: str | Path, base: BaseModel, deltas: DeltaSource, *, modules: Mapping[str, ModuleKind],
-               dtype: torch.dtype | None, force: bool, inputs: Sequence[str | Path] = ()
-               ) -> tuple[StagedOutput, BakeReport]:
+               dtype: torch.dtype | None, force: bool, inputs: Sequence[str | Path] = (),
+               replacements: Sequence[Replacement] = ()) -> tuple[StagedOutput, BakeReport]:
     """Bake into a hidden sibling of `path`; nothing visible changes until `commit_staged`."""
     recover_stale(path)
     prepare_model_output(path, inputs=[*inputs, base.path], force=force)
@@ -55,7 +55,7 @@ def stage_bake(path: str | Path, base: BaseModel, deltas: DeltaSource, *, module
     temp: Path | None = None
     try:
         temp = Path(tempfile.mkdtemp(prefix=_staging_prefix(dest, "tmp"), dir=dest.parent))
-        report = bake(base, deltas, temp, modules=modules, dtype=dtype)
+        report = bake(base, deltas, temp, modules=modules, dtype=dtype, replacements=replacements)
         apply_umask(temp)
     except BaseException:
         if temp is not None:

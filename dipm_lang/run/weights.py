@@ -107,11 +107,10 @@ def check_forms(program: Program, forms: frozenset[int]) -> None:
                                  hint='use by="out" (DoRA\'s own axis) or by="matrix"')
         if node.op in _LEAVE:
             raise ExecutionError(f"{_name(node)} of a value in DoRA's form: {_LEAVE[node.op]}", span)
-        if node.op == "save" and (node.attr("energy") is not None or node.attr("target") is not None
-                                  or (node.attr("max_rank") is not None and node.attr("rank") is None)):
+        if node.op == "save" and node.attr("target") is not None:
             raise ExecutionError("save of a value in DoRA's form (a DoRA adapter or a weight): it is written as a "
-                                 "DoRA adapter, truncated by rank=N only (energy=, max_rank= alone and "
-                                 "target= are for LoRA results)", span, hint="give rank=N, or leave it exact")
+                                 "DoRA adapter, and target= is for LoRA results (vLLM serves no DoRA adapters)",
+                                 span, hint="leave target= out; rank=N or energy=E truncate its low-rank part")
         if node.op in METHODS:
             raise ExecutionError(f"{node.op} merges LoRA updates; a DoRA adapter's update is diag(c)·W0 + K", span,
                                  hint="cat([...], w), + and k* combine DoRA updates exactly")
