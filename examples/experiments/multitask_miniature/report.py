@@ -19,7 +19,8 @@ from .skills import ADAPTERS, ORACLE, SKILL_NAMES, SKILLS
 
 TEST_METRICS = (*SKILL_NAMES, "skill_mean", "normalized", "general", "general_nll")
 HEADERS = (*SKILL_NAMES, "mean new skill ↑", "normalized ↑", "general ↑", "general NLL ↓")
-REFERENCE_LABELS = {"base": "base model", **{name: f"{name} ({skill} only)" for name, skill in zip(SKILLS, SKILL_NAMES)},
+REFERENCE_LABELS = {"base": "base model",
+                    **{name: f"{name} ({skill} only)" for name, skill in zip(SKILLS, SKILL_NAMES)},
                     ORACLE: "O (oracle: the three skills trained jointly)"}
 
 
