@@ -108,5 +108,8 @@ def test_a_head_the_base_lacks_is_refused_and_nothing_written(tmp_path):
                  targets=("q_proj",), task_type="SEQ_CLS")
     result = run_main("bake", "cls", "--base", "base", "-o", "baked", cwd=tmp_path)
     assert result.code == 1 and "score.weight" in result.err and "base" in result.err, result.err
+    (tmp_path / "b.dipm").write_text('bake(load("cls"), "baked")\n')  # refused when planning: also a dry run
+    result = run_main("run", "b.dipm", "--base", "base", "--dry-run", cwd=tmp_path)
+    assert result.code == 1 and "score.weight" in result.err and "b.dipm:1:1" in result.err, result.err
     assert not (tmp_path / "baked").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".baked")]

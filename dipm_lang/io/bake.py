@@ -42,7 +42,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Protocol, Union
 
 import torch
 from torch import Tensor
@@ -95,19 +95,26 @@ class BakeReport:
     dtype: torch.dtype | None  # the dtype floating tensors were cast to (None: kept as stored)
 
 
-@dataclass(frozen=True)
-class Replacement:
-    """A whole tensor that replaces the base's (SPEC §7.4): `<module>.<param>` in PEFT's module
-    naming, its shape in the model's own layout, and its value in a given dtype."""
-
-    module: str
-    param: str
-    shape: tuple[int, ...]
-    value: Callable[[torch.dtype], Tensor]
+class Replacement(Protocol):
+    """A whole tensor that replaces the base's (SPEC §7.4; `io.full.FullOutput` is one): its name
+    `<module>.<param>` in PEFT's module naming, its shape in the model's own layout, its value."""
 
     @property
-    def name(self) -> str:
-        return f"{self.module}.{self.param}"
+    def name(self) -> str: ...
+
+    @property
+    def module(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def value(self, dtype: torch.dtype) -> Tensor: ...
+
+
+def check_replacements(base: BaseModel, replacements: Sequence[Replacement]) -> None:
+    """Every whole tensor has a counterpart of its shape in the base (AdapterError naming it), from
+    the headers alone — so a run can refuse before any work."""
+    _replacement_keys(base, replacements, {})
 
 
 @dataclass(frozen=True)

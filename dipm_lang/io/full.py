@@ -166,6 +166,14 @@ class FullOutput:
         return self.tensor.name
 
     @property
+    def module(self) -> str:
+        return self.tensor.module
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.tensor.shape
+
+    @property
     def stored_dtype(self) -> torch.dtype:
         """The inputs' dtype of the tensor where they agree, else float32."""
         stored = {source.full[self.name].dtype for source, _ in self.terms}

@@ -233,7 +233,6 @@ def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any
     tensors (SPEC §7.4) the value carries in place of the base's, as a model folder with the base's
     layout (`io/bake_output.py`)."""
     from dipm_lang.backend.dora import DoraForm
-    from dipm_lang.io.bake import Replacement
     from dipm_lang.io.bake_output import bake_dtype, stage_bake
 
     def changed(value: Any) -> bool:
@@ -244,11 +243,9 @@ def write_bake(node: Node, modules: dict[str, Any], the_plan: Plan, options: Any
         return any_nonzero(value)
 
     kinds = {name: the_plan.kind(name) for name, value in modules.items() if changed(value)}
-    whole = [Replacement(full.tensor.module, full.tensor.param, full.tensor.shape, full.value)
-             for full in the_plan.full.get(id(node), ())]
     staged, _ = stage_bake(node.attr("path"), the_plan.base, lambda names: [modules.pop(n) for n in names],
                            modules=kinds, dtype=bake_dtype(node.attr("dtype")), force=options.force,
-                           replacements=whole,
+                           replacements=the_plan.full.get(id(node), ()),
                            inputs=[Path(p) for p in (info.path for info in the_plan.inputs.values()
                                                      if info.on_disk)])
     return staged

@@ -223,6 +223,14 @@ def plan(program: Program, options: RunOptions, *, check_outputs: bool = True,
             raise at_load(error, program.spans.get(base_node)) from None
     extra = full_modules(infos)
     full = plan_full_weights(program, infos, layer_count([*modules, *extra]), list(modules))
+    for node in program.roots:  # whole tensors a bake writes in place of the base's: there, of their shape
+        if node.op == "bake" and base is not None and full.get(id(node)):
+            from dipm_lang.io.bake import check_replacements
+
+            try:
+                check_replacements(base, full[id(node)])
+            except AdapterError as error:
+                raise at_load(error, program.spans.get(node)) from None
     if check_outputs:
         for save in program.roots:
             if options.sandbox is not None:
