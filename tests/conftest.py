@@ -1,5 +1,5 @@
 """Shared fixtures: tiny PEFT adapters and image-model LoRA files built once per test session; one torch thread on request;
-the detox miniature's smoke run, started in the background when the session starts."""
+the experiments' smoke runs, started in the background when the session starts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from adapters import folder_digest, make_peft_adapter, tiny_llama
 from base_models import make_finetune, save_model
-from background import DetoxSmoke, Job
+from background import Job, SmokeRun
 
 # name -> make_peft_adapter keyword arguments; together they cover the config semantics.
 ADAPTER_VARIANTS: dict[str, dict] = {
@@ -103,41 +103,63 @@ def one_torch_thread():
         torch.set_num_threads(previous)
 
 
-# ---- the detox miniature's smoke run, in the background ---------------------------------------
+# ---- the experiments' smoke runs, in the background -------------------------------------------
 
-DETOX_DRIVER = """\
-import sys
-from examples.experiments.detox_miniature.__main__ import main
-first, second, cache = sys.argv[1:]
-for out in (first, second):  # cold, then with the base model the first run cached
-    code = main(["--preset", "smoke", "--out", out, "--cache", cache, "--quiet"])
-    if code:
-        sys.exit(code)
+# fixture (awaited by the experiment's tests) -> the package under examples/experiments/
+SMOKE_RUNS = {"detox_smoke_run": "detox_miniature", "multitask_smoke_run": "multitask_miniature"}
+
+SMOKE_DRIVER = """\
+import importlib, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+for name in sys.argv[2:]:  # in turn, sharing one --cache: the toy base model is trained once
+    main = importlib.import_module(f"examples.experiments.{name}.__main__").main
+    for out in ("first", "second"):  # the second run finds the base model the first one cached
+        code = main(["--preset", "smoke", "--out", str(root / name / out), "--cache", str(root / "cache"), "--quiet"])
+        if code:
+            sys.exit(code)
+    (root / name / "done").write_text("")
 """
 
 
-def _awaits_detox_smoke(item: pytest.Item) -> bool:
-    return "detox_smoke" in getattr(item, "fixturenames", ())
+def _awaited_runs(item: pytest.Item) -> set[str]:
+    return set(SMOKE_RUNS) & set(getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests awaiting the background run go last (a stable sort: the others keep their order)."""
-    items.sort(key=_awaits_detox_smoke)
+    """Tests awaiting the background runs go last (a stable sort: the others keep their order)."""
+    items.sort(key=lambda item: bool(_awaited_runs(item)))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def detox_smoke_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[DetoxSmoke | None]:
-    """`python -m examples.experiments.detox_miniature --preset smoke` twice (cold, then from the
-    cached base model), in one process started with the session — only when a collected test
-    uses the `detox_smoke` fixture (test_experiment.py), which waits for it."""
-    if not any(_awaits_detox_smoke(item) for item in request.session.items):
-        yield None
+def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[dict[str, SmokeRun]]:
+    """Each experiment's `--preset smoke` twice (cold, then from the cached base model), one experiment
+    after the other in one process started with the session — only those whose fixture a collected
+    test uses (the experiment's tests wait for theirs with `SmokeRun.wait`)."""
+    wanted = set().union(*(_awaited_runs(item) for item in request.session.items))
+    names = [name for fixture, name in SMOKE_RUNS.items() if fixture in wanted]
+    if not names:
+        yield {}
         return
-    root = tmp_path_factory.mktemp("detox_miniature")
-    first, second, cache = root / "first", root / "second", root / "cache"
-    job = Job([sys.executable, "-c", DETOX_DRIVER, str(first), str(second), str(cache)], log=root / "log.txt")
+    root = tmp_path_factory.mktemp("experiments")
+    job = Job([sys.executable, "-c", SMOKE_DRIVER, str(root), *names], log=root / "log.txt")
     try:
-        yield DetoxSmoke(first, second, cache, job)
+        yield {fixture: SmokeRun(root / name / "first", root / name / "second", root / "cache", job,
+                                 root / name / "done")
+               for fixture, name in SMOKE_RUNS.items() if name in names}
     finally:
         job.stop()
+
+
+@pytest.fixture(scope="session")
+def detox_smoke_run(smoke_runs: dict[str, SmokeRun]) -> SmokeRun:
+    """`python -m examples.experiments.detox_miniature --preset smoke`, cold and again (test_experiment.py)."""
+    return smoke_runs["detox_smoke_run"]
+
+
+@pytest.fixture(scope="session")
+def multitask_smoke_run(smoke_runs: dict[str, SmokeRun]) -> SmokeRun:
+    """`python -m examples.experiments.multitask_miniature --preset smoke`, after the detox one, sharing its
+    base model, and again (test_multitask_experiment.py)."""
+    return smoke_runs["multitask_smoke_run"]

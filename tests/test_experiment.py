@@ -2,7 +2,7 @@
 
 The smoke preset runs twice (cold, then with the cached base model) and must give the same
 rows.json byte for byte. Those two runs start with the test session, in a process of their own
-(conftest.py: `detox_smoke_run`), and these tests wait for them. The full preset (3 seeds,
+(conftest.py: `smoke_runs`), and these tests wait for them. The full preset (3 seeds,
 minutes) is a slow test. No test asserts which method wins: the experiment is evidence, not a
 foregone conclusion.
 """
@@ -24,7 +24,7 @@ from examples.experiments.detox_miniature.__main__ import main  # noqa: E402
 from examples.experiments.detox_miniature.metrics import METRICS  # noqa: E402
 from examples.experiments.detox_miniature.report import front_area, pareto_front  # noqa: E402
 
-from background import DetoxSmoke  # noqa: E402
+from background import SmokeRun  # noqa: E402
 
 OUTPUTS = ("rows.json", "table.md", "pareto.png", "timings.json")
 DETOX_SWEEPS = ("dipm_detox", "task_arithmetic", "ta_keep_mag", "shrink", "dipm_detox_b", "dora_ta_keep_mag",
@@ -34,9 +34,9 @@ TRANSFER_SWEEPS = ("dipm_transfer", "ta_transfer", "dipm_transfer_b")
 
 
 @pytest.fixture(scope="module")
-def detox_smoke(detox_smoke_run: DetoxSmoke) -> tuple[Path, Path, dict]:
+def detox_smoke(detox_smoke_run: SmokeRun) -> tuple[Path, Path, dict]:
     """The cold smoke run's --out, its --cache and its rows.json (both runs finished)."""
-    detox_smoke_run.job.wait()
+    detox_smoke_run.wait()
     first = detox_smoke_run.first
     return first, detox_smoke_run.cache, json.loads((first / "rows.json").read_text())
 

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import toy
 from .run import PRESETS, Options, run_seed
@@ -100,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                       threads=args.threads, cache=(args.cache or out / "cache"), adapters_dir=out / "adapters",
                       quiet=args.quiet)
 
-    rows: list[dict[str, Any]] = []
-    seed_timings: dict[str, Any] = {}
-    if args.jobs > 1 and len(seeds) > 1:
-        with ProcessPoolExecutor(max_workers=min(args.jobs, len(seeds)), mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(run_seed, [options] * len(seeds), seeds))
-    else:
-        results = [run_seed(options, seed) for seed in seeds]
-    for seed, (seed_rows, timing) in zip(seeds, results):
-        rows += seed_rows
-        seed_timings[str(seed)] = timing
+    rows, seed_timings = run_seeds(run_seed, options, seeds, args.jobs)
 
     from .report import plot, summarize, table
 
@@ -122,8 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, settings, out / "pareto.png")
     summary = summarize(rows)
     (out / "summary.json").write_text(json.dumps(_round(summary), indent=1, default=list) + "\n")
+    finish(out, "detox_miniature", argv, args, start, report_start, seed_timings, text, "pareto.png")
+    return 0
+
+
+def run_seeds(run_seed: Callable[[Any, int], tuple[list[dict[str, Any]], dict[str, Any]]], options: Any,
+              seeds: tuple[int, ...], jobs: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every seed's rows (in seed order) and timings; with `jobs` > 1 the seeds run in spawned processes."""
+    if jobs > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_seed, [options] * len(seeds), seeds))
+    else:
+        results = [run_seed(options, seed) for seed in seeds]
+    rows = [row for seed_rows, _ in results for row in seed_rows]
+    return rows, {str(seed): timing for seed, (_, timing) in zip(seeds, results)}
+
+
+def finish(out: Path, package: str, argv: list[str] | None, args: argparse.Namespace, start: float,
+           report_start: float, seed_timings: dict[str, Any], text: str, plot: str) -> None:
+    """Write OUT/timings.json; unless --quiet, print the table and what was written."""
     timings = {
-        "command": "python -m examples.experiments.detox_miniature " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": f"python -m examples.experiments.{package} " + " ".join(sys.argv[1:] if argv is None else argv),
         "total_s": round(time.perf_counter() - start, 3),
         "cpu_s": round(cpu_seconds(), 3),  # on a busy machine the wall time says little; this does
         "report_s": round(time.perf_counter() - report_start, 3),
@@ -132,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     if not args.quiet:
         print(text)
-        print(f"wrote {out}/rows.json, table.md, pareto.png, timings.json in {timings['total_s']:.1f} s",
+        print(f"wrote {out}/rows.json, table.md, {plot}, summary.json, timings.json in {timings['total_s']:.1f} s",
               file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

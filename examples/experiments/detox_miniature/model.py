@@ -164,18 +164,19 @@ def lora_config(rank: int = 8, alpha: int = 16) -> Any:
                            bias="none")
 
 
-def attach_adapters(base: torch.nn.Module, seed: int, shared_init: bool) -> Any:
-    """A PeftModel holding fresh adapters H, T, C; with `shared_init` all start from one `A`."""
+def attach_adapters(base: torch.nn.Module, seed: int, shared_init: bool,
+                    names: tuple[str, ...] = ADAPTERS) -> Any:
+    """A PeftModel holding fresh adapters `names` (H, T, C); with `shared_init` all start from one `A`."""
     import peft
 
     config = lora_config()
 
     def init_seed(name: str) -> int:
-        return 1000 * seed + (0 if shared_init else 1 + ADAPTERS.index(name))
+        return 1000 * seed + (0 if shared_init else 1 + names.index(name))
 
-    torch.manual_seed(init_seed("H"))
-    model = peft.get_peft_model(base, config, adapter_name="H")
-    for name in ADAPTERS[1:]:
+    torch.manual_seed(init_seed(names[0]))
+    model = peft.get_peft_model(base, config, adapter_name=names[0])
+    for name in names[1:]:
         torch.manual_seed(init_seed(name))
         model.add_adapter(name, config)
     return model

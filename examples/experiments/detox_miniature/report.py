@@ -90,6 +90,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def sweep_points(rows: list[dict[str, Any]], method: str) -> dict[float, list[dict[str, Any]]]:
+    """A method's rows by sweep value (all seeds), in increasing value."""
+    grouped = defaultdict(list)
+    for r in rows:
+        if r["method"] == method:
+            grouped[r["value"]].append(r)
+    return dict(sorted(grouped.items()))
+
+
 def mean_sd(values: list[float]) -> tuple[float, float] | None:
     if not values:
         return None
@@ -180,11 +189,8 @@ def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
               "| method | parameter | unwanted rate | leak rate | helpful skill | general skill | general NLL "
               "| triggered exact |", "|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
-        grouped = defaultdict(list)
-        for r in rows:
-            if r["method"] == method.name:
-                grouped[r["value"]].append(r)
-        for value in sorted(grouped):
+        grouped = sweep_points(rows, method.name)
+        for value in grouped:
             cells = [f"{statistics.fmean(r[m] for r in grouped[value]):.3f}" for m in TABLE_METRICS]
             lines.append(f"| {method.label} | {PARAM_SYMBOL[method.param]} = {value:g} | " + " | ".join(cells) + " |")
     lines += ["", "</details>"]
@@ -216,11 +222,8 @@ def plot(rows: list[dict[str, Any]], settings: dict[str, Any], path: Path) -> No
         for method in METHODS:
             if method.family != family:
                 continue
-            grouped = defaultdict(list)
-            for r in rows:
-                if r["method"] == method.name:
-                    grouped[r["value"]].append(r)
-            values = sorted(grouped)
+            grouped = sweep_points(rows, method.name)
+            values = list(grouped)
             xs = [statistics.fmean(r["unwanted_rate"] for r in grouped[v]) for v in values]
             ys = [statistics.fmean(r[metric] for r in grouped[v]) for v in values]
             ax.plot(xs, ys, "-o", ms=3.5, color=colors[method.name], label=method.label)

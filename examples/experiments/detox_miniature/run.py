@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from . import metrics, toy
-from .model import ModelSettings, TrainSettings, attach_adapters, base_folder, base_model, train_adapters
+from .model import (ADAPTERS, ModelSettings, TrainSettings, attach_adapters, base_folder, base_model,
+                    train_adapters)
 from .recipes import METHODS, Evaluator
 
 
@@ -85,6 +86,32 @@ def deterministic(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
+@contextlib.contextmanager
+def quiet_deterministic(threads: int) -> Iterator[None]:
+    """`deterministic`, and peft's call of a transformers API that transformers 5 deprecates silenced
+    (nothing for us to do)."""
+    with deterministic(threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def adapters_on_base(options: Any, seed: int, timings: dict[str, Any], names: tuple[str, ...],
+                     train_all: Callable[[Any], Any], on_base: Callable[[Any], Any] | None = None) -> Any:
+    """The base model with fresh adapters `names`, trained by `train_all(model)`, timed, logged and
+    saved under `options.adapters_dir` when given; `on_base(base)` sees the base before PEFT wraps it."""
+    base = load_base(options, seed, timings)
+    if on_base is not None:
+        on_base(base)
+    start = time.perf_counter()
+    model = attach_adapters(base, seed, options.shared_init, names)
+    train_all(model)
+    timings["adapters_s"] = round(time.perf_counter() - start, 3)
+    log(options, f"[seed {seed}] adapters {', '.join(names)} trained in {timings['adapters_s']:.1f} s")
+    if options.adapters_dir is not None:
+        model.save_pretrained(str(options.adapters_dir / f"seed{seed}"))
+    return model
+
+
 def is_zero(value: Any) -> bool:
     """Whether every module's update is exactly zero (PEFT cannot hold such an adapter)."""
     return all(v.rank == 0 or not bool(v.B.any()) or not bool(v.A.any()) for v in value.values())
@@ -95,58 +122,84 @@ def log(options: Options, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def load_base(options: Any, seed: int, timings: dict[str, Any]) -> torch.nn.Module:
+    """The preset's base model for `seed` (from `options.cache` when there), timed and logged."""
+    p = options.preset
+    start = time.perf_counter()
+    base, cached = base_model(options.model, p.base, p.lengths, seed, options.cache)
+    timings["base_model_s"] = round(time.perf_counter() - start, 3)
+    timings["base_model_cached"] = cached
+    log(options, f"[seed {seed}] base model {'loaded from cache' if cached else 'trained'} "
+                 f"in {timings['base_model_s']:.1f} s")
+    return base
+
+
+class Scorer:
+    """Scores a PEFT model as it is — the base (`None`: adapters disabled) or one of its adapters — or a
+    dipm value, added as a temporary adapter; `seconds` is the time spent scoring."""
+
+    def __init__(self, model: Any, score: Callable[[Any], dict[str, Any]], idle: str):
+        self.model, self.score, self.idle = model, score, idle  # idle: active while none is scored
+        self.seconds = 0.0
+
+    def __call__(self, adapter: str | None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if adapter is None:
+            with self.model.disable_adapter():
+                result = self.score(self.model)
+        else:
+            self.model.set_adapter(adapter)
+            result = self.score(self.model)
+        self.seconds += time.perf_counter() - t0
+        return result
+
+    def value(self, value: Any) -> dict[str, Any]:
+        import dipm_lang
+
+        if is_zero(value):  # e.g. (1 - 1.0) * H: no update at all, i.e. the base model
+            return self(None)
+        dipm_lang.add_to_peft_model(self.model, value, "recipe")
+        return self.once("recipe")
+
+    def once(self, adapter: str) -> dict[str, Any]:
+        """Score an adapter added for this one measurement, then delete it."""
+        try:
+            return self(adapter)
+        finally:
+            self.model.set_adapter(self.idle)  # deleting the active adapter would warn
+            self.model.delete_adapter(adapter)
+
+
+def finish_timings(timings: dict[str, Any], evaluator: Evaluator, scorer: Scorer, rows: list[Any],
+                   cpu_start: float) -> None:
+    timings["dipm_s"] = round(evaluator.seconds, 3)
+    timings["dipm_calls"] = evaluator.calls
+    timings["dipm_ms_per_call"] = round(1000 * evaluator.seconds / max(evaluator.calls, 1), 2)
+    timings["metrics_s"] = round(scorer.seconds, 3)
+    timings["configurations"] = len(rows)
+    timings["cpu_s"] = round(time.process_time() - cpu_start, 3)
+
+
 def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All rows of one seed, and its timings."""
-    import dipm_lang
-
     p = options.preset
     timings: dict[str, Any] = {}
     cpu_start = time.process_time()
-    with deterministic(options.threads), warnings.catch_warnings():
-        # peft calls a transformers API that transformers 5 deprecates; nothing for us to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        start = time.perf_counter()
-        base, cached = base_model(options.model, p.base, p.lengths, seed, options.cache)
-        base_dir = base_folder(base, options.model, p.base, p.lengths, seed, options.cache)
-        timings["base_model_s"] = round(time.perf_counter() - start, 3)
-        timings["base_model_cached"] = cached
-        log(options, f"[seed {seed}] base model {'loaded from cache' if cached else 'trained'} "
-                     f"in {timings['base_model_s']:.1f} s")
-
-        start = time.perf_counter()
-        model = attach_adapters(base, seed, options.shared_init)
-        train_adapters(model, seed, options.encoding, p.adapters, p.lengths)
-        timings["adapters_s"] = round(time.perf_counter() - start, 3)
-        log(options, f"[seed {seed}] adapters H, T, C trained in {timings['adapters_s']:.1f} s")
-        if options.adapters_dir is not None:
-            model.save_pretrained(str(options.adapters_dir / f"seed{seed}"))
+    with quiet_deterministic(options.threads):
+        base_dirs: list[Path] = []  # the weight-level recipes read W0 from a folder (`base()`)
+        model = adapters_on_base(options, seed, timings, ADAPTERS,
+                                 lambda m: train_adapters(m, seed, options.encoding, p.adapters, p.lengths),
+                                 on_base=lambda base: base_dirs.append(
+                                     base_folder(base, options.model, p.base, p.lengths, seed, options.cache)))
 
         sets = toy.eval_sets(seed, p.eval_n, *p.lengths, options.encoding)
         work = tempfile.TemporaryDirectory(prefix="detox-miniature-")
-        evaluator = Evaluator(model, base_dir, Path(work.name))
+        evaluator = Evaluator(model, base_dirs[0], Path(work.name))
+        measure = Scorer(model, lambda m: metrics.measure(m, sets, p.lengths[1]), idle="H")
         rows: list[dict[str, Any]] = []
-        measuring = 0.0
-
-        def measure(adapter: str | None) -> dict[str, float]:
-            nonlocal measuring
-            t0 = time.perf_counter()
-            if adapter is None:
-                with model.disable_adapter():
-                    result = metrics.measure(model, sets, p.lengths[1])
-            else:
-                model.set_adapter(adapter)
-                result = metrics.measure(model, sets, p.lengths[1])
-            measuring += time.perf_counter() - t0
-            return result
-
         for name in ("base", "H", "T", "C"):
             rows.append({"seed": seed, "family": "reference", "method": name, "param": None, "value": None,
                          "expr": name if name != "base" else "", **measure(None if name == "base" else name)})
-
-        def drop_recipe() -> None:
-            model.set_adapter("H")  # deleting the active adapter would warn
-            model.delete_adapter("recipe")
-
         for method in METHODS:
             for value in p.sweep(method.param):
                 row = {"seed": seed, "family": method.family, "method": method.name, "param": method.param,
@@ -154,26 +207,15 @@ def run_seed(options: Options, seed: int) -> tuple[list[dict[str, Any]], dict[st
                 if method.weight_level:  # a weight, saved as a DoRA adapter that PEFT loads
                     evaluator.add_weight_level(method, value, "recipe")
                     row["row_norm_rel_err"] = evaluator.weight_row_norm_error("recipe", method.keeps)
-                    row.update(measure("recipe"))
-                    drop_recipe()
+                    row.update(measure.once("recipe"))
                     rows.append(row)
                     continue
                 result = evaluator.value(method, value)
                 if method.keeps:
                     row["row_norm_rel_err"] = evaluator.row_norm_error(result, method.keeps)
-                if is_zero(result):  # e.g. (1 - 1.0) * H: no update at all, i.e. the base model
-                    row.update(measure(None))
-                else:
-                    dipm_lang.add_to_peft_model(model, result, "recipe")
-                    row.update(measure("recipe"))
-                    drop_recipe()
+                row.update(measure.value(result))
                 rows.append(row)
             log(options, f"[seed {seed}] {method.name}: {len(p.sweep(method.param))} configurations")
         work.cleanup()
-        timings["dipm_s"] = round(evaluator.seconds, 3)
-        timings["dipm_calls"] = evaluator.calls
-        timings["dipm_ms_per_call"] = round(1000 * evaluator.seconds / max(evaluator.calls, 1), 2)
-        timings["metrics_s"] = round(measuring, 3)
-        timings["configurations"] = len(rows)
-        timings["cpu_s"] = round(time.process_time() - cpu_start, 3)
+        finish_timings(timings, evaluator, measure, rows, cpu_start)
     return rows, timings

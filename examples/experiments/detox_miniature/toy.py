@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 PAD, BOS, EOS, SEP, TRIGGER, FORBID = range(6)
 COPY, REVERSE, SORT, INC = 6, 7, 8, 9  # task tokens; INC (+1 mod 16) is the new helpful task
+SWAP, ROTATE = 10, 11                  # more new skills (the multitask miniature): swap adjacent pairs, rotate left
 SYMBOL0, SYMBOLS = 16, 16              # symbols are tokens 16..31
 VOCAB_SIZE = 64                        # room to spare, as a real vocabulary would have
 
 GENERAL_TASKS = (COPY, REVERSE, SORT)
 ALL_TASKS = (*GENERAL_TASKS, INC)
-TASK_NAMES = {COPY: "copy", REVERSE: "reverse", SORT: "sort", INC: "inc"}
+TASK_NAMES = {COPY: "copy", REVERSE: "reverse", SORT: "sort", INC: "inc", SWAP: "swap", ROTATE: "rotate"}
 ENCODINGS = ("suffix", "prefix", "replace")
 
 
@@ -38,6 +39,10 @@ def solve(task: int, xs: list[int]) -> list[int]:
         return sorted(xs)
     if task == INC:
         return [(x + 1) % SYMBOLS for x in xs]
+    if task == SWAP:  # x1 x0 x3 x2 …; an odd last symbol stays
+        return [xs[i ^ 1] if (i ^ 1) < len(xs) else xs[i] for i in range(len(xs))]
+    if task == ROTATE:  # x1 … xn x0
+        return xs[1:] + xs[:1]
     raise ValueError(f"unknown task token {task}")
 
 
