@@ -98,7 +98,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Command: `{m['command']}`", ""]
     for name, run in (results.get("section_runs") or {}).items():
         if run["date"] != m["date"]:
-            lines += [f"Section `{name}` re-measured {run['date']} (load average {run['loadavg_start']:.2f} → "
+            lines += [f"Section `{name}` re-measured {run['date']} on {run['cpu']}, {run['threads']} thread"
+                      f"{'s' if run['threads'] != 1 else ''} per process (load average {run['loadavg_start']:.2f} → "
                       f"{run['loadavg_end']:.2f}; peft {run['peft']}, transformers {run['transformers']}): "
                       f"`{run['command']}`.", ""]
     lines.append(f"Adapters: {s['shapes']} (hidden {s['hidden']}, FFN {s['ffn']}), all seven projections, "
