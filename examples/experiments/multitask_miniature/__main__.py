@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from examples.experiments.detox_miniature.__main__ import _round, finish, run_seeds
+from examples.experiments.detox_miniature.__main__ import _round, environment, finish, run_seeds
 
 from .run import PRESETS, Options, run_seed
 
@@ -42,17 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def versions(threads: int) -> dict[str, Any]:
-    """What produced the numbers: bit-for-bit reproducible only with the same versions and threads."""
-    import numpy
-    import peft
-    import torch
-    import transformers
-
-    import dipm_lang
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "numpy": numpy.__version__, "dipm_lang": dipm_lang.__version__,
-            "threads": threads}
+    """What produced the numbers: bit-for-bit reproducible only with the same versions, threads and
+    CPU architecture (the detox miniature's record, plus the thread count)."""
+    return {**environment(), "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def _versions(settings: dict[str, Any]) -> str:
     v = settings["versions"]
     return (f"python {v['python']} · torch {v['torch']} · transformers {v['transformers']} · peft {v['peft']} · "
             f"numpy {v['numpy']} · dipm_lang {v['dipm_lang']} · {v['threads']} torch thread"
-            f"{'s' if v['threads'] != 1 else ''}")
+            f"{'s' if v['threads'] != 1 else ''}" + (f" · {v['arch']}" if v.get("arch") else ""))
 
 
 def table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
