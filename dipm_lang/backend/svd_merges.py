@@ -151,10 +151,10 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
     and processes Zᵢ in column chunks of `chunk_columns` (rounded up to whole tiles, see
     `tile_columns`; None: all columns at once) and row chunks that keep the stack of all inputs'
     pieces within `chunk_bytes` (whole blocks of `Z_ROWS` rows; None: all rows at once). Peak
-    memory: about 2·k·n·8 bytes (one block at a time, for its pruning threshold) plus about
-    2·chunk_bytes, and the basis U (m×k float64); for 50 adapters of rank 16 (k = 800) at 4096×11008,
-    0.39 GB measured (whole column tiles held about 1.5 GB). The result has the same bits for every
-    chunk size.
+    memory: about k·n·8 bytes (one Zᵢ's magnitudes at a time, for its cut) plus about
+    2.1·chunk_bytes, the inputs' A and the basis U in float64; for 50 adapters of rank 16 (k = 800)
+    at 4096×11008, 0.31 GB measured (whole column tiles held about 1.5 GB). The result has the same
+    bits for every chunk size.
     """
     if method not in KNOTS_METHODS:
         raise ValueError(f"knots: method must be one of {KNOTS_METHODS}, got {method!r}")
@@ -192,11 +192,11 @@ def knots(xs: Sequence[LowRank], weights: Sequence[Weight] | None = None, method
         module_c = [c[g, :kg] for c in flat_c]
         module_a = [a[g].to(F64) for a in flat_a]
         if method == "linear":
-            result = torch.cat([c * wi for c, wi in zip(module_c, flat_w[g])], dim=-1) @ torch.cat(module_a, dim=-2)
+            weighted = torch.cat([c * wi for c, wi in zip(module_c, flat_w[g])], dim=-1)
+            merged[g, :kg] = (weighted @ torch.cat(module_a, dim=-2)).to(dtype)
         else:
-            result = _ties_module(module_c, module_a, flat_w[g], float(density_t.reshape(count)[g]), floors[g, 0],
-                                  chunk_columns, chunk_bytes)
-        merged[g, :kg] = result.to(dtype)
+            _ties_module(module_c, module_a, flat_w[g], float(density_t.reshape(count)[g]), floors[g, 0],
+                         chunk_columns, chunk_bytes, merged[g, :kg])
     return LowRank(U.to(dtype), merged.reshape(*batch, k, n))
 
 
@@ -221,8 +221,9 @@ def _knots_basis(xs: Sequence[LowRank]) -> tuple[Tensor, Tensor, Tensor, list[Te
 
 
 def _ties_module(coefficients: list[Tensor], As: list[Tensor], w: Tensor, density: float, floor: Tensor,
-                 chunk_columns: int | None, chunk_bytes: int | None = None) -> Tensor:
-    """KnOTS-TIES for one module: Zᵢ = coefficients[i] @ As[i] (k×n), pruned, elected, merged.
+                 chunk_columns: int | None, chunk_bytes: int | None, out: Tensor) -> None:
+    """KnOTS-TIES for one module: Zᵢ = coefficients[i] @ As[i] (k×n), pruned, elected, merged into
+    `out` (k×n, any float dtype: each entry is computed in float64 and rounded once).
 
     Entries |z| ≤ floor (= 1e-10·σ₁, SPEC §7's zero rule applied to Z) are exact zeros: Zᵢ is
     exactly zero where Xᵢ has no component (a zero input; inputs on disjoint subspaces), but
@@ -232,30 +233,44 @@ def _ties_module(coefficients: list[Tensor], As: list[Tensor], w: Tensor, densit
     TIES is entry-wise once each block's cut is known, so the merge runs over pieces of whole Z
     blocks (`z_block_rows` × `tile_columns`): columns in chunks of `chunk_columns` (whole tiles) and
     rows in as many whole blocks as keep the pieces' stack of all inputs within `chunk_bytes`.
+
+    Memory: a handful of buffers made once per module and reused for every input and chunk — the
+    magnitudes of one Zᵢ for its cut, the pieces' stack with one float and one flag buffer of its
+    size — rather than fresh tensors per piece: with two worker threads, the ~10⁶ short-lived
+    allocations of a 50-input merge fragmented glibc's arenas until the process held 3 GB for
+    0.9 GB of live tensors (measured with memray against the peak RSS).
     """
-    k, n = coefficients[0].shape[0], As[0].shape[-1]
+    k, n, device = coefficients[0].shape[0], As[0].shape[-1], As[0].device
     tile, block = tile_columns(k), z_block_rows(k)
-    thresholds = torch.stack([_prune_threshold(c, a, density, floor, tile) for c, a in zip(coefficients, As)])
+    magnitudes = torch.empty(k * n, dtype=F64, device=device)
+    thresholds = torch.stack([_prune_threshold(c, a, density, floor, tile, magnitudes)
+                              for c, a in zip(coefficients, As)])
+    del magnitudes
     columns = n if chunk_columns is None else chunk_columns
     chunk = max(1, -(-columns // tile)) * tile  # whole tiles
     rows = k
     if chunk_bytes is not None:  # whole row blocks, at least one
         rows = block * max(1, chunk_bytes // max(1, len(As) * block * min(chunk, n) * 8))
-    out = torch.empty(k, n, dtype=F64, device=As[0].device)
+    size = len(As) * min(rows, k) * min(chunk, n)
+    stack, scratch = torch.empty(size, dtype=F64, device=device), torch.empty(size, dtype=F64, device=device)
+    flags = torch.empty(size, dtype=torch.bool, device=device)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         for top in range(0, k, rows):
             bottom = min(k, top + rows)
-            pruned = torch.stack([_z_piece(c, a, top, bottom, start, stop, floor, tile, block)
-                                  for c, a in zip(coefficients, As)])
-            pruned.masked_fill_(pruned.abs() < thresholds[:, None, None], 0.0)  # [N, rows, c]
+            shape = (len(As), bottom - top, stop - start)
+            used = shape[0] * shape[1] * shape[2]  # contiguous views: the shapes and strides of fresh tensors
+            pruned, other, agree = (t[:used].view(shape) for t in (stack, scratch, flags))
+            for piece, c, a in zip(pruned, coefficients, As):
+                _z_piece(c, a, top, bottom, start, stop, tile, block, piece)
+            torch.abs(pruned, out=other)
+            pruned.masked_fill_(torch.le(other, floor, out=agree), 0.0)  # rounding noise: exact zeros
+            pruned.masked_fill_(torch.lt(other, thresholds[:, None, None], out=agree), 0.0)  # [N, rows, c]
             elected = torch.where(pruned.sum(0) >= 0, 1.0, -1.0).to(F64)  # a zero sum elects +
-            agree = pruned.sign() == elected
+            torch.eq(torch.sign(pruned, out=other), elected, out=agree)
             count = agree.sum(0).clamp(min=1).to(F64)
             weighted = pruned.mul_(w[:, None, None]).mul_(agree).sum(0)
             out[top:bottom, start:stop] = weighted / count
-            del pruned, agree
-    return out
 
 
 def z_block_rows(k: int) -> int:
@@ -263,36 +278,48 @@ def z_block_rows(k: int) -> int:
     return min(max(k, 1), Z_ROWS)
 
 
-def _z_piece(coefficient: Tensor, A: Tensor, top: int, bottom: int, start: int, stop: int, floor: Tensor,
-             tile: int, block: int) -> Tensor:
-    """Rows top:bottom (block-aligned) and columns start:stop (tile-aligned) of Z = coefficient @ A,
-    always computed block by block and tile by tile (see TILE_ENTRIES, Z_ROWS), entries |z| ≤ floor
-    set to zero."""
-    pieces = [[coefficient[r:min(bottom, r + block)] @ A[:, s:min(stop, s + tile)] for s in range(start, stop, tile)]
-              for r in range(top, bottom, block)]
-    rows = [p[0] if len(p) == 1 else torch.cat(p, dim=-1) for p in pieces]
-    z = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-    return z.masked_fill_(z.abs() <= floor, 0.0)
+def _z_piece(coefficient: Tensor, A: Tensor, top: int, bottom: int, start: int, stop: int, tile: int, block: int,
+             out: Tensor) -> None:
+    """Rows top:bottom (block-aligned) and columns start:stop (tile-aligned) of Z = coefficient @ A
+    into `out`, always computed block by block and tile by tile (see TILE_ENTRIES, Z_ROWS). Each
+    GEMM writes a fresh tensor that is then copied: MKL's bits change when it writes into a view."""
+    for r in range(top, bottom, block):
+        end = min(bottom, r + block)
+        for s in range(start, stop, tile):
+            edge = min(stop, s + tile)
+            out[r - top:end - top, s - start:edge - start] = coefficient[r:end] @ A[:, s:edge]
 
 
-def _prune_threshold(coefficient: Tensor, A: Tensor, density: float, floor: Tensor, tile: int) -> Tensor:
-    """The |value| an entry of Z = coefficient @ A needs to survive pruning (a 0-dim tensor).
+def _prune_threshold(coefficient: Tensor, A: Tensor, density: float, floor: Tensor, tile: int,
+                     magnitudes: Tensor) -> Tensor:
+    """The |value| an entry of Z = coefficient @ A needs to survive pruning (a 0-dim tensor);
+    `magnitudes` is k·n float64 scratch.
 
     Keep the int(density·N) largest entries of the whole k×n block (N = k·n); entries equal to
     the cut are all kept. density ≥ 1 keeps everything (threshold 0), a count of 0 nothing (inf).
+    Entries |z| ≤ floor count as zeros.
     """
-    k, n = coefficient.shape[0], A.shape[-1]
+    k, n, device = coefficient.shape[0], A.shape[-1], A.device
     size = k * n
     count = int(density * size)
     if density >= 1.0 or size == 0:
-        return torch.zeros((), dtype=F64, device=A.device)
+        return torch.zeros((), dtype=F64, device=device)
     if count == 0:
-        return torch.full((), torch.inf, dtype=F64, device=A.device)
-    # The same blocks as the merge pass (multiples of `tile` from column 0, of z_block_rows from row 0).
+        return torch.full((), torch.inf, dtype=F64, device=device)
+    # The same blocks as the merge pass (multiples of `tile` from column 0, of z_block_rows from row 0),
+    # laid out tile after tile: the cut does not depend on where an entry sits.
     block = z_block_rows(k)
-    magnitudes = torch.cat([_z_piece(coefficient, A, 0, k, s, min(n, s + tile), floor, tile, block).abs_().reshape(-1)
-                            for s in range(0, n, tile)])
-    return magnitudes.kthvalue(size - count + 1).values
+    for s in range(0, n, tile):
+        edge = min(n, s + tile)
+        _z_piece(coefficient, A, 0, k, s, edge, tile, block, magnitudes[k * s:k * edge].view(k, edge - s))
+    magnitudes.abs_()
+    magnitudes.masked_fill_(magnitudes <= floor, 0.0)
+    index = size - count  # 0-based: the (size - count + 1)-th smallest
+    if device.type == "cpu":  # numpy selects in place; torch's kthvalue copies values and indices
+        selected = magnitudes.numpy()
+        selected.partition(index)
+        return torch.tensor(selected[index], dtype=F64)
+    return magnitudes.kthvalue(index + 1).values
 
 
 # --- Task Singular Vectors ---------------------------------------------------------------
