@@ -223,6 +223,28 @@ def test_tiled_merge_is_the_whole_stack_merge_bit_for_bit(method, density, sign,
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_merge_keeps_or_drops_the_very_entries_the_cut_was_taken_on(dtype, monkeypatch):
+    """Both passes build each tile by its own GEMM; the merge writes them into its stack, whose slots
+    must start where a fresh tensor would (MKL's bits depend on the output's alignment), or an entry
+    at the cut could be one ulp off the entry that was counted."""
+    made: dict[tuple[int, int, int], list[torch.Tensor]] = {}
+    original = DT.delta_tile
+
+    def recording(x, start, stop, out=None):
+        tile = original(x, start, stop, out=out)
+        made.setdefault((id(x), start, stop), []).append(tile.clone())
+        return tile
+
+    monkeypatch.setattr(DT, "delta_tile", recording)
+    monkeypatch.setattr(DT, "TILE_BYTES", 2 * 3 * 5 * 1001 * dtype.itemsize)  # 5 rows of 1001 columns
+    xs = _sources(97, 1001, [7, 12, 5], dtype, seed=4)
+    DT.merge_delta(METHODS["ties_svd"], xs, [1.0, 0.5, -0.7], 0.3, "total")
+    assert len(made) == 3 * 20
+    for key, tiles in made.items():
+        assert len(tiles) >= 2 and all(torch.equal(t, tiles[0]) for t in tiles[1:]), key
+
+
 def _cut(W: torch.Tensor, density: float) -> float:
     """PEFT's magnitude_based_pruning cut: the k-th largest |entry|, k = int(density·N)."""
     flat = W.abs().reshape(-1)

@@ -37,7 +37,8 @@ from torch import Tensor
 from dipm_lang.backend.lowrank import LowRank
 from dipm_lang.backend.merge_method import MergeMethod
 
-__all__ = ["TILE_BYTES", "SAMPLE", "tile_rows", "row_tiles", "delta_tile", "magnitude_threshold", "merge_delta"]
+__all__ = ["TILE_BYTES", "SAMPLE", "tile_rows", "row_tiles", "delta_tile", "aligned_stack", "magnitude_threshold",
+           "merge_delta"]
 
 TILE_BYTES = 4 * 2**20
 """Bytes of a merge's two tile stacks ([S, rows, n] each): small enough to stay in the CPU's caches
@@ -72,6 +73,21 @@ def delta_tile(x: LowRank, start: int, stop: int, out: Tensor | None = None) -> 
     if x.rank == 0:
         return x.B.new_zeros(stop - start, x.n) if out is None else out.zero_()
     return torch.matmul(x.B[start:stop], x.A, out=out)
+
+
+ALIGN_BYTES = 64
+"""Where a fresh CPU tensor starts (torch aligns its allocations to 64 bytes)."""
+
+
+def aligned_stack(count: int, rows: int, n: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """An empty [count, rows, n] stack whose every [rows, n] slot starts on an ALIGN_BYTES boundary,
+    as a fresh tile does: MKL's GEMM writing to an address that is not so aligned gave other last
+    bits in 8 % of random tile shapes (torch 2.13), and the pruning cut is taken on fresh tiles —
+    an entry at the cut must be bit for bit the one the merge keeps or drops."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per = max(1, ALIGN_BYTES // itemsize)
+    slot = -(-rows * n // per) * per
+    return torch.empty(count * slot, dtype=dtype, device=device).as_strided((count, rows, n), (slot, n, 1))
 
 
 # ---- the pruning cut ------------------------------------------------------------------------
@@ -167,7 +183,7 @@ def merge_delta(method: MergeMethod, xs: Sequence[LowRank], weights: Sequence[fl
     w = torch.tensor(list(weights), dtype=dtype, device=device).reshape(count, 1, 1)
     ties = method.base in ("ties", "dare_ties")
     out = torch.empty(m, n, dtype=dtype, device=device)
-    stack = torch.empty(count, rows, n, dtype=dtype, device=device)
+    stack = aligned_stack(count, rows, n, dtype, device)
     scratch = torch.empty(count, rows, n, dtype=dtype, device=device)
     sign = torch.empty(rows, n, dtype=dtype, device=device)
     for start, stop in row_tiles(m, rows):
