@@ -191,7 +191,7 @@ def render(results: dict) -> str:
         r = results["adapters"]
         out += [f"## {r['adapters']} adapters ({r['shapes']}, {r.get('layers', 2)} layers, whole process)", "",
                 *_earlier(results, "adapters"),
-                f"Inputs {r['inputs_mib']:.0f} MiB, the largest {r['largest_input_mib']:.1f} MiB; target: peak ≤ 2 GiB "
+                f"Inputs {r['inputs_mib']:.0f} MiB, the largest {r['largest_input_mib']:.1f} MiB; target: peak ≤ 2 GB (1907 MiB) "
                 "above the largest input.", "",
                 "| method | output MiB | dipm process | I/O floor | ratio | s per input MiB | dipm peak MiB | "
                 "peak above the largest input MiB |", "|---|---|---|---|---|---|---|---|"]
