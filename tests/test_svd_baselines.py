@@ -270,16 +270,22 @@ def _matrices() -> dict[str, LowRank]:
     }
 
 
+@pytest.mark.parametrize("group", [None, 3 * 7 * 200])  # one group; groups of 3 tiles, the last partial
 @pytest.mark.parametrize("density", [0.0, 0.001, 0.3, 0.5, 0.7, 0.999, 1.0])
 @pytest.mark.parametrize("kind", sorted(_matrices()))
-def test_pruning_cut_is_exact(kind, density):
+def test_pruning_cut_is_exact(kind, density, group, monkeypatch):
+    if group:
+        monkeypatch.setattr(DT, "GROUP_ENTRIES", group)
     x = _matrices()[kind]
     assert float(DT.magnitude_threshold(x, density, rows=7)) == _cut(x.dense(), density)
 
 
+@pytest.mark.parametrize("group", [None, 2 * 11 * 200])
 @pytest.mark.parametrize("miss", ["high", "low"])
-def test_pruning_cut_is_exact_when_the_sample_misjudges(miss, monkeypatch):
+def test_pruning_cut_is_exact_when_the_sample_misjudges(miss, group, monkeypatch):
     """A bracket entirely above or below the cut: the second pass over all magnitudes takes over."""
+    if group:
+        monkeypatch.setattr(DT, "GROUP_ENTRIES", group)
     x = _matrices()["random"]
     W = x.dense().abs()
     bracket = (float(W.max()) * 0.99, float(W.max())) if miss == "high" else (0.0, float(W.min()) + 1e-9)

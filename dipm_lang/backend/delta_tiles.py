@@ -50,6 +50,9 @@ standard deviations (≤ 0.8 % of the entries) and MARGIN more on each side, so 
 entries are kept for the exact cut. (A grid of rows × columns is cheaper but misjudges: rows and
 columns of a low-rank ΔW differ in scale, and a 256×256 grid's quantiles were off by up to 7 %.)"""
 
+GROUP_ENTRIES = 1 << 20
+"""Entries of |ΔW| the pruning cut's pass counts at once (whole tiles, at least one)."""
+
 MARGIN = 0.002
 """Extra fraction of the sample on each side of the bracket (ties, rounding)."""
 
@@ -111,12 +114,10 @@ def magnitude_threshold(x: LowRank, density: float, rows: int) -> Tensor:
     lo, hi = _bracket(x, count / size)
     above = zeros = 0
     pieces = []
-    for start, stop in row_tiles(m, rows):
-        tile = delta_tile(x, start, stop).abs_()
-        tile_above, tile_zeros, inside = _split(tile, lo, hi)
-        above, zeros = above + tile_above, zeros + tile_zeros
+    for magnitudes in _magnitude_groups(x, rows):
+        group_above, group_zeros, inside = _split(magnitudes, lo, hi)
+        above, zeros = above + group_above, zeros + group_zeros
         pieces.append(inside)
-        del tile
     if size - zeros < count:  # fewer nonzero entries than kept ones: the cut is zero
         return x.B.new_zeros(())
     inside = torch.cat(pieces)
@@ -125,8 +126,27 @@ def magnitude_threshold(x: LowRank, density: float, rows: int) -> Tensor:
     if 0 < wanted <= inside.numel():
         return inside.kthvalue(inside.numel() - wanted + 1).values
     del inside
-    everything = torch.cat([delta_tile(x, start, stop).abs_().reshape(-1) for start, stop in row_tiles(m, rows)])
+    everything, at = x.B.new_empty(size), 0
+    for magnitudes in _magnitude_groups(x, rows):
+        everything[at:at + magnitudes.numel()] = magnitudes.reshape(-1)
+        at += magnitudes.numel()
     return everything.kthvalue(size - count + 1).values
+
+
+def _magnitude_groups(x: LowRank, rows: int) -> Iterator[Tensor]:
+    """|ΔW| in groups of whole tiles of about GROUP_ENTRIES entries, each tile `delta_tile`'s own GEMM
+    (so bit for bit the merge's entries), copied into one buffer that every group reuses — a group is
+    valid until the next is asked for. With many sources a tile is 1–2 rows, and counting the cut
+    tile by tile spent as much in per-call overhead as in arithmetic: 50 cuts of 4096×11008 took
+    10.6 s that way, 7.6 s in groups."""
+    m = x.m
+    per_group = rows * max(1, GROUP_ENTRIES // max(1, rows * x.n))
+    buffer = x.B.new_empty(min(m, per_group), x.n)
+    for first in range(0, m, per_group):
+        last = min(m, first + per_group)
+        for start, stop in row_tiles(last - first, rows):
+            buffer[start:stop] = delta_tile(x, first + start, first + stop)
+        yield buffer[:last - first].abs_()
 
 
 def _bracket(x: LowRank, fraction: float) -> tuple[float, float]:
