@@ -87,8 +87,7 @@ def aligned_stack(count: int, rows: int, n: int, dtype: torch.dtype, device: tor
     as a fresh tile does: MKL's GEMM writing to an address that is not so aligned gave other last
     bits in 8 % of random tile shapes (torch 2.13), and the pruning cut is taken on fresh tiles —
     an entry at the cut must be bit for bit the one the merge keeps or drops."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per = max(1, ALIGN_BYTES // itemsize)
+    per = max(1, ALIGN_BYTES // dtype.itemsize)
     slot = -(-rows * n // per) * per
     return torch.empty(count * slot, dtype=dtype, device=device).as_strided((count, rows, n), (slot, n, 1))
 
