@@ -282,7 +282,8 @@ def _z_piece(coefficient: Tensor, A: Tensor, top: int, bottom: int, start: int, 
              out: Tensor) -> None:
     """Rows top:bottom (block-aligned) and columns start:stop (tile-aligned) of Z = coefficient @ A
     into `out`, always computed block by block and tile by tile (see TILE_ENTRIES, Z_ROWS). Each
-    GEMM writes a fresh tensor that is then copied: MKL's bits change when it writes into a view."""
+    GEMM writes a fresh tensor that is then copied: MKL's bits change when it writes into a strided or
+    unaligned view (see `delta_tiles.aligned_stack`), and these pieces are column slices."""
     for r in range(top, bottom, block):
         end = min(bottom, r + block)
         for s in range(start, stop, tile):
